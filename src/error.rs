@@ -1,0 +1,221 @@
+//! The one error type of the crate.
+//!
+//! Every variant names what went wrong in terms a caller can act on. I/O failures keep their
+//! `io::Error` as `source()`, together with the operation and the path, so that nothing about the
+//! cause is thrown away.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The result type of every fallible annal call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in annal.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file operation failed. `op` names the operation (`"write"`, `"fdatasync"`, ...).
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The file system reported that it is full (`ENOSPC`). Nothing acknowledged was lost; appends
+    /// can be retried once space is freed.
+    DiskFull {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Another `Log` (in this process or another one) holds the directory's lock.
+    Locked { path: PathBuf },
+    /// The path exists and is not a directory.
+    NotADirectory { path: PathBuf },
+    /// A file was written by a format version this build does not read.
+    IncompatibleFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    /// The log was created with a different number of partitions than the options ask for.
+    PartitionCountMismatch {
+        path: PathBuf,
+        on_disk: u32,
+        requested: u32,
+    },
+    /// Bytes on disk fail their checksum or are structurally invalid. `position` is the byte
+    /// position inside `path` where the bad data starts.
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: &'static str,
+    },
+    /// A payload (with its headers) is larger than `Options::event_bytes_max`.
+    EventTooLarge { bytes: u64, limit: u64 },
+    /// A key is longer than `Options::key_bytes_max`.
+    KeyTooLarge { bytes: u64, limit: u64 },
+    /// A key is empty; every event needs a key to be routed to a partition.
+    EmptyKey,
+    /// A batch has no events.
+    EmptyBatch,
+    /// A batch has more events than `Options::batch_events_max`.
+    BatchTooManyEvents { events: u64, limit: u64 },
+    /// A batch's encoded size is larger than `Options::batch_bytes_max`.
+    BatchTooLarge { bytes: u64, limit: u64 },
+    /// A header name or value is longer than the format allows.
+    HeaderTooLarge { bytes: u64, limit: u64 },
+    /// A partition number is not below the log's partition count.
+    PartitionOutOfRange { partition: u32, partitions: u32 },
+    /// The options are inconsistent; the message says which option and why.
+    InvalidOptions(String),
+    /// The write of an append failed before it became durable. The append is not in the log;
+    /// the partition keeps accepting appends. `source` is the underlying failure.
+    AppendFailed { partition: u32, source: Arc<Error> },
+    /// An fsync failed earlier, so the partition no longer knows what is on disk. It refuses
+    /// writes until the log is reopened. `source` is the failure that poisoned it.
+    Poisoned { partition: u32, source: Arc<Error> },
+    /// The log has been closed.
+    Closed,
+}
+
+impl Error {
+    /// Wraps an `io::Error`, classifying a full disk as [`Error::DiskFull`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::StorageFull {
+            Error::DiskFull { op, path, source }
+        } else {
+            Error::Io { op, path, source }
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, reason: &'static str) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            position,
+            reason,
+        }
+    }
+
+    /// True when the cause is a full disk, directly or behind an append failure.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::DiskFull { .. } => true,
+            Error::AppendFailed { source, .. } | Error::Poisoned { source, .. } => {
+                source.is_disk_full()
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the error reports data on disk that failed validation.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, path, source } => {
+                write!(f, "{op} failed on {}: {source}", path.display())
+            }
+            Error::DiskFull { op, path, .. } => {
+                write!(f, "disk full: {op} failed on {}", path.display())
+            }
+            Error::Locked { path } => write!(
+                f,
+                "{} is already open by another Log (in this or another process)",
+                path.display()
+            ),
+            Error::NotADirectory { path } => {
+                write!(f, "{} exists and is not a directory", path.display())
+            }
+            Error::IncompatibleFormat {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{} has format version {found}; this build reads version {supported}",
+                path.display()
+            ),
+            Error::PartitionCountMismatch {
+                path,
+                on_disk,
+                requested,
+            } => write!(
+                f,
+                "{} was created with {on_disk} partitions but {requested} were requested; \
+                 the partition count is fixed at creation",
+                path.display()
+            ),
+            Error::Corrupt {
+                path,
+                position,
+                reason,
+            } => write!(
+                f,
+                "corrupt data in {} at byte {position}: {reason}",
+                path.display()
+            ),
+            Error::EventTooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "event of {bytes} bytes exceeds the limit of {limit} bytes"
+                )
+            }
+            Error::KeyTooLarge { bytes, limit } => {
+                write!(f, "key of {bytes} bytes exceeds the limit of {limit} bytes")
+            }
+            Error::EmptyKey => write!(f, "the key is empty; every event needs a key"),
+            Error::EmptyBatch => write!(f, "the batch has no events"),
+            Error::BatchTooManyEvents { events, limit } => {
+                write!(f, "batch of {events} events exceeds the limit of {limit}")
+            }
+            Error::BatchTooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "batch of {bytes} bytes exceeds the limit of {limit} bytes"
+                )
+            }
+            Error::HeaderTooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "header of {bytes} bytes exceeds the limit of {limit} bytes"
+                )
+            }
+            Error::PartitionOutOfRange {
+                partition,
+                partitions,
+            } => write!(
+                f,
+                "partition {partition} does not exist; the log has {partitions} partitions"
+            ),
+            Error::InvalidOptions(message) => write!(f, "invalid options: {message}"),
+            Error::AppendFailed { partition, source } => {
+                write!(f, "append to partition {partition} failed: {source}")
+            }
+            Error::Poisoned { partition, source } => write!(
+                f,
+                "partition {partition} refuses writes after a failed fsync ({source}); \
+                 reopen the log"
+            ),
+            Error::Closed => write!(f, "the log is closed"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } | Error::DiskFull { source, .. } => Some(source),
+            Error::AppendFailed { source, .. } | Error::Poisoned { source, .. } => {
+                Some(source.as_ref())
+            }
+            _ => None,
+        }
+    }
+}

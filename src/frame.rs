@@ -1,0 +1,469 @@
+//! Encoding and decoding of one batch frame: the only place that knows the bytes of a record.
+//!
+//! A frame holds the events of one append call, so that one checksum covers the whole batch and a
+//! crash leaves either all of it or none. The layout is the table in `docs/format.md`:
+//!
+//! ```text
+//! frame header (32 bytes)
+//!   0  u32 crc           CRC-32 (IEEE) of bytes [4, frame_len)
+//!   4  u32 frame_len     the whole frame, header included
+//!   8  u8  magic         FRAME_MAGIC
+//!   9  u8  flags         0 in version 1
+//!  10  u16 reserved      0
+//!  12  u32 record_count  at least 1
+//!  16  u64 base_offset   offset of the first record
+//!  24  u64 timestamp_ms  shared by all records of the frame
+//! key
+//!  32  u16 key_len, key bytes
+//! records, record_count times
+//!      u8  attributes    0 in version 1
+//!      u16 header_count, then per header: u16 name_len, name, u32 value_len, value
+//!      u32 payload_len, payload
+//! ```
+//!
+//! Decoding fails closed: a frame is returned only when its magic, length bounds and checksum
+//! hold, and every length inside it is checked against the frame's end before it is used.
+
+use std::ops::Range;
+
+use crate::error::Error;
+use crate::record::Event;
+
+pub const CRC_OFFSET: usize = 0;
+pub const LEN_OFFSET: usize = CRC_OFFSET + 4;
+pub const MAGIC_OFFSET: usize = LEN_OFFSET + 4;
+pub const FLAGS_OFFSET: usize = MAGIC_OFFSET + 1;
+pub const RESERVED_OFFSET: usize = FLAGS_OFFSET + 1;
+pub const COUNT_OFFSET: usize = RESERVED_OFFSET + 2;
+pub const BASE_OFFSET_OFFSET: usize = COUNT_OFFSET + 4;
+pub const TIMESTAMP_OFFSET: usize = BASE_OFFSET_OFFSET + 8;
+/// Length of the fixed frame header.
+pub const FRAME_HEADER_LEN: usize = TIMESTAMP_OFFSET + 8;
+/// Length of the key length prefix that follows the header.
+pub const KEY_PREFIX_LEN: usize = 2;
+/// Fixed bytes of one record: attributes, header count and payload length.
+pub const RECORD_FIXED_LEN: usize = 1 + 2 + 4;
+/// Smallest possible frame: header, empty key, one empty record.
+pub const FRAME_LEN_MIN: usize = FRAME_HEADER_LEN + KEY_PREFIX_LEN + RECORD_FIXED_LEN;
+/// The byte at `MAGIC_OFFSET` of every frame. Not zero, so that zeroed space never looks like a
+/// frame header.
+pub const FRAME_MAGIC: u8 = 0xA7;
+/// Longest key the format can hold (its length is a `u16`).
+pub const KEY_BYTES_LIMIT: u32 = u16::MAX as u32;
+/// Longest header name the format can hold.
+pub const HEADER_NAME_BYTES_LIMIT: usize = u16::MAX as usize;
+/// Most headers per record the format can hold.
+pub const HEADERS_PER_RECORD_LIMIT: usize = u16::MAX as usize;
+
+const _: () = assert!(FRAME_HEADER_LEN == 32);
+const _: () = assert!(FRAME_LEN_MIN == 41);
+
+/// The per-frame values assigned under the partition lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameStamp {
+    pub base_offset: u64,
+    pub timestamp_ms: u64,
+}
+
+/// Limits checked while encoding.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeLimits {
+    pub event_bytes_max: u64,
+    pub batch_events_max: u64,
+    pub batch_bytes_max: u64,
+}
+
+/// Appends one frame to `buf`. On error `buf` is left as it was.
+/// Returns the number of records in the frame.
+pub fn encode<'e, I>(
+    buf: &mut Vec<u8>,
+    stamp: FrameStamp,
+    key: &[u8],
+    events: I,
+    limits: &EncodeLimits,
+) -> Result<u32, Error>
+where
+    I: IntoIterator,
+    I::Item: Into<Event<'e>>,
+{
+    let start = buf.len();
+    let result = encode_unchecked_rollback(buf, stamp, key, events, limits);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn encode_unchecked_rollback<'e, I>(
+    buf: &mut Vec<u8>,
+    stamp: FrameStamp,
+    key: &[u8],
+    events: I,
+    limits: &EncodeLimits,
+) -> Result<u32, Error>
+where
+    I: IntoIterator,
+    I::Item: Into<Event<'e>>,
+{
+    debug_assert!(
+        key.len() <= KEY_BYTES_LIMIT as usize,
+        "key length checked by caller"
+    );
+    let start = buf.len();
+    buf.resize(start + FRAME_HEADER_LEN, 0);
+    buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    buf.extend_from_slice(key);
+    let records_start = buf.len();
+    let mut count: u64 = 0;
+    for event in events {
+        let event: Event<'e> = event.into();
+        count += 1;
+        if count > limits.batch_events_max {
+            return Err(Error::BatchTooManyEvents {
+                events: count,
+                limit: limits.batch_events_max,
+            });
+        }
+        let event_bytes = event.size_bytes();
+        if event_bytes > limits.event_bytes_max {
+            return Err(Error::EventTooLarge {
+                bytes: event_bytes,
+                limit: limits.event_bytes_max,
+            });
+        }
+        encode_record(buf, &event)?;
+        let batch_bytes = (buf.len() - records_start) as u64;
+        if batch_bytes > limits.batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                bytes: batch_bytes,
+                limit: limits.batch_bytes_max,
+            });
+        }
+    }
+    if count == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    let frame_len = buf.len() - start;
+    let header = &mut buf[start..start + FRAME_HEADER_LEN];
+    header[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&(frame_len as u32).to_le_bytes());
+    header[MAGIC_OFFSET] = FRAME_MAGIC;
+    header[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&(count as u32).to_le_bytes());
+    header[BASE_OFFSET_OFFSET..BASE_OFFSET_OFFSET + 8]
+        .copy_from_slice(&stamp.base_offset.to_le_bytes());
+    header[TIMESTAMP_OFFSET..TIMESTAMP_OFFSET + 8]
+        .copy_from_slice(&stamp.timestamp_ms.to_le_bytes());
+    let crc = crc32fast::hash(&buf[start + LEN_OFFSET..]);
+    buf[start + CRC_OFFSET..start + CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    Ok(count as u32)
+}
+
+fn encode_record(buf: &mut Vec<u8>, event: &Event<'_>) -> Result<(), Error> {
+    let headers = event.headers();
+    if headers.len() > HEADERS_PER_RECORD_LIMIT {
+        return Err(Error::HeaderTooLarge {
+            bytes: headers.len() as u64,
+            limit: HEADERS_PER_RECORD_LIMIT as u64,
+        });
+    }
+    buf.push(0); // attributes: none are defined in format version 1
+    buf.extend_from_slice(&(headers.len() as u16).to_le_bytes());
+    for (name, value) in headers {
+        if name.len() > HEADER_NAME_BYTES_LIMIT {
+            return Err(Error::HeaderTooLarge {
+                bytes: name.len() as u64,
+                limit: HEADER_NAME_BYTES_LIMIT as u64,
+            });
+        }
+        buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        buf.extend_from_slice(name);
+        // The value fits a u32: event_bytes_max (a u32) bounds it and was checked before.
+        buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        buf.extend_from_slice(value);
+    }
+    buf.extend_from_slice(&(event.payload().len() as u32).to_le_bytes());
+    buf.extend_from_slice(event.payload());
+    Ok(())
+}
+
+/// The validated header of a frame found at some position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub frame_len: u32,
+    pub record_count: u32,
+    pub base_offset: u64,
+    pub timestamp_ms: u64,
+    /// Range of the key bytes, relative to the frame start.
+    pub key: (u32, u32),
+    /// Where the first record starts, relative to the frame start.
+    pub records_start: u32,
+}
+
+impl FrameInfo {
+    /// One past the last offset of the frame.
+    pub fn end_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+
+    pub fn key_range(&self) -> Range<usize> {
+        self.key.0 as usize..self.key.1 as usize
+    }
+}
+
+/// What lies at a position where a frame may start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A frame whose checksum holds.
+    Frame(FrameInfo),
+    /// Nothing was ever written here: the header bytes are all zero, or no header fits.
+    Empty,
+    /// Something is here, but it is not a whole valid frame (torn write or corruption).
+    Invalid(&'static str),
+}
+
+/// Reads the frame starting at the beginning of `bytes` (which may extend past its end).
+/// Never panics, whatever the bytes are.
+pub fn probe(bytes: &[u8]) -> Probe {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return if bytes.iter().all(|&b| b == 0) {
+            Probe::Empty
+        } else {
+            Probe::Invalid("truncated frame header")
+        };
+    }
+    let header = &bytes[..FRAME_HEADER_LEN];
+    if header.iter().all(|&b| b == 0) {
+        return Probe::Empty;
+    }
+    if header[MAGIC_OFFSET] != FRAME_MAGIC {
+        return Probe::Invalid("bad frame magic");
+    }
+    let frame_len = read_u32(header, LEN_OFFSET) as usize;
+    if frame_len < FRAME_LEN_MIN {
+        return Probe::Invalid("frame length below minimum");
+    }
+    if frame_len > bytes.len() {
+        return Probe::Invalid("frame extends past the end of the data");
+    }
+    let frame = &bytes[..frame_len];
+    if crc32fast::hash(&frame[LEN_OFFSET..]) != read_u32(frame, CRC_OFFSET) {
+        return Probe::Invalid("frame checksum mismatch");
+    }
+    if header[FLAGS_OFFSET] != 0 || read_u16(header, RESERVED_OFFSET) != 0 {
+        return Probe::Invalid("unknown frame flags");
+    }
+    let record_count = read_u32(header, COUNT_OFFSET);
+    if record_count == 0 {
+        return Probe::Invalid("frame without records");
+    }
+    let key_len = read_u16(frame, FRAME_HEADER_LEN) as usize;
+    let key_start = FRAME_HEADER_LEN + KEY_PREFIX_LEN;
+    let records_start = key_start + key_len;
+    // Every record needs at least RECORD_FIXED_LEN bytes; checking that here keeps a huge
+    // record_count from promising more records than the frame can hold.
+    let records_min = u64::from(record_count) * RECORD_FIXED_LEN as u64;
+    if records_start as u64 + records_min > frame_len as u64 {
+        return Probe::Invalid("frame too short for its key and records");
+    }
+    let base_offset = read_u64(header, BASE_OFFSET_OFFSET);
+    if base_offset.checked_add(u64::from(record_count)).is_none() {
+        return Probe::Invalid("frame offsets overflow");
+    }
+    Probe::Frame(FrameInfo {
+        frame_len: frame_len as u32,
+        record_count,
+        base_offset,
+        timestamp_ms: read_u64(header, TIMESTAMP_OFFSET),
+        key: (key_start as u32, records_start as u32),
+        records_start: records_start as u32,
+    })
+}
+
+/// Byte ranges of one record, relative to the start of its frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordRanges {
+    /// (name, value) ranges.
+    pub headers: Vec<(Range<usize>, Range<usize>)>,
+    pub payload: Range<usize>,
+}
+
+/// Walks the records of a frame whose header [`probe`] accepted.
+pub struct RecordCursor {
+    position: usize,
+    remaining: u32,
+}
+
+impl RecordCursor {
+    pub fn new(info: &FrameInfo) -> Self {
+        RecordCursor {
+            position: info.records_start as usize,
+            remaining: info.record_count,
+        }
+    }
+
+    /// The next record's ranges, or `Ok(None)` after the last one. `frame` is the whole frame.
+    /// An `Err` carries the reason; the caller adds the file and position.
+    pub fn next_record(&mut self, frame: &[u8]) -> Result<Option<RecordRanges>, &'static str> {
+        if self.remaining == 0 {
+            if self.position != frame.len() {
+                return Err("bytes after the last record of a frame");
+            }
+            return Ok(None);
+        }
+        self.remaining -= 1;
+        let mut at = self.position;
+        let attributes = take(frame, &mut at, 1)?[0];
+        if attributes != 0 {
+            return Err("unknown record attributes");
+        }
+        let header_count = read_u16(take(frame, &mut at, 2)?, 0) as usize;
+        let mut headers = Vec::with_capacity(header_count.min(64));
+        for _ in 0..header_count {
+            let name_len = read_u16(take(frame, &mut at, 2)?, 0) as usize;
+            let name = range(frame, &mut at, name_len)?;
+            let value_len = read_u32(take(frame, &mut at, 4)?, 0) as usize;
+            let value = range(frame, &mut at, value_len)?;
+            headers.push((name, value));
+        }
+        let payload_len = read_u32(take(frame, &mut at, 4)?, 0) as usize;
+        let payload = range(frame, &mut at, payload_len)?;
+        self.position = at;
+        Ok(Some(RecordRanges { headers, payload }))
+    }
+}
+
+/// Checks every record of a frame, as recovery does before it accepts a frame as the log's end.
+pub fn validate_records(frame: &[u8], info: &FrameInfo) -> Result<(), &'static str> {
+    let mut cursor = RecordCursor::new(info);
+    while cursor.next_record(frame)?.is_some() {}
+    Ok(())
+}
+
+fn take<'b>(bytes: &'b [u8], at: &mut usize, len: usize) -> Result<&'b [u8], &'static str> {
+    let r = range(bytes, at, len)?;
+    Ok(&bytes[r])
+}
+
+fn range(bytes: &[u8], at: &mut usize, len: usize) -> Result<Range<usize>, &'static str> {
+    let end = at
+        .checked_add(len)
+        .filter(|&end| end <= bytes.len())
+        .ok_or("record field extends past the end of its frame")?;
+    let r = *at..end;
+    *at = end;
+    Ok(r)
+}
+
+pub fn read_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+pub fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+pub fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: EncodeLimits = EncodeLimits {
+        event_bytes_max: 1 << 20,
+        batch_events_max: 1000,
+        batch_bytes_max: 4 << 20,
+    };
+
+    fn stamp() -> FrameStamp {
+        FrameStamp {
+            base_offset: 7,
+            timestamp_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_headers() {
+        let mut buf = Vec::new();
+        let events = [
+            Event::new(b"first").header("type", "A"),
+            Event::new(b"").header("n", "").header("m", "v"),
+            Event::new(b"third"),
+        ];
+        let count = encode(&mut buf, stamp(), b"key-1", &events, &LIMITS).unwrap();
+        assert_eq!(count, 3);
+        let Probe::Frame(info) = probe(&buf) else {
+            panic!("frame not accepted")
+        };
+        assert_eq!(info.frame_len as usize, buf.len());
+        assert_eq!(info.base_offset, 7);
+        assert_eq!(info.end_offset(), 10);
+        assert_eq!(&buf[info.key_range()], b"key-1");
+        let mut cursor = RecordCursor::new(&info);
+        let first = cursor.next_record(&buf).unwrap().unwrap();
+        assert_eq!(&buf[first.payload.clone()], b"first");
+        assert_eq!(&buf[first.headers[0].0.clone()], b"type");
+        assert_eq!(&buf[first.headers[0].1.clone()], b"A");
+        let second = cursor.next_record(&buf).unwrap().unwrap();
+        assert_eq!(second.headers.len(), 2);
+        assert!(second.payload.is_empty());
+        let third = cursor.next_record(&buf).unwrap().unwrap();
+        assert_eq!(&buf[third.payload], b"third");
+        assert_eq!(cursor.next_record(&buf).unwrap(), None);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let mut buf = Vec::new();
+        encode(&mut buf, stamp(), b"k", [b"payload"], &LIMITS).unwrap();
+        for byte in 0..buf.len() {
+            for bit in 0..8 {
+                let mut damaged = buf.clone();
+                damaged[byte] ^= 1 << bit;
+                assert!(
+                    !matches!(probe(&damaged), Probe::Frame(_)),
+                    "flip of bit {bit} in byte {byte} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let mut buf = Vec::new();
+        encode(&mut buf, stamp(), b"k", [b"payload", b"more"], &LIMITS).unwrap();
+        for len in 0..buf.len() {
+            assert!(!matches!(probe(&buf[..len]), Probe::Frame(_)), "len {len}");
+        }
+    }
+
+    #[test]
+    fn zeros_are_empty_not_invalid() {
+        assert_eq!(probe(&[0u8; 100]), Probe::Empty);
+        assert_eq!(probe(&[0u8; 3]), Probe::Empty);
+        assert_eq!(probe(&[]), Probe::Empty);
+    }
+
+    #[test]
+    fn limits_are_enforced_and_buffer_restored() {
+        let mut buf = vec![1, 2, 3];
+        let big = vec![0u8; 2000];
+        let limits = EncodeLimits {
+            event_bytes_max: 1000,
+            ..LIMITS
+        };
+        let err = encode(&mut buf, stamp(), b"k", [&big], &limits).unwrap_err();
+        assert!(matches!(err, Error::EventTooLarge { bytes: 2000, .. }));
+        assert_eq!(buf, [1, 2, 3]);
+        let none: [&[u8]; 0] = [];
+        assert!(matches!(
+            encode(&mut buf, stamp(), b"k", none, &LIMITS),
+            Err(Error::EmptyBatch)
+        ));
+        assert_eq!(buf, [1, 2, 3]);
+    }
+}

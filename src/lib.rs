@@ -1,0 +1,42 @@
+//! annal: an embeddable event log.
+//!
+//! Events are appended under a key; the key picks one of a fixed number of partitions, so one
+//! key's events stay in order. Each partition is a directory of checksummed, preallocated
+//! segment files with a sparse offset index. Appends are made durable by group commit; `open`
+//! recovers the valid end of every partition after a crash.
+//!
+//! Start with [`Log::open`]. The on-disk format is in `docs/format.md`, the durability promises
+//! in `docs/durability.md`.
+
+mod commit;
+mod error;
+mod frame;
+mod hash;
+mod index;
+#[doc(hidden)]
+pub mod io;
+mod log;
+mod meta;
+mod options;
+mod partition;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+
+pub use crate::error::{Error, Result};
+pub use crate::hash::{key_hash, partition_for};
+pub use crate::log::Log;
+pub use crate::options::{
+    Durability, Options, BATCH_BYTES_MAX_DEFAULT, BATCH_EVENTS_MAX_DEFAULT,
+    EVENT_BYTES_MAX_DEFAULT, INDEX_INTERVAL_BYTES_DEFAULT, KEY_BYTES_MAX_DEFAULT,
+    PARTITIONS_DEFAULT, PARTITIONS_MAX, QUEUE_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+};
+pub use crate::partition::{Appended, Ticket};
+pub use crate::reader::Reader;
+pub use crate::record::{Event, Header, Record};
+pub use crate::recovery::RecoveryReport;
+
+/// The on-disk format version this build writes and reads (`docs/format.md`).
+pub const FORMAT_VERSION: u32 = 1;

@@ -1,0 +1,233 @@
+//! Reading a partition in offset order.
+//!
+//! A [`Reader`] never reads at or past the partition's visible end, so it never sees bytes that
+//! a crash could take away (under `Sync` and `Interval`) or that are still being written. Every
+//! frame it returns records from passed its checksum; every length inside it is checked against
+//! the frame before use. Anything else is returned as `Error::Corrupt` with the file and the
+//! byte position, and the reader stops.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::frame::{self, FrameInfo, Probe, RecordCursor};
+use crate::partition::Partition;
+use crate::record::{Header, Record};
+use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+
+/// An iterator over the records of one partition from a given offset. It yields records up to
+/// the partition's visible end, checking again for newly visible records when it gets there;
+/// `None` means "nothing more for now", so it can be polled again later.
+pub struct Reader {
+    partition: Arc<Partition>,
+    next_offset: u64,
+    limit: u64,
+    segment: Option<SegmentCursor>,
+    frame: Option<FrameCursor>,
+    failed: bool,
+}
+
+struct SegmentCursor {
+    segment: Arc<Segment>,
+    map: Bytes,
+    /// The next segment's base offset, or `u64::MAX` for the last segment.
+    end_offset: u64,
+    position: u64,
+    offset: u64,
+    /// False until a frame was found where the index said; then the index is trusted.
+    index_checked: bool,
+}
+
+struct FrameCursor {
+    bytes: Bytes,
+    info: FrameInfo,
+    key: Bytes,
+    cursor: RecordCursor,
+    offset: u64,
+    position: u64,
+}
+
+impl Reader {
+    pub(crate) fn new(partition: Arc<Partition>, from_offset: u64) -> Reader {
+        let limit = partition.visible_end();
+        Reader {
+            partition,
+            next_offset: from_offset,
+            limit,
+            segment: None,
+            frame: None,
+            failed: false,
+        }
+    }
+
+    /// The offset of the next record this reader returns.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        loop {
+            if let Some(frame) = &mut self.frame {
+                match frame.cursor.next_record(&frame.bytes) {
+                    Ok(Some(ranges)) => {
+                        let offset = frame.offset;
+                        frame.offset += 1;
+                        if offset < self.next_offset {
+                            continue;
+                        }
+                        self.next_offset = offset + 1;
+                        let headers = ranges
+                            .headers
+                            .into_iter()
+                            .map(|(name, value)| Header {
+                                name: frame.bytes.slice(name),
+                                value: frame.bytes.slice(value),
+                            })
+                            .collect();
+                        return Ok(Some(Record {
+                            partition: self.partition.id,
+                            offset,
+                            timestamp_ms: frame.info.timestamp_ms,
+                            key: frame.key.clone(),
+                            headers,
+                            payload: frame.bytes.slice(ranges.payload),
+                        }));
+                    }
+                    Ok(None) => self.frame = None,
+                    Err(reason) => {
+                        let path = self.segment.as_ref().map(|s| s.segment.path.clone());
+                        return Err(Error::corrupt(
+                            path.unwrap_or_default(),
+                            frame.position,
+                            reason,
+                        ));
+                    }
+                }
+                continue;
+            }
+            if self.next_offset >= self.limit {
+                self.limit = self.partition.visible_end();
+                if self.next_offset >= self.limit {
+                    return Ok(None);
+                }
+            }
+            self.load_frame()?;
+        }
+    }
+
+    /// Positions `self.frame` on the frame holding `next_offset`, which is below the limit.
+    fn load_frame(&mut self) -> Result<()> {
+        let target = self.next_offset;
+        let needs_locate = match &self.segment {
+            None => true,
+            Some(cursor) => target >= cursor.end_offset || target < cursor.offset,
+        };
+        if needs_locate {
+            self.segment = Some(self.locate(target)?);
+        }
+        loop {
+            let cursor = self.segment.as_mut().expect("located above");
+            if cursor.offset >= cursor.end_offset {
+                self.segment = Some(self.locate(target)?);
+                continue;
+            }
+            let probe = cursor.map.get(cursor.position as usize..).map_or(
+                Probe::Invalid("position past the end of the segment"),
+                frame::probe,
+            );
+            let reason = match probe {
+                Probe::Frame(info) if info.base_offset == cursor.offset => {
+                    cursor.index_checked = true;
+                    let start = cursor.position as usize;
+                    let bytes = cursor.map.slice(start..start + info.frame_len as usize);
+                    cursor.position += u64::from(info.frame_len);
+                    cursor.offset = info.end_offset();
+                    if info.end_offset() <= target {
+                        continue;
+                    }
+                    self.frame = Some(FrameCursor {
+                        key: bytes.slice(info.key_range()),
+                        cursor: RecordCursor::new(&info),
+                        offset: info.base_offset,
+                        position: start as u64,
+                        info,
+                        bytes,
+                    });
+                    return Ok(());
+                }
+                Probe::Frame(_) => "frame offset does not continue the partition",
+                Probe::Empty => "zeros where a frame should be",
+                Probe::Invalid(reason) => reason,
+            };
+            if !cursor.index_checked && cursor.position > SEGMENT_HEADER_LEN as u64 {
+                // The index sent us somewhere that is not the frame it promised. The segment
+                // is the truth: rebuild the index from it and look again.
+                let end = cursor.end_offset.min(self.partition.visible_end());
+                cursor
+                    .segment
+                    .distrust_index(end, self.partition.config.index_policy)?;
+                let mut relocated = self.locate(target)?;
+                relocated.index_checked = relocated.position == SEGMENT_HEADER_LEN as u64;
+                self.segment = Some(relocated);
+                if let Some(cursor) = &mut self.segment {
+                    if !cursor.index_checked {
+                        // The rebuilt index cannot point at anything invalid; trust it.
+                        cursor.index_checked = true;
+                    }
+                }
+                continue;
+            }
+            return Err(Error::corrupt(
+                &cursor.segment.path,
+                cursor.position,
+                reason,
+            ));
+        }
+    }
+
+    /// Finds the segment holding `offset` and the scan start the index gives for it.
+    fn locate(&self, offset: u64) -> Result<SegmentCursor> {
+        let (segment, end_offset) = {
+            let segments = self.partition.segments.read();
+            let after = segments.partition_point(|s| s.base_offset <= offset);
+            let i = after.saturating_sub(1);
+            let segment = segments.get(i).cloned().ok_or_else(|| {
+                Error::corrupt(&self.partition.dir, 0, "partition has no segments")
+            })?;
+            let end = segments
+                .get(i + 1)
+                .map_or(u64::MAX, |next| next.base_offset);
+            (segment, end)
+        };
+        let map = segment.map()?;
+        let (position, start_offset) =
+            segment.scan_start(offset, end_offset, self.partition.config.index_policy)?;
+        Ok(SegmentCursor {
+            segment,
+            map,
+            end_offset,
+            position,
+            offset: start_offset,
+            index_checked: position == SEGMENT_HEADER_LEN as u64,
+        })
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.next_record() {
+            Ok(Some(record)) => Some(Ok(record)),
+            Ok(None) => None,
+            Err(error) => {
+                self.failed = true;
+                Some(Err(error))
+            }
+        }
+    }
+}

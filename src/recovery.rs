@@ -1,0 +1,284 @@
+//! What `open` does with what it finds in a partition directory.
+//!
+//! Only the last (active) segment can hold a torn or unsynced tail: a segment is sealed only
+//! after its data is synced, and the next one is created only after that. So recovery reads the
+//! sealed segments' names and nothing else, and checks the active segment from its last index
+//! entry that still points at a valid frame. Open time therefore does not grow with the log.
+//!
+//! The cases, and the one action for each (also a table in `docs/design.md`):
+//!
+//! | found | action |
+//! |---|---|
+//! | no segment | create segment 0 |
+//! | `*.tmp` left by an interrupted creation | delete it |
+//! | index file without its segment | delete it |
+//! | active segment whose header is all zeros (and every byte after it) | recreate it empty |
+//! | a segment header with bad magic or checksum | `Error::Corrupt` |
+//! | a segment header of another format version | `Error::IncompatibleFormat` |
+//! | index missing, torn, or with garbage entries | keep its valid prefix, rebuild the rest |
+//! | last index entries pointing past the valid data | drop them, scan from an earlier one |
+//! | frames after the last valid one (torn, corrupt, zeros) | cut the file there, preallocate again |
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::commit::Active;
+use crate::error::{Error, Result};
+use crate::frame::{self, Probe};
+use crate::index::{self, IndexEntry};
+use crate::io;
+use crate::partition::Config;
+use crate::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
+
+/// A partition as recovery leaves it.
+pub(crate) struct Recovered {
+    pub segments: Vec<Arc<Segment>>,
+    pub active: Active,
+    pub end_offset: u64,
+    pub last_timestamp_ms: u64,
+    pub report: RecoveryReport,
+}
+
+/// What recovery did to one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes of the active segment checked frame by frame.
+    pub scanned_bytes: u64,
+    /// Whether the index was rewritten because it was missing, damaged or behind.
+    pub index_rewritten: bool,
+    /// Whether the active segment was recreated because its creation never completed.
+    pub segment_recreated: bool,
+}
+
+struct Listing {
+    segments: Vec<u64>,
+    indexes: Vec<u64>,
+}
+
+pub(crate) fn recover_partition(dir: &Path, id: u32, config: &Config) -> Result<Recovered> {
+    io::create_dir_all(dir)?;
+    let listing = list(dir)?;
+    for base in &listing.indexes {
+        if listing.segments.binary_search(base).is_err() {
+            io::remove_file(&segment::index_path(dir, *base))?;
+        }
+    }
+    let Some((&last, sealed)) = listing.segments.split_last() else {
+        return fresh(dir, id, 0, config, 0, RecoveryReport::default());
+    };
+    let mut segments: Vec<Arc<Segment>> = sealed
+        .iter()
+        .map(|&base| Arc::new(Segment::sealed(dir, base)))
+        .collect();
+    let recovered = recover_active(dir, id, last, config)?;
+    segments.extend(recovered.segments);
+    Ok(Recovered {
+        segments,
+        ..recovered
+    })
+}
+
+/// Lists segment and index files, removing temporary files of interrupted creations.
+fn list(dir: &Path) -> Result<Listing> {
+    let mut listing = Listing {
+        segments: Vec::new(),
+        indexes: Vec::new(),
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            io::remove_file(&entry.path())?;
+        } else if let Some(base) = segment::parse_name(name, segment::SEGMENT_SUFFIX) {
+            listing.segments.push(base);
+        } else if let Some(base) = segment::parse_name(name, segment::INDEX_SUFFIX) {
+            listing.indexes.push(base);
+        }
+    }
+    listing.segments.sort_unstable();
+    listing.indexes.sort_unstable();
+    Ok(listing)
+}
+
+/// Creates an empty active segment at `base`.
+fn fresh(
+    dir: &Path,
+    id: u32,
+    base: u64,
+    config: &Config,
+    last_timestamp_ms: u64,
+    report: RecoveryReport,
+) -> Result<Recovered> {
+    let created_ms = crate::partition::now_ms();
+    let created = segment::create(
+        dir,
+        SegmentHeader {
+            partition: id,
+            base_offset: base,
+            created_ms,
+        },
+        config.segment_bytes,
+        &config.faults,
+    )?;
+    let start = SEGMENT_HEADER_LEN as u64;
+    Ok(Recovered {
+        segments: vec![created.segment.clone()],
+        active: Active {
+            segment: created.segment,
+            data: created.data,
+            index: created.index,
+            created_ms,
+            written_position: start,
+            written_end_offset: base,
+            visible_position: start,
+            visible_end_offset: base,
+            new_entries: Vec::new(),
+            last_entry_position: None,
+            last_visible_entry_position: None,
+            index_file_len: index::INDEX_HEADER_LEN as u64,
+            index_synced_position: start,
+        },
+        end_offset: base,
+        last_timestamp_ms,
+        report,
+    })
+}
+
+fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Recovered> {
+    let path = segment::segment_path(dir, base);
+    let index_path = segment::index_path(dir, base);
+    let data = io::File::open(&path, &config.faults)?;
+    let map = segment::map_file(data.std(), &path)?;
+    let header = match SegmentHeader::decode(&map, &path) {
+        Ok(header) => header,
+        Err(error) => {
+            if map.iter().all(|&b| b == 0) {
+                // Only reachable if the file system lost the header despite the sync before the
+                // rename; nothing can have been acknowledged in such a segment.
+                drop(map);
+                drop(data);
+                io::remove_file(&path)?;
+                io::remove_file(&index_path)?;
+                let report = RecoveryReport {
+                    segment_recreated: true,
+                    ..RecoveryReport::default()
+                };
+                return fresh(dir, id, base, config, 0, report);
+            }
+            return Err(error);
+        }
+    };
+    if header.base_offset != base || header.partition != id {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            "segment header does not match its file name or partition",
+        ));
+    }
+    let index_bytes = match std::fs::read(&index_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io("read", &index_path, e)),
+    };
+    let (mut entries, damage) = index::decode(
+        &index_bytes,
+        base,
+        SEGMENT_HEADER_LEN as u64,
+        map.len() as u64,
+    );
+    let decoded = entries.len();
+
+    // The scan starts at the last entry that points at a valid frame with the promised offset.
+    let mut start = (SEGMENT_HEADER_LEN as u64, base);
+    while let Some(entry) = entries.last() {
+        if frame_at(&map, entry.position, entry.offset).is_some() {
+            start = (entry.position, entry.offset);
+            break;
+        }
+        entries.pop();
+    }
+    let kept = entries.len();
+    let mut last_timestamp_ms = entries
+        .last()
+        .map_or(header.created_ms, |e| e.timestamp_ms.max(header.created_ms));
+    let (mut position, mut offset) = start;
+    let mut last_entry_position = entries.last().map(|e| e.position);
+    while let Some(info) = frame_at(&map, position, offset) {
+        if config
+            .index_policy
+            .wants_entry(last_entry_position, position)
+        {
+            entries.push(IndexEntry {
+                offset,
+                position,
+                timestamp_ms: info.timestamp_ms,
+            });
+            last_entry_position = Some(position);
+        }
+        last_timestamp_ms = last_timestamp_ms.max(info.timestamp_ms);
+        position += u64::from(info.frame_len);
+        offset = info.end_offset();
+    }
+    drop(map);
+
+    // Cut everything after the last valid frame, so that no torn or stale bytes can ever be
+    // mistaken for a frame once new frames are written up to them, then reserve space again.
+    data.set_len(position)?;
+    // On a full disk the log still opens; appends then grow the file and report a full disk
+    // themselves.
+    let _ = data.preallocate(config.segment_bytes.max(position));
+    data.sync_all()?;
+
+    let index_rewritten = damage.is_some() || kept != decoded || entries.len() != kept;
+    let index_file = if index_rewritten {
+        let file = io::File::create_truncate(&index_path, &config.faults)?;
+        file.write_all_at(&index::encode_file(base, &entries), 0)?;
+        file.sync_data()?;
+        file
+    } else {
+        io::File::open(&index_path, &config.faults)?
+    };
+    let index_file_len = (index::INDEX_HEADER_LEN + entries.len() * index::INDEX_ENTRY_LEN) as u64;
+
+    let map = segment::map_file(data.std(), &path)?;
+    let segment = Arc::new(Segment::active(dir, base, map, entries));
+    Ok(Recovered {
+        segments: vec![segment.clone()],
+        active: Active {
+            segment,
+            data,
+            index: index_file,
+            created_ms: header.created_ms,
+            written_position: position,
+            written_end_offset: offset,
+            visible_position: position,
+            visible_end_offset: offset,
+            new_entries: Vec::new(),
+            last_entry_position,
+            last_visible_entry_position: last_entry_position,
+            index_file_len,
+            index_synced_position: position,
+        },
+        end_offset: offset,
+        last_timestamp_ms,
+        report: RecoveryReport {
+            scanned_bytes: position - start.0,
+            index_rewritten,
+            segment_recreated: false,
+        },
+    })
+}
+
+/// The frame at `position` if it is whole, checks out and starts at `offset`.
+fn frame_at(map: &[u8], position: u64, offset: u64) -> Option<frame::FrameInfo> {
+    let rest = map.get(usize::try_from(position).ok()?..)?;
+    match frame::probe(rest) {
+        Probe::Frame(info) if info.base_offset == offset => {
+            let bytes = &rest[..info.frame_len as usize];
+            frame::validate_records(bytes, &info).ok().map(|()| info)
+        }
+        _ => None,
+    }
+}

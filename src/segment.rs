@@ -1,0 +1,363 @@
+//! One segment file: its header, its durable creation, its memory map and its index as readers
+//! see them.
+//!
+//! A segment is named after the offset of its first record (`{base_offset:020}.seg`, index
+//! `{base_offset:020}.idx`). It is created under a temporary name, preallocated, synced and only
+//! then renamed into place, so a `.seg` file always has a complete header. Its data starts at
+//! `SEGMENT_HEADER_LEN`; frames follow back to back; the preallocated rest reads as zeros.
+//!
+//! ```text
+//! header (64 bytes)
+//!   0  [u8; 8] magic "ANNALSEG"
+//!   8  u32     format version
+//!  12  u32     partition
+//!  16  u64     base offset
+//!  24  u64     created, ms since the Unix epoch
+//!  32  [u8;28] reserved, 0
+//!  60  u32     CRC-32 of bytes [0, 60)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::frame::{self, read_u32, read_u64, Probe};
+use crate::index::{self, IndexDamage, IndexEntry, IndexPolicy};
+use crate::io::{self, Faults};
+use crate::FORMAT_VERSION;
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"ANNALSEG";
+pub const SEGMENT_HEADER_CRC_OFFSET: usize = 60;
+pub const SEGMENT_HEADER_LEN: usize = SEGMENT_HEADER_CRC_OFFSET + 4;
+pub const SEGMENT_SUFFIX: &str = "seg";
+pub const INDEX_SUFFIX: &str = "idx";
+
+const _: () = assert!(SEGMENT_HEADER_LEN == 64);
+
+/// The decoded fixed header of a segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub partition: u32,
+    pub base_offset: u64,
+    pub created_ms: u64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+        bytes[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[12..16].copy_from_slice(&self.partition.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.base_offset.to_le_bytes());
+        bytes[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..SEGMENT_HEADER_CRC_OFFSET]);
+        bytes[SEGMENT_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes and checks a header. The caller compares partition and base offset with what the
+    /// file's place and name say.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<SegmentHeader> {
+        if bytes.len() < SEGMENT_HEADER_LEN {
+            return Err(Error::corrupt(path, 0, "segment shorter than its header"));
+        }
+        if bytes[0..8] != SEGMENT_MAGIC {
+            return Err(Error::corrupt(path, 0, "bad segment magic"));
+        }
+        if crc32fast::hash(&bytes[..SEGMENT_HEADER_CRC_OFFSET])
+            != read_u32(bytes, SEGMENT_HEADER_CRC_OFFSET)
+        {
+            return Err(Error::corrupt(path, 0, "segment header checksum mismatch"));
+        }
+        let version = read_u32(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(Error::IncompatibleFormat {
+                path: path.to_owned(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(SegmentHeader {
+            partition: read_u32(bytes, 12),
+            base_offset: read_u64(bytes, 16),
+            created_ms: read_u64(bytes, 24),
+        })
+    }
+}
+
+pub fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{SEGMENT_SUFFIX}"))
+}
+
+pub fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{INDEX_SUFFIX}"))
+}
+
+/// Parses `{base_offset:020}.{suffix}`.
+pub fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+    let stem = name.strip_suffix(suffix)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// The index of a segment as readers see it.
+enum SegmentIndex {
+    /// A sealed segment whose index file has not been read yet.
+    Unloaded,
+    Loaded(Vec<IndexEntry>),
+}
+
+/// A segment as readers share it: where it is, its mapping and its index.
+pub struct Segment {
+    pub base_offset: u64,
+    pub path: PathBuf,
+    pub index_path: PathBuf,
+    map: RwLock<Option<Bytes>>,
+    index: RwLock<SegmentIndex>,
+}
+
+impl Segment {
+    /// A sealed segment found on disk; mapped and indexed on first read.
+    pub fn sealed(dir: &Path, base_offset: u64) -> Segment {
+        Segment {
+            base_offset,
+            path: segment_path(dir, base_offset),
+            index_path: index_path(dir, base_offset),
+            map: RwLock::new(None),
+            index: RwLock::new(SegmentIndex::Unloaded),
+        }
+    }
+
+    /// The active segment, with its mapping and the index entries recovery or creation made.
+    pub fn active(dir: &Path, base_offset: u64, map: Bytes, entries: Vec<IndexEntry>) -> Segment {
+        Segment {
+            base_offset,
+            path: segment_path(dir, base_offset),
+            index_path: index_path(dir, base_offset),
+            map: RwLock::new(Some(map)),
+            index: RwLock::new(SegmentIndex::Loaded(entries)),
+        }
+    }
+
+    /// The whole file, mapped. Readers slice records out of it without copying.
+    pub fn map(&self) -> Result<Bytes> {
+        if let Some(map) = self.map.read().as_ref() {
+            return Ok(map.clone());
+        }
+        let mut slot = self.map.write();
+        if let Some(map) = slot.as_ref() {
+            return Ok(map.clone());
+        }
+        let file = std::fs::File::open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
+        let map = map_file(&file, &self.path)?;
+        *slot = Some(map.clone());
+        Ok(map)
+    }
+
+    /// Adds entries for frames that just became visible (active segment only).
+    pub fn push_index_entries(&self, entries: &[IndexEntry]) {
+        if let SegmentIndex::Loaded(loaded) = &mut *self.index.write() {
+            loaded.extend_from_slice(entries);
+        }
+    }
+
+    /// Where to start scanning for `offset`: the byte position and offset of a frame at or
+    /// before it. `end_offset` bounds a sealed segment (the next segment's base offset).
+    pub fn scan_start(
+        &self,
+        offset: u64,
+        end_offset: u64,
+        policy: IndexPolicy,
+    ) -> Result<(u64, u64)> {
+        {
+            let index = self.index.read();
+            if let SegmentIndex::Loaded(entries) = &*index {
+                return Ok(start_from(entries, offset, self.base_offset));
+            }
+        }
+        let entries = self.load_index(end_offset, policy)?;
+        let start = start_from(&entries, offset, self.base_offset);
+        *self.index.write() = SegmentIndex::Loaded(entries);
+        Ok(start)
+    }
+
+    /// Forgets the index after a reader found it pointing at something that is not the frame
+    /// it promised; the next lookup rebuilds it from the segment.
+    pub fn distrust_index(&self, end_offset: u64, policy: IndexPolicy) -> Result<()> {
+        let map = self.map()?;
+        let entries = rebuild_index(&map, self.base_offset, end_offset, policy);
+        *self.index.write() = SegmentIndex::Loaded(entries);
+        Ok(())
+    }
+
+    fn load_index(&self, end_offset: u64, policy: IndexPolicy) -> Result<Vec<IndexEntry>> {
+        let map = self.map()?;
+        let bytes = match std::fs::read(&self.index_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("read", &self.index_path, e)),
+        };
+        let (entries, damage) = index::decode(
+            &bytes,
+            self.base_offset,
+            SEGMENT_HEADER_LEN as u64,
+            map.len() as u64,
+        );
+        match damage {
+            None => Ok(entries),
+            Some(IndexDamage::Version(found)) => Err(index::version_error(&self.index_path, found)),
+            // A sealed segment's index was synced when it was sealed; damage means the file was
+            // lost or hurt afterwards. The segment itself is the truth: rebuild from it.
+            Some(_) => Ok(rebuild_index(&map, self.base_offset, end_offset, policy)),
+        }
+    }
+}
+
+fn start_from(entries: &[IndexEntry], offset: u64, base_offset: u64) -> (u64, u64) {
+    match index::lookup(entries, offset) {
+        Some(entry) => (entry.position, entry.offset),
+        None => (SEGMENT_HEADER_LEN as u64, base_offset),
+    }
+}
+
+/// Index entries for the valid frames of `map` from its first frame, up to `end_offset` or the
+/// first frame that does not check out.
+pub fn rebuild_index(
+    map: &[u8],
+    base_offset: u64,
+    end_offset: u64,
+    policy: IndexPolicy,
+) -> Vec<IndexEntry> {
+    let mut entries = Vec::new();
+    let mut position = SEGMENT_HEADER_LEN as u64;
+    let mut offset = base_offset;
+    while offset < end_offset {
+        let Some(rest) = map.get(position as usize..) else {
+            break;
+        };
+        let Probe::Frame(info) = frame::probe(rest) else {
+            break;
+        };
+        if info.base_offset != offset {
+            break;
+        }
+        if policy.wants_entry(entries.last().map(|e: &IndexEntry| e.position), position) {
+            entries.push(IndexEntry {
+                offset,
+                position,
+                timestamp_ms: info.timestamp_ms,
+            });
+        }
+        position += u64::from(info.frame_len);
+        offset = info.end_offset();
+    }
+    entries
+}
+
+/// Maps a whole file read-only into a `Bytes`.
+pub fn map_file(file: &std::fs::File, path: &Path) -> Result<Bytes> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the mapping is read-only and this process holds the directory lock, so no other
+    // annal process writes the file. Our own writer only writes bytes past the visible end and
+    // only truncates below it after the mapping's readers are bounded by the visible end, so no
+    // reader ever reads bytes that change or vanish under it. Modification by a foreign process
+    // is outside the contract documented in docs/durability.md.
+    let map =
+        unsafe { memmap2::MmapOptions::new().map(file) }.map_err(|e| Error::io("mmap", path, e))?;
+    Ok(Bytes::from_owner(map))
+}
+
+/// A newly created segment's files.
+pub struct CreatedSegment {
+    pub segment: std::sync::Arc<Segment>,
+    pub data: io::File,
+    pub index: io::File,
+}
+
+/// Creates a segment durably: write the header into `<name>.tmp`, preallocate `capacity` bytes,
+/// sync, rename into place, create the index file, sync the directory. After a crash at any
+/// point either no `.seg` file exists for `base_offset` or it has a complete header.
+pub fn create(
+    dir: &Path,
+    header: SegmentHeader,
+    capacity: u64,
+    faults: &Faults,
+) -> Result<CreatedSegment> {
+    let path = segment_path(dir, header.base_offset);
+    let tmp = io::tmp_path(&path);
+    let result = (|| {
+        let mut data = io::File::create_truncate(&tmp, faults)?;
+        data.write_all_at(&header.encode(), 0)?;
+        data.preallocate(capacity)?;
+        data.sync_all()?;
+        data.rename_to(&path)?;
+        Ok(data)
+    })();
+    let data = match result {
+        Ok(data) => data,
+        Err(error) => {
+            // Best effort: a leftover .tmp is also removed by the next open.
+            let _ = io::remove_file(&tmp);
+            return Err(error);
+        }
+    };
+    let index_path = index_path(dir, header.base_offset);
+    let index = io::File::create_truncate(&index_path, faults)?;
+    index.write_all_at(&index::encode_header(header.base_offset), 0)?;
+    io::sync_dir(dir, faults)?;
+    let map = map_file(data.std(), &path)?;
+    let segment = Segment::active(dir, header.base_offset, map, Vec::new());
+    Ok(CreatedSegment {
+        segment: std::sync::Arc::new(segment),
+        data,
+        index,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let dir = Path::new("/x");
+        let path = segment_path(dir, 42);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "00000000000000000042.seg");
+        assert_eq!(parse_name(name, SEGMENT_SUFFIX), Some(42));
+        assert_eq!(parse_name("42.seg", SEGMENT_SUFFIX), None);
+        assert_eq!(
+            parse_name("00000000000000000042.seg.tmp", SEGMENT_SUFFIX),
+            None
+        );
+        assert_eq!(parse_name("0000000000000000004x.seg", SEGMENT_SUFFIX), None);
+    }
+
+    #[test]
+    fn header_round_trip_and_damage() {
+        let header = SegmentHeader {
+            partition: 3,
+            base_offset: 77,
+            created_ms: 123,
+        };
+        let bytes = header.encode();
+        let path = Path::new("s");
+        assert_eq!(SegmentHeader::decode(&bytes, path).unwrap(), header);
+        for i in 0..SEGMENT_HEADER_LEN {
+            let mut damaged = bytes;
+            damaged[i] ^= 0x10;
+            assert!(SegmentHeader::decode(&damaged, path).is_err(), "byte {i}");
+        }
+        assert!(SegmentHeader::decode(&bytes[..10], path).is_err());
+    }
+}
