@@ -11,6 +11,7 @@
 //! is repaired when possible by cutting the file back to its visible end; the appends of the
 //! round fail and later appends proceed.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::index::{self, IndexEntry};
 use crate::io;
 use crate::options::Durability;
-use crate::partition::{now_ms, Partition, QueuedFrame};
+use crate::partition::{self, now_ms, Partition, QueuedFrame};
 use crate::segment::{self, Segment, SegmentHeader};
 
 /// The index file is synced whenever this much segment data was synced since its last sync, so
@@ -37,8 +38,15 @@ pub(crate) struct Active {
     /// End of the bytes readers may see: synced, or written under `Buffered`.
     pub visible_position: u64,
     pub visible_end_offset: u64,
+    /// End of the bytes known to be synced.
+    pub synced_position: u64,
     /// Entries for frames written but not yet visible.
     pub new_entries: Vec<IndexEntry>,
+    /// Entries for visible frames whose data is not synced yet. They go to the index file only
+    /// after the data they point at is synced, so that after a power loss every entry in the
+    /// file points at synced data and recovery, scanning from the last entry, finds a prefix of
+    /// the log and never a hole.
+    pub unpersisted_entries: Vec<IndexEntry>,
     pub last_entry_position: Option<u64>,
     pub last_visible_entry_position: Option<u64>,
     /// Length of the index file as written so far.
@@ -48,6 +56,40 @@ pub(crate) struct Active {
 }
 
 impl Active {
+    /// The state of a segment whose data up to `position` (offsets up to `end_offset`) is
+    /// synced, and whose index file holds `index_entries` entries, the last at
+    /// `last_entry_position`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        segment: Arc<Segment>,
+        data: io::File,
+        index: io::File,
+        created_ms: u64,
+        position: u64,
+        end_offset: u64,
+        index_entries: usize,
+        last_entry_position: Option<u64>,
+    ) -> Active {
+        Active {
+            segment,
+            data,
+            index,
+            created_ms,
+            written_position: position,
+            written_end_offset: end_offset,
+            visible_position: position,
+            visible_end_offset: end_offset,
+            synced_position: position,
+            new_entries: Vec::new(),
+            unpersisted_entries: Vec::new(),
+            last_entry_position,
+            last_visible_entry_position: last_entry_position,
+            index_file_len: (index::INDEX_HEADER_LEN + index_entries * index::INDEX_ENTRY_LEN)
+                as u64,
+            index_synced_position: position,
+        }
+    }
+
     fn has_data(&self) -> bool {
         self.written_position > segment::SEGMENT_HEADER_LEN as u64
     }
@@ -78,10 +120,13 @@ pub(crate) struct Writer {
     frames: Vec<QueuedFrame>,
     next_interval_sync: Option<Instant>,
     flush_done: u64,
+    /// Timestamp of the last frame written. A new segment's `created_ms` is at least this, so
+    /// that recovery of an empty segment never restarts timestamps below an earlier frame's.
+    last_timestamp_ms: u64,
 }
 
 impl Writer {
-    pub fn new(partition: Arc<Partition>, active: Active) -> Writer {
+    pub fn new(partition: Arc<Partition>, active: Active, last_timestamp_ms: u64) -> Writer {
         let next_base = active.written_end_offset;
         Writer {
             partition,
@@ -91,6 +136,7 @@ impl Writer {
             frames: Vec::new(),
             next_interval_sync: None,
             flush_done: 0,
+            last_timestamp_ms,
         }
     }
 
@@ -127,28 +173,43 @@ impl Writer {
     fn take_round(&mut self) -> Round {
         let partition = self.partition.clone();
         let mut queue = partition.queue.lock();
+        let sync_mode = partition.config.durability == Durability::Sync;
         let mut interval_due = false;
         loop {
-            if !queue.frames.is_empty() || queue.flush_requested > self.flush_done || queue.closing
-            {
+            if queue.flush_requested > self.flush_done || queue.closing {
                 break;
             }
-            match self.next_interval_sync {
-                Some(deadline) if Instant::now() >= deadline => {
+            let now = Instant::now();
+            // Under Sync every appender is waiting: write at once. Otherwise nobody waits, so
+            // let small rounds linger until they are worth a write call.
+            let mut deadline = None;
+            if !queue.frames.is_empty() {
+                if sync_mode || queue.bytes.len() >= partition::WRITE_BATCH_BYTES {
+                    break;
+                }
+                let linger_end = queue.first_queued_at.unwrap_or(now) + partition::LINGER;
+                if now >= linger_end {
+                    break;
+                }
+                deadline = Some(linger_end);
+            }
+            if let Some(sync_at) = self.next_interval_sync {
+                if now >= sync_at {
                     interval_due = true;
                     break;
                 }
+                deadline = Some(deadline.map_or(sync_at, |d: Instant| d.min(sync_at)));
+            }
+            queue.writer_waiting = true;
+            match deadline {
                 Some(deadline) => {
-                    queue.writer_waiting = true;
                     partition.work.wait_until(&mut queue, deadline);
                 }
-                None => {
-                    queue.writer_waiting = true;
-                    partition.work.wait(&mut queue);
-                }
+                None => partition.work.wait(&mut queue),
             }
             queue.writer_waiting = false;
         }
+        queue.first_queued_at = None;
         queue.writer_waiting = false;
         debug_assert!(self.bytes.is_empty() && self.frames.is_empty());
         std::mem::swap(&mut queue.bytes, &mut self.bytes);
@@ -203,6 +264,7 @@ impl Writer {
                     || self.partition.config.durability != Durability::Sync
                 {
                     active.data.sync_data().map_err(Fault::Poison)?;
+                    self.partition.counters.data_syncs.fetch_add(1, Relaxed);
                 }
             }
         }
@@ -242,6 +304,7 @@ impl Writer {
                 active.last_entry_position = Some(position);
             }
             cursor += frame.len as usize;
+            self.last_timestamp_ms = frame.timestamp_ms;
         }
         let end_offset = frames.last().map(QueuedFrame::end_offset);
         if let Some(end_offset) = end_offset {
@@ -261,6 +324,19 @@ impl Writer {
             .write_all_at(chunk, active.written_position)
             .map_err(Fault::Repairable)?;
         active.written_position += chunk.len() as u64;
+        if active.written_position > active.segment.mapped_len() as u64 {
+            // Only when the segment could not be preallocated: readers must be able to reach
+            // what becomes visible.
+            active
+                .segment
+                .remap(active.data.std())
+                .map_err(Fault::Repairable)?;
+        }
+        let counters = &self.partition.counters;
+        counters
+            .written_bytes
+            .fetch_add(chunk.len() as u64, Relaxed);
+        counters.writes.fetch_add(1, Relaxed);
         active.written_end_offset = end_offset;
         Ok(())
     }
@@ -269,7 +345,7 @@ impl Writer {
     fn ensure_active(&mut self) -> Result<&mut Active> {
         if self.active.is_none() {
             let partition = &self.partition;
-            let created_ms = now_ms();
+            let created_ms = now_ms().max(self.last_timestamp_ms);
             let created = segment::create(
                 &partition.dir,
                 SegmentHeader {
@@ -281,22 +357,16 @@ impl Writer {
                 &partition.config.faults,
             )?;
             partition.segments.write().push(created.segment.clone());
-            let start = segment::SEGMENT_HEADER_LEN as u64;
-            self.active = Some(Active {
-                segment: created.segment,
-                data: created.data,
-                index: created.index,
+            self.active = Some(Active::new(
+                created.segment,
+                created.data,
+                created.index,
                 created_ms,
-                written_position: start,
-                written_end_offset: self.next_base,
-                visible_position: start,
-                visible_end_offset: self.next_base,
-                new_entries: Vec::new(),
-                last_entry_position: None,
-                last_visible_entry_position: None,
-                index_file_len: index::INDEX_HEADER_LEN as u64,
-                index_synced_position: start,
-            });
+                segment::SEGMENT_HEADER_LEN as u64,
+                self.next_base,
+                0,
+                None,
+            ));
         }
         Ok(self.active.as_mut().expect("just created"))
     }
@@ -310,8 +380,16 @@ impl Writer {
             self.active = Some(active);
             return Err(Fault::Poison(error));
         }
+        let counters = &self.partition.counters;
+        counters.data_syncs.fetch_add(1, Relaxed);
+        counters.segments_rolled.fetch_add(1, Relaxed);
         self.next_base = active.written_end_offset;
+        active.synced_position = active.written_position;
         make_visible(&self.partition, &mut active, None);
+        active
+            .segment
+            .seal(active.written_end_offset, active.written_position);
+        persist_index(&mut active);
         // The index is derived data: failing to complete it costs a rebuild on the first read
         // of this segment, not correctness. So its errors do not fail the appends.
         let _ = active.index.sync_data();
@@ -323,22 +401,22 @@ impl Writer {
     fn publish(&mut self, synced: bool, flush_seq: u64) {
         let visible = synced || self.partition.config.durability == Durability::Buffered;
         let flush_done = synced.then_some(flush_seq);
-        match (&mut self.active, visible) {
-            (Some(active), true) => {
+        let mut published = false;
+        if let Some(active) = &mut self.active {
+            if synced {
+                active.synced_position = active.written_position;
+            }
+            if visible {
                 make_visible(&self.partition, active, flush_done);
-                if synced
-                    && active.visible_position >= active.index_synced_position + INDEX_SYNC_BYTES
-                    && active.index.sync_data().is_ok()
-                {
-                    active.index_synced_position = active.visible_position;
-                }
+                published = true;
             }
-            _ => {
-                if let Some(seq) = flush_done {
-                    let end = self.partition.status.lock().visible_end;
-                    self.partition.publish(end, Some(seq));
-                }
+            if synced {
+                persist_index(active);
             }
+        }
+        if let (false, Some(seq)) = (published, flush_done) {
+            let end = self.partition.status.lock().visible_end;
+            self.partition.publish(end, Some(seq));
         }
     }
 
@@ -351,6 +429,10 @@ impl Writer {
         active.data.set_len(active.visible_position)?;
         // Best effort: without preallocation, appends still work, as a growing file.
         let _ = active.data.preallocate(self.partition.config.segment_bytes);
+        // The cut must be durable before new frames are written over the old positions:
+        // otherwise a power loss could bring back dropped frames behind them.
+        active.data.sync_all()?;
+        active.synced_position = active.visible_position;
         active.written_position = active.visible_position;
         active.written_end_offset = active.visible_end_offset;
         active.new_entries.clear();
@@ -372,11 +454,32 @@ fn continue_after_roll(writer: &mut Writer) -> Result<(), Fault> {
 fn make_visible(partition: &Partition, active: &mut Active, flush_done: Option<u64>) {
     if !active.new_entries.is_empty() {
         active.segment.push_index_entries(&active.new_entries);
-        let mut encoded = Vec::with_capacity(active.new_entries.len() * index::INDEX_ENTRY_LEN);
-        for entry in &active.new_entries {
+        active
+            .unpersisted_entries
+            .extend_from_slice(&active.new_entries);
+        active.new_entries.clear();
+        active.last_visible_entry_position = active.last_entry_position;
+    }
+    active.visible_position = active.written_position;
+    active.visible_end_offset = active.written_end_offset;
+    partition.publish(active.visible_end_offset, flush_done);
+}
+
+/// Writes the entries of synced frames to the index file, and syncs the index file every
+/// `INDEX_SYNC_BYTES` of data so that recovery after a power loss rescans little.
+fn persist_index(active: &mut Active) {
+    debug_assert!(active
+        .unpersisted_entries
+        .iter()
+        .all(|entry| entry.position < active.synced_position));
+    if !active.unpersisted_entries.is_empty() {
+        let mut encoded =
+            Vec::with_capacity(active.unpersisted_entries.len() * index::INDEX_ENTRY_LEN);
+        for entry in &active.unpersisted_entries {
             index::encode_entry(&mut encoded, active.segment.base_offset, entry);
         }
-        // Derived data: on failure the index is rebuilt by recovery or by the first reader.
+        // Derived data: entries that fail to reach the file only make lookups after a reopen
+        // scan further; the file stays ordered, so nothing is wrong, only sparser.
         if active
             .index
             .write_all_at(&encoded, active.index_file_len)
@@ -384,10 +487,11 @@ fn make_visible(partition: &Partition, active: &mut Active, flush_done: Option<u
         {
             active.index_file_len += encoded.len() as u64;
         }
-        active.new_entries.clear();
-        active.last_visible_entry_position = active.last_entry_position;
+        active.unpersisted_entries.clear();
     }
-    active.visible_position = active.written_position;
-    active.visible_end_offset = active.written_end_offset;
-    partition.publish(active.visible_end_offset, flush_done);
+    if active.synced_position >= active.index_synced_position + INDEX_SYNC_BYTES
+        && active.index.sync_data().is_ok()
+    {
+        active.index_synced_position = active.synced_position;
+    }
 }

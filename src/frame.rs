@@ -435,10 +435,16 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         let mut buf = Vec::new();
-        encode(&mut buf, stamp(), b"k", [b"payload", b"more"], &LIMITS).unwrap();
+        encode(&mut buf, stamp(), b"k", [&b"payload"[..], b"more"], &LIMITS).unwrap();
         for len in 0..buf.len() {
             assert!(!matches!(probe(&buf[..len]), Probe::Frame(_)), "len {len}");
         }
+    }
+
+    #[test]
+    fn checksum_is_crc32_iso_hdlc_as_documented() {
+        // docs/format.md names this check value.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]

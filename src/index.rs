@@ -21,7 +21,6 @@
 //!   8  u64     timestamp_ms of the frame
 //! ```
 
-use crate::error::Error;
 use crate::frame::{read_u32, read_u64};
 use crate::FORMAT_VERSION;
 
@@ -115,7 +114,10 @@ pub fn decode(
             }
             None => true,
         };
-        if !ordered || entry.position < first_position || entry.position >= data_len {
+        // Only the segment's first frame can be at its first position, and it holds the base
+        // offset: a reader trusts an entry there without checking it further.
+        let first_ok = entry.position != first_position || entry.offset == base_offset;
+        if !ordered || !first_ok || entry.position < first_position || entry.position >= data_len {
             return (entries, Some(IndexDamage::BadEntries(i)));
         }
         entries.push(entry);
@@ -144,15 +146,6 @@ impl IndexPolicy {
             None => true,
             Some(last) => frame_position >= last + self.interval_bytes,
         }
-    }
-}
-
-/// Builds the error for an index that another format version wrote.
-pub fn version_error(path: &std::path::Path, found: u32) -> Error {
-    Error::IncompatibleFormat {
-        path: path.to_owned(),
-        found,
-        supported: FORMAT_VERSION,
     }
 }
 

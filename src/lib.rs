@@ -33,7 +33,7 @@ pub use crate::options::{
     PARTITIONS_DEFAULT, PARTITIONS_MAX, QUEUE_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
-pub use crate::partition::{Appended, Ticket};
+pub use crate::partition::{Appended, Stats, Ticket};
 pub use crate::reader::Reader;
 pub use crate::record::{Event, Header, Record};
 pub use crate::recovery::RecoveryReport;

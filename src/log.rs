@@ -13,7 +13,7 @@ use crate::hash;
 use crate::io;
 use crate::meta::{self, Meta};
 use crate::options::{Durability, Options, PARTITIONS_DEFAULT};
-use crate::partition::{now_ms, Appended, Config, Partition, Ticket};
+use crate::partition::{now_ms, Appended, Config, Partition, Stats, Ticket};
 use crate::reader::Reader;
 use crate::record::Event;
 use crate::recovery::{self, RecoveryReport};
@@ -121,7 +121,11 @@ impl Log {
                 recovered.last_timestamp_ms,
             ));
             reports.push(recovered.report);
-            recovered_writers.push(Writer::new(partition.clone(), recovered.active));
+            recovered_writers.push(Writer::new(
+                partition.clone(),
+                recovered.active,
+                recovered.last_timestamp_ms,
+            ));
             partitions.push(partition);
         }
         let mut writers = Vec::with_capacity(partitions.len());
@@ -245,6 +249,15 @@ impl Log {
     pub fn recovery_report(&self, partition: u32) -> Result<RecoveryReport> {
         self.partition(partition)?;
         Ok(self.reports[partition as usize])
+    }
+
+    /// What the writers did since the log was opened, summed over all partitions.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for partition in &self.partitions {
+            stats.add(&partition.counters);
+        }
+        stats
     }
 
     /// The directory of the log.

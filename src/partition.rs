@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -118,7 +118,15 @@ pub(crate) struct Queue {
     pub flush_requested: u64,
     pub closing: bool,
     pub writer_waiting: bool,
+    /// When the oldest frame now queued was queued (kept only outside `Sync` mode).
+    pub first_queued_at: Option<Instant>,
 }
+
+/// Outside `Sync` mode, the writer writes once this many bytes are queued...
+pub(crate) const WRITE_BATCH_BYTES: usize = 256 << 10;
+/// ... or once the oldest queued frame has waited this long. This bounds what a process kill
+/// can take from `Interval` and `Buffered` appends that were acknowledged but not yet written.
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// What waiters (tickets, flushes) watch, under one lock.
 pub(crate) struct Status {
@@ -145,6 +153,50 @@ pub(crate) struct Partition {
     visible_end: AtomicU64,
     /// Segments in base offset order; the last one is the one being written.
     pub segments: RwLock<Vec<Arc<Segment>>>,
+    pub counters: Counters,
+}
+
+/// Running totals of what the writer did, for [`Stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub writes: AtomicU64,
+    pub written_bytes: AtomicU64,
+    pub data_syncs: AtomicU64,
+    pub segments_rolled: AtomicU64,
+}
+
+/// What a log's writers have done since it was opened, summed over partitions or for one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `pwrite` calls for segment data (one per round, two across a roll).
+    pub writes: u64,
+    /// Bytes of frames written to segments.
+    pub written_bytes: u64,
+    /// `fdatasync` calls on segment data. With group commit this is far below the number of
+    /// appends.
+    pub data_syncs: u64,
+    /// Segments sealed.
+    pub segments_rolled: u64,
+}
+
+impl Stats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            writes: self.writes - earlier.writes,
+            written_bytes: self.written_bytes - earlier.written_bytes,
+            data_syncs: self.data_syncs - earlier.data_syncs,
+            segments_rolled: self.segments_rolled - earlier.segments_rolled,
+        }
+    }
+
+    pub(crate) fn add(&mut self, counters: &Counters) {
+        self.writes += counters.writes.load(Ordering::Relaxed);
+        self.written_bytes += counters.written_bytes.load(Ordering::Relaxed);
+        self.data_syncs += counters.data_syncs.load(Ordering::Relaxed);
+        self.segments_rolled += counters.segments_rolled.load(Ordering::Relaxed);
+    }
 }
 
 impl Partition {
@@ -170,6 +222,7 @@ impl Partition {
                 flush_requested: 0,
                 closing: false,
                 writer_waiting: false,
+                first_queued_at: None,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -183,6 +236,7 @@ impl Partition {
             status_changed: Condvar::new(),
             visible_end: AtomicU64::new(end_offset),
             segments: RwLock::new(segments),
+            counters: Counters::default(),
         }
     }
 
@@ -231,7 +285,15 @@ impl Partition {
         queue.next_offset += u64::from(count);
         queue.last_timestamp_ms = timestamp_ms;
         let generation = queue.generation.clone();
-        if queue.writer_waiting {
+        // Wake the writer when it has something to do at once: under Sync every append, else
+        // the first frame of a round (so it starts the linger clock) and a full batch.
+        let sync_mode = self.config.durability == Durability::Sync;
+        if !sync_mode && start == 0 {
+            queue.first_queued_at = Some(Instant::now());
+        }
+        if queue.writer_waiting
+            && (sync_mode || start == 0 || queue.bytes.len() >= WRITE_BATCH_BYTES)
+        {
             self.work.notify_one();
         }
         drop(queue);

@@ -31,8 +31,6 @@ pub struct Reader {
 struct SegmentCursor {
     segment: Arc<Segment>,
     map: Bytes,
-    /// The next segment's base offset, or `u64::MAX` for the last segment.
-    end_offset: u64,
     position: u64,
     offset: u64,
     /// False until a frame was found where the index said; then the index is trusted.
@@ -121,21 +119,32 @@ impl Reader {
         let target = self.next_offset;
         let needs_locate = match &self.segment {
             None => true,
-            Some(cursor) => target >= cursor.end_offset || target < cursor.offset,
+            Some(cursor) => target >= cursor.segment.end_offset() || target < cursor.offset,
         };
         if needs_locate {
             self.segment = Some(self.locate(target)?);
         }
         loop {
             let cursor = self.segment.as_mut().expect("located above");
-            if cursor.offset >= cursor.end_offset {
+            // The segment may have been sealed since this cursor was made: its end is read
+            // anew, and nothing at or past it is ever touched (the file may be cut there).
+            if cursor.offset >= cursor.segment.end_offset() {
                 self.segment = Some(self.locate(target)?);
                 continue;
             }
-            let probe = cursor.map.get(cursor.position as usize..).map_or(
-                Probe::Invalid("position past the end of the segment"),
-                frame::probe,
-            );
+            let probe = cursor
+                .segment
+                .data(&cursor.map)
+                .get(cursor.position as usize..)
+                .map_or(
+                    Probe::Invalid("position past the end of the segment"),
+                    frame::probe,
+                );
+            if !matches!(probe, Probe::Frame(_)) && cursor.segment.mapped_len() > cursor.map.len() {
+                // The file grew past this cursor's mapping (a segment without preallocation).
+                cursor.map = cursor.segment.map()?;
+                continue;
+            }
             let reason = match probe {
                 Probe::Frame(info) if info.base_offset == cursor.offset => {
                     cursor.index_checked = true;
@@ -160,22 +169,16 @@ impl Reader {
                 Probe::Empty => "zeros where a frame should be",
                 Probe::Invalid(reason) => reason,
             };
-            if !cursor.index_checked && cursor.position > SEGMENT_HEADER_LEN as u64 {
-                // The index sent us somewhere that is not the frame it promised. The segment
-                // is the truth: rebuild the index from it and look again.
-                let end = cursor.end_offset.min(self.partition.visible_end());
-                cursor
-                    .segment
-                    .distrust_index(end, self.partition.config.index_policy)?;
+            let policy = self.partition.config.index_policy;
+            let end = self.partition.visible_end();
+            if !cursor.index_checked && cursor.segment.index_lied(cursor.position, end, policy)? {
+                // The index sent us somewhere that is not the frame it promised; it has been
+                // rebuilt from the segment, which is the truth. Look again.
                 let mut relocated = self.locate(target)?;
-                relocated.index_checked = relocated.position == SEGMENT_HEADER_LEN as u64;
+                // The rebuilt index points only at frames that checked out: trust it, so that
+                // a real corruption after it is reported instead of rebuilding forever.
+                relocated.index_checked = true;
                 self.segment = Some(relocated);
-                if let Some(cursor) = &mut self.segment {
-                    if !cursor.index_checked {
-                        // The rebuilt index cannot point at anything invalid; trust it.
-                        cursor.index_checked = true;
-                    }
-                }
                 continue;
             }
             return Err(Error::corrupt(
@@ -188,28 +191,29 @@ impl Reader {
 
     /// Finds the segment holding `offset` and the scan start the index gives for it.
     fn locate(&self, offset: u64) -> Result<SegmentCursor> {
-        let (segment, end_offset) = {
+        let segment = {
             let segments = self.partition.segments.read();
             let after = segments.partition_point(|s| s.base_offset <= offset);
-            let i = after.saturating_sub(1);
-            let segment = segments.get(i).cloned().ok_or_else(|| {
-                Error::corrupt(&self.partition.dir, 0, "partition has no segments")
-            })?;
-            let end = segments
-                .get(i + 1)
-                .map_or(u64::MAX, |next| next.base_offset);
-            (segment, end)
+            segments
+                .get(after.saturating_sub(1))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::corrupt(&self.partition.dir, 0, "partition has no segments")
+                })?
         };
         let map = segment.map()?;
+        let end_offset = segment.end_offset().min(self.partition.visible_end());
         let (position, start_offset) =
             segment.scan_start(offset, end_offset, self.partition.config.index_policy)?;
+        // Only the segment's own start needs no check: the first frame is there by
+        // construction, at the base offset.
+        let at_start = position == SEGMENT_HEADER_LEN as u64 && start_offset == segment.base_offset;
         Ok(SegmentCursor {
             segment,
             map,
-            end_offset,
             position,
             offset: start_offset,
-            index_checked: position == SEGMENT_HEADER_LEN as u64,
+            index_checked: at_start,
         })
     }
 }

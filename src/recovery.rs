@@ -66,9 +66,11 @@ pub(crate) fn recover_partition(dir: &Path, id: u32, config: &Config) -> Result<
     let Some((&last, sealed)) = listing.segments.split_last() else {
         return fresh(dir, id, 0, config, 0, RecoveryReport::default());
     };
+    // A sealed segment ends where the next one begins.
     let mut segments: Vec<Arc<Segment>> = sealed
         .iter()
-        .map(|&base| Arc::new(Segment::sealed(dir, base)))
+        .zip(&listing.segments[1..])
+        .map(|(&base, &next)| Arc::new(Segment::sealed(dir, id, base, next)))
         .collect();
     let recovered = recover_active(dir, id, last, config)?;
     segments.extend(recovered.segments);
@@ -122,24 +124,18 @@ fn fresh(
         config.segment_bytes,
         &config.faults,
     )?;
-    let start = SEGMENT_HEADER_LEN as u64;
     Ok(Recovered {
         segments: vec![created.segment.clone()],
-        active: Active {
-            segment: created.segment,
-            data: created.data,
-            index: created.index,
+        active: Active::new(
+            created.segment,
+            created.data,
+            created.index,
             created_ms,
-            written_position: start,
-            written_end_offset: base,
-            visible_position: start,
-            visible_end_offset: base,
-            new_entries: Vec::new(),
-            last_entry_position: None,
-            last_visible_entry_position: None,
-            index_file_len: index::INDEX_HEADER_LEN as u64,
-            index_synced_position: start,
-        },
+            SEGMENT_HEADER_LEN as u64,
+            base,
+            0,
+            None,
+        ),
         end_offset: base,
         last_timestamp_ms,
         report,
@@ -232,35 +228,34 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
     data.sync_all()?;
 
     let index_rewritten = damage.is_some() || kept != decoded || entries.len() != kept;
+    let mut index_entries = entries.len();
     let index_file = if index_rewritten {
-        let file = io::File::create_truncate(&index_path, &config.faults)?;
-        file.write_all_at(&index::encode_file(base, &entries), 0)?;
-        file.sync_data()?;
-        file
+        match rewrite_index(&index_path, base, &entries, config) {
+            Ok(file) => file,
+            // The index is derived data: a log on a full disk must still open. What the file
+            // holds now is at worst a valid prefix; the next open rebuilds the rest.
+            Err(_) => {
+                index_entries = 0;
+                open_or_create(&index_path, config)?
+            }
+        }
     } else {
         io::File::open(&index_path, &config.faults)?
     };
-    let index_file_len = (index::INDEX_HEADER_LEN + entries.len() * index::INDEX_ENTRY_LEN) as u64;
-
     let map = segment::map_file(data.std(), &path)?;
-    let segment = Arc::new(Segment::active(dir, base, map, entries));
+    let segment = Arc::new(Segment::active(dir, id, base, map, entries));
     Ok(Recovered {
         segments: vec![segment.clone()],
-        active: Active {
+        active: Active::new(
             segment,
             data,
-            index: index_file,
-            created_ms: header.created_ms,
-            written_position: position,
-            written_end_offset: offset,
-            visible_position: position,
-            visible_end_offset: offset,
-            new_entries: Vec::new(),
+            index_file,
+            header.created_ms,
+            position,
+            offset,
+            index_entries,
             last_entry_position,
-            last_visible_entry_position: last_entry_position,
-            index_file_len,
-            index_synced_position: position,
-        },
+        ),
         end_offset: offset,
         last_timestamp_ms,
         report: RecoveryReport {
@@ -269,6 +264,25 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
             segment_recreated: false,
         },
     })
+}
+
+fn rewrite_index(
+    path: &Path,
+    base: u64,
+    entries: &[IndexEntry],
+    config: &Config,
+) -> Result<io::File> {
+    let file = io::File::create_truncate(path, &config.faults)?;
+    file.write_all_at(&index::encode_file(base, entries), 0)?;
+    file.sync_data()?;
+    Ok(file)
+}
+
+fn open_or_create(path: &Path, config: &Config) -> Result<io::File> {
+    match io::File::open(path, &config.faults) {
+        Ok(file) => Ok(file),
+        Err(_) => io::File::create_truncate(path, &config.faults),
+    }
 }
 
 /// The frame at `position` if it is whole, checks out and starts at `offset`.

@@ -20,11 +20,13 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::frame::{self, read_u32, read_u64, Probe};
-use crate::index::{self, IndexDamage, IndexEntry, IndexPolicy};
+use crate::index::{self, IndexEntry, IndexPolicy};
 use crate::io::{self, Faults};
 use crate::FORMAT_VERSION;
 
@@ -111,39 +113,92 @@ enum SegmentIndex {
     Loaded(Vec<IndexEntry>),
 }
 
-/// A segment as readers share it: where it is, its mapping and its index.
+/// A segment as readers share it: where it is, where it ends, its mapping and its index.
 pub struct Segment {
+    pub partition: u32,
     pub base_offset: u64,
     pub path: PathBuf,
     pub index_path: PathBuf,
+    /// One past the last offset, once sealed; `u64::MAX` while it is being written.
+    end_offset: AtomicU64,
+    /// One past the last byte of data, once sealed; `u64::MAX` while it is being written or
+    /// when unknown (sealed before this open: then the file's length bounds it).
+    end_position: AtomicU64,
     map: RwLock<Option<Bytes>>,
     index: RwLock<SegmentIndex>,
 }
 
 impl Segment {
-    /// A sealed segment found on disk; mapped and indexed on first read.
-    pub fn sealed(dir: &Path, base_offset: u64) -> Segment {
+    /// A sealed segment found on disk, ending where the next one starts; its header is checked,
+    /// and it is mapped and indexed, on first read.
+    pub fn sealed(dir: &Path, partition: u32, base_offset: u64, end_offset: u64) -> Segment {
         Segment {
+            partition,
             base_offset,
             path: segment_path(dir, base_offset),
             index_path: index_path(dir, base_offset),
+            end_offset: AtomicU64::new(end_offset),
+            end_position: AtomicU64::new(u64::MAX),
             map: RwLock::new(None),
             index: RwLock::new(SegmentIndex::Unloaded),
         }
     }
 
     /// The active segment, with its mapping and the index entries recovery or creation made.
-    pub fn active(dir: &Path, base_offset: u64, map: Bytes, entries: Vec<IndexEntry>) -> Segment {
+    pub fn active(
+        dir: &Path,
+        partition: u32,
+        base_offset: u64,
+        map: Bytes,
+        entries: Vec<IndexEntry>,
+    ) -> Segment {
         Segment {
+            partition,
             base_offset,
             path: segment_path(dir, base_offset),
             index_path: index_path(dir, base_offset),
+            end_offset: AtomicU64::new(u64::MAX),
+            end_position: AtomicU64::new(u64::MAX),
             map: RwLock::new(Some(map)),
             index: RwLock::new(SegmentIndex::Loaded(entries)),
         }
     }
 
-    /// The whole file, mapped. Readers slice records out of it without copying.
+    /// One past the last offset of a sealed segment; `u64::MAX` for the active one.
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    /// Length of the current mapping.
+    pub fn mapped_len(&self) -> usize {
+        self.map.read().as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Maps the file anew after it grew past the old mapping (a segment that could not be
+    /// preallocated grows with each write). Readers holding the old mapping keep it; they fetch
+    /// the new one when they reach its end.
+    pub fn remap(&self, file: &std::fs::File) -> Result<()> {
+        let map = map_file(file, &self.path)?;
+        *self.map.write() = Some(map);
+        Ok(())
+    }
+
+    /// Byte bound for reading: nothing at or past it is data.
+    pub fn end_position(&self) -> u64 {
+        self.end_position.load(Ordering::Acquire)
+    }
+
+    /// Marks the segment sealed. Called by the writer after the data is synced and before the
+    /// file is cut to `end_position` and before the next segment exists, so a reader that sees
+    /// the next segment's records also sees this end and never reads past it (the cut would
+    /// make such a read fault).
+    pub fn seal(&self, end_offset: u64, end_position: u64) {
+        self.end_position.store(end_position, Ordering::Release);
+        self.end_offset.store(end_offset, Ordering::Release);
+    }
+
+    /// The whole file, mapped. Readers slice records out of it without copying. A sealed
+    /// segment's header is checked when it is first mapped.
     pub fn map(&self) -> Result<Bytes> {
         if let Some(map) = self.map.read().as_ref() {
             return Ok(map.clone());
@@ -154,6 +209,14 @@ impl Segment {
         }
         let file = std::fs::File::open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
         let map = map_file(&file, &self.path)?;
+        let header = SegmentHeader::decode(&map, &self.path)?;
+        if header.base_offset != self.base_offset || header.partition != self.partition {
+            return Err(Error::corrupt(
+                &self.path,
+                0,
+                "segment header does not match its file name or partition",
+            ));
+        }
         *slot = Some(map.clone());
         Ok(map)
     }
@@ -185,13 +248,20 @@ impl Segment {
         Ok(start)
     }
 
-    /// Forgets the index after a reader found it pointing at something that is not the frame
-    /// it promised; the next lookup rebuilds it from the segment.
-    pub fn distrust_index(&self, end_offset: u64, policy: IndexPolicy) -> Result<()> {
+    /// Called when a reader found no valid frame at `position`, where the index said one
+    /// starts. Scans the segment from its start to tell the two causes apart: if the chain of
+    /// valid frames reaches exactly `position`, the data there is damaged and the index is
+    /// right (it is kept, so records after the damage stay reachable): returns false. Otherwise
+    /// the index lied: it is replaced by the rebuilt one and this returns true.
+    pub fn index_lied(&self, position: u64, end_offset: u64, policy: IndexPolicy) -> Result<bool> {
         let map = self.map()?;
-        let entries = rebuild_index(&map, self.base_offset, end_offset, policy);
+        let end_offset = end_offset.min(self.end_offset());
+        let (entries, stop) = scan_index(self.data(&map), self.base_offset, end_offset, policy);
+        if stop == position {
+            return Ok(false);
+        }
         *self.index.write() = SegmentIndex::Loaded(entries);
-        Ok(())
+        Ok(true)
     }
 
     fn load_index(&self, end_offset: u64, policy: IndexPolicy) -> Result<Vec<IndexEntry>> {
@@ -205,15 +275,29 @@ impl Segment {
             &bytes,
             self.base_offset,
             SEGMENT_HEADER_LEN as u64,
-            map.len() as u64,
+            self.data(&map).len() as u64,
         );
         match damage {
             None => Ok(entries),
-            Some(IndexDamage::Version(found)) => Err(index::version_error(&self.index_path, found)),
-            // A sealed segment's index was synced when it was sealed; damage means the file was
-            // lost or hurt afterwards. The segment itself is the truth: rebuild from it.
-            Some(_) => Ok(rebuild_index(&map, self.base_offset, end_offset, policy)),
+            // A sealed segment's index was synced when it was sealed; damage (or another
+            // version's index) means the file was replaced or hurt afterwards. The segment is
+            // the truth: rebuild from it.
+            Some(_) => {
+                let end_offset = end_offset.min(self.end_offset());
+                Ok(rebuild_index(
+                    self.data(&map),
+                    self.base_offset,
+                    end_offset,
+                    policy,
+                ))
+            }
         }
+    }
+
+    /// The part of the mapping that can hold data: bounded by the sealed end, if known.
+    pub fn data<'m>(&self, map: &'m [u8]) -> &'m [u8] {
+        let end = usize::try_from(self.end_position()).unwrap_or(usize::MAX);
+        &map[..map.len().min(end)]
     }
 }
 
@@ -232,6 +316,16 @@ pub fn rebuild_index(
     end_offset: u64,
     policy: IndexPolicy,
 ) -> Vec<IndexEntry> {
+    scan_index(map, base_offset, end_offset, policy).0
+}
+
+/// [`rebuild_index`], also returning the position where the scan stopped.
+fn scan_index(
+    map: &[u8],
+    base_offset: u64,
+    end_offset: u64,
+    policy: IndexPolicy,
+) -> (Vec<IndexEntry>, u64) {
     let mut entries = Vec::new();
     let mut position = SEGMENT_HEADER_LEN as u64;
     let mut offset = base_offset;
@@ -255,7 +349,7 @@ pub fn rebuild_index(
         position += u64::from(info.frame_len);
         offset = info.end_offset();
     }
-    entries
+    (entries, position)
 }
 
 /// Maps a whole file read-only into a `Bytes`.
@@ -316,7 +410,7 @@ pub fn create(
     index.write_all_at(&index::encode_header(header.base_offset), 0)?;
     io::sync_dir(dir, faults)?;
     let map = map_file(data.std(), &path)?;
-    let segment = Segment::active(dir, header.base_offset, map, Vec::new());
+    let segment = Segment::active(dir, header.partition, header.base_offset, map, Vec::new());
     Ok(CreatedSegment {
         segment: std::sync::Arc::new(segment),
         data,

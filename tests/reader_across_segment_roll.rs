@@ -1,0 +1,109 @@
+//! Bug: a `Reader` that was positioned in the active segment before the writer sealed it keeps
+//! that segment's old mapping and `end_offset = u64::MAX`, so after the roll it probes past the
+//! sealed segment's data: it returns `Error::Corrupt` ("zeros where a frame should be") for a
+//! healthy log, or dies of `SIGBUS` when the sealed data ends on a page boundary (the file was
+//! truncated under the preallocated-size mapping).
+//!
+//! `Reader` documents that `None` means "nothing more for now, so it can be polled again later";
+//! these tests poll it again after a roll.
+
+use std::path::Path;
+
+use annal::{Durability, Log, Options};
+
+fn options() -> Options {
+    Options::default()
+        .partitions(1)
+        .durability(Durability::Sync)
+        .segment_bytes(64 << 10)
+        .batch_bytes_max(16 << 10)
+        .event_bytes_max(8 << 10)
+}
+
+fn segment_bases(partition_dir: &Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(partition_dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg").map(|stem| stem.parse().unwrap())
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// A reader that reached the end of the active segment is polled again after the writer sealed
+/// that segment and went on in the next one: it must continue there.
+#[test]
+
+fn reader_at_the_end_continues_into_the_next_segment_after_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    let payload = vec![7u8; 6_000];
+    log.append(b"k", &payload).unwrap();
+    let mut reader = log.read(0, 0).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().offset, 0);
+    assert!(reader.next().is_none(), "nothing more for now");
+
+    // Fill the first segment and roll over into a second one.
+    let mut expected = 1u64;
+    while segment_bases(&dir.path().join("p0000")).len() < 2 {
+        log.append(b"k", &payload).unwrap();
+        expected += 1;
+    }
+    let mut seen = 1u64;
+    for record in reader.by_ref() {
+        let record = record.unwrap();
+        assert_eq!(record.offset, seen);
+        assert_eq!(record.payload.as_ref(), payload.as_slice());
+        seen += 1;
+    }
+    assert_eq!(seen, expected);
+}
+
+/// The same, for a reader that stopped in the middle of the active segment: it reads the rest of
+/// the sealed segment and goes on into the next.
+#[test]
+
+fn reader_created_before_a_roll_reads_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    let payload = vec![9u8; 5_000];
+    for _ in 0..3 {
+        log.append(b"k", &payload).unwrap();
+    }
+    let mut reader = log.read(0, 0).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().offset, 0);
+    let mut expected = 3u64;
+    while segment_bases(&dir.path().join("p0000")).len() < 3 {
+        log.append(b"k", &payload).unwrap();
+        expected += 1;
+    }
+    let offsets: Vec<u64> = reader.map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, (1..expected).collect::<Vec<_>>());
+}
+
+/// As above, with the sealed segment's data ending exactly on a page boundary: the reader's
+/// stale mapping then reaches past the end of the truncated file, and touching it is `SIGBUS`
+/// (with 4 KiB pages). While the bug lasts, running this test kills the whole test binary.
+#[test]
+
+fn reader_at_a_page_aligned_segment_end_continues_after_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    // A frame is 32 header + 2 key length + 1 key + 7 record bytes + payload = 42 + payload.
+    // Eight frames of 7,672 bytes after the 64-byte segment header end at 61,440 = 15 pages;
+    // a ninth does not fit into 64 KiB, so it rolls.
+    let payload = vec![5u8; 7_630];
+    for _ in 0..8 {
+        log.append(b"k", &payload).unwrap();
+    }
+    let mut reader = log.read(0, 0).unwrap();
+    assert_eq!(reader.by_ref().count(), 8);
+    log.append(b"k", &payload).unwrap();
+    assert_eq!(segment_bases(&dir.path().join("p0000")), vec![0, 8]);
+    let sealed = dir.path().join("p0000").join(format!("{:020}.seg", 0));
+    assert_eq!(std::fs::metadata(sealed).unwrap().len(), 61_440);
+    let record = reader.next().expect("the ninth record").unwrap();
+    assert_eq!(record.offset, 8);
+}
