@@ -249,19 +249,21 @@ impl Segment {
     }
 
     /// Called when a reader found no valid frame at `position`, where the index said one
-    /// starts. Scans the segment from its start to tell the two causes apart: if the chain of
-    /// valid frames reaches exactly `position`, the data there is damaged and the index is
-    /// right (it is kept, so records after the damage stay reachable): returns false. Otherwise
-    /// the index lied: it is replaced by the rebuilt one and this returns true.
+    /// starts. Scans the segment's chain of valid frames from its start to tell the causes
+    /// apart. The index lied only if the chain passes over `position` without a frame starting
+    /// there, or ends cleanly before it: then the index is replaced by the rebuilt one and this
+    /// returns true. Otherwise (the chain stops at `position`, or at damage before it) the data
+    /// is what is damaged; the index is kept, so records after the damage stay reachable, and
+    /// this returns false.
     pub fn index_lied(&self, position: u64, end_offset: u64, policy: IndexPolicy) -> Result<bool> {
         let map = self.map()?;
         let end_offset = end_offset.min(self.end_offset());
-        let (entries, stop) = scan_index(self.data(&map), self.base_offset, end_offset, policy);
-        if stop == position {
-            return Ok(false);
+        let scan = scan_index(self.data(&map), self.base_offset, end_offset, policy);
+        let lied = scan.stop > position || (scan.stop < position && scan.reached_end);
+        if lied {
+            *self.index.write() = SegmentIndex::Loaded(scan.entries);
         }
-        *self.index.write() = SegmentIndex::Loaded(entries);
-        Ok(true)
+        Ok(lied)
     }
 
     fn load_index(&self, end_offset: u64, policy: IndexPolicy) -> Result<Vec<IndexEntry>> {
@@ -316,16 +318,19 @@ pub fn rebuild_index(
     end_offset: u64,
     policy: IndexPolicy,
 ) -> Vec<IndexEntry> {
-    scan_index(map, base_offset, end_offset, policy).0
+    scan_index(map, base_offset, end_offset, policy).entries
 }
 
-/// [`rebuild_index`], also returning the position where the scan stopped.
-fn scan_index(
-    map: &[u8],
-    base_offset: u64,
-    end_offset: u64,
-    policy: IndexPolicy,
-) -> (Vec<IndexEntry>, u64) {
+/// What a scan of a segment's chain of valid frames found.
+struct Scan {
+    entries: Vec<IndexEntry>,
+    /// Where the chain stopped.
+    stop: u64,
+    /// Whether it stopped because it reached `end_offset`, not at an invalid frame.
+    reached_end: bool,
+}
+
+fn scan_index(map: &[u8], base_offset: u64, end_offset: u64, policy: IndexPolicy) -> Scan {
     let mut entries = Vec::new();
     let mut position = SEGMENT_HEADER_LEN as u64;
     let mut offset = base_offset;
@@ -349,7 +354,11 @@ fn scan_index(
         position += u64::from(info.frame_len);
         offset = info.end_offset();
     }
-    (entries, position)
+    Scan {
+        entries,
+        stop: position,
+        reached_end: offset >= end_offset,
+    }
 }
 
 /// Maps a whole file read-only into a `Bytes`.

@@ -414,3 +414,54 @@ fn a_read_meeting_a_corrupt_frame_does_not_hide_the_records_after_it() {
     assert_eq!(&new.payload[..], b"new");
     log.close().unwrap();
 }
+
+/// Regression test for a bug that remains after the fix above: to tell a lying index from
+/// damaged data, `Segment::index_lied` scans from the segment start and calls the index a liar
+/// unless the chain of valid frames stops exactly at the position the index gave. With two
+/// damaged frames, the chain stops at the first one, before the position of the second, which
+/// a correct index entry points at: the index is declared lying and replaced by the rebuild,
+/// which ends at the first damage. From then on every record after it, including new appends,
+/// reads as `Error::Corrupt` until the log is reopened.
+#[test]
+fn a_read_meeting_the_second_of_two_corrupt_frames_does_not_hide_the_records_after_it() {
+    let pristine = Pristine::build();
+    let cases = tempfile::tempdir().unwrap();
+    let dir = pristine.copy(cases.path(), "two-corrupt-frames");
+    let entries = pristine.entries();
+    let middle = entries[entries.len() / 2];
+    let second_offset = u64::from(u32::from_le_bytes(middle[..4].try_into().unwrap()));
+    let second = pristine
+        .frames
+        .iter()
+        .position(|f| f.start == entry_position(middle))
+        .unwrap();
+    // The frame right before the second one: no index entry leads past it to the second.
+    let first = second - 1;
+    let segment_path = dir.join(SEGMENT_FILE);
+    let mut segment = fs::read(&segment_path).unwrap();
+    segment[pristine.frames[first].end - 1] ^= 0xFF;
+    segment[pristine.frames[second].end - 1] ^= 0xFF;
+    fs::write(&segment_path, segment).unwrap();
+
+    let log = Log::open(&dir, options()).unwrap();
+    assert_eq!(log.end_offset(0).unwrap(), RECORDS as u64);
+    let after = second_offset + 5;
+    let read_at = |offset: u64| log.read(0, offset).unwrap().next().unwrap();
+    assert_eq!(
+        read_at(after).unwrap().payload,
+        pristine.payloads[after as usize],
+        "readable before anyone meets a corrupt frame"
+    );
+    assert!(read_at(second_offset).unwrap_err().is_corruption());
+    // Nothing changed on disk; the same read must still work.
+    match read_at(after) {
+        Ok(record) => assert_eq!(record.payload, pristine.payloads[after as usize]),
+        Err(error) => {
+            panic!("offset {after} became unreadable after a read of {second_offset}: {error}")
+        }
+    }
+    let appended = log.append(b"key", b"new").unwrap();
+    let new = read_at(appended.offset).unwrap_or_else(|e| panic!("new append unreadable: {e}"));
+    assert_eq!(&new.payload[..], b"new");
+    log.close().unwrap();
+}

@@ -41,13 +41,6 @@ const META_FILE: &str = "annal.meta";
 const OFFSETS_READ_ALL_MAX: u64 = 64;
 const NEW_KEY: &[u8] = b"fuzz-new-key";
 const NEW_PAYLOAD: &[u8] = b"appended after recovery";
-/// A known engine bug: a reader that meets a corrupt frame where the index sent it rebuilds
-/// the segment's in-memory index from the segment start, stopping at that frame, so records
-/// after it (and new appends) stop being readable until the log is reopened. Regression test:
-/// `a_read_meeting_a_corrupt_frame_does_not_hide_the_records_after_it` in
-/// `tests/recovery_index.rs`. While it is open, check 7 is skipped, so that the fuzzer can
-/// find other bugs; set this to false once it is fixed.
-const KNOWN_BUG_CORRUPT_READ_HIDES_LATER_RECORDS: bool = true;
 
 pub fn options() -> Options {
     Options::default()
@@ -232,13 +225,11 @@ pub fn check_recovery(segment_data: &[u8], index: IndexInput<'_>) -> Outcome {
     }
     assert_eq!(again, records, "reopen changed the records");
     check_reads_from_offsets(&log, end_offset + 1, &records, has_index);
-    if !KNOWN_BUG_CORRUPT_READ_HIDES_LATER_RECORDS {
-        assert_eq!(
-            first_record_at(&log, end_offset).as_ref(),
-            Some(&new_record),
-            "reading other offsets made the new record unreadable"
-        );
-    }
+    assert_eq!(
+        first_record_at(&log, end_offset).as_ref(),
+        Some(&new_record),
+        "reading other offsets made the new record unreadable"
+    );
     log.close().unwrap();
 
     Outcome {
