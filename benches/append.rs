@@ -142,21 +142,19 @@ fn raw_group(c: &mut Criterion) {
     group.finish();
 }
 
-/// Measures `f` for about `duration`, returning events per second and the log's stats delta.
+/// Measures `f` over one run sized to last about `duration` (after a short calibration run,
+/// so that per-run costs such as the final flush do not dominate). Returns events per second,
+/// the log's stats over the measured run, and its number of events.
 fn rate(
     log: &Log,
     duration: Duration,
     mut f: impl FnMut(&Log, u64) -> Duration,
 ) -> (f64, annal::Stats, u64) {
+    let calibration = 2_000u64;
+    let calibration_rate = calibration as f64 / f(log, calibration).as_secs_f64();
+    let events = ((calibration_rate * duration.as_secs_f64()) as u64).max(calibration);
     let before = log.stats();
-    let mut events = 0u64;
-    let mut elapsed = Duration::ZERO;
-    let mut chunk = 1_000u64;
-    while elapsed < duration {
-        elapsed += f(log, chunk);
-        events += chunk;
-        chunk = (chunk * 2).min(1 << 20);
-    }
+    let elapsed = f(log, events);
     let delta = log.stats().since(&before);
     (events as f64 / elapsed.as_secs_f64(), delta, events)
 }
@@ -200,6 +198,20 @@ fn summary() {
          ratio to 1 producer {:.1}x (target >= 10x)",
         stats16.written_bytes as f64 / 305.0 / stats16.data_syncs.max(1) as f64,
         sixteen / one
+    );
+
+    // The same 16 producers on one partition: every producer waits on the same file, so one
+    // fdatasync can carry all of them. This isolates group commit from the spreading of
+    // producers over 8 files (about 2 per partition above).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), Options::default().partitions(1)).expect("open");
+    let (single, stats1p, _) = rate(&log, quick, |log, n| run_producers(log, 16, n, 256));
+    log.close().expect("close");
+    println!(
+        "Sync, 16 blocking producers, 1 partition: {single:.0} events/s ({:.1} events per \
+         fdatasync); ratio to 1 producer {:.1}x",
+        stats1p.written_bytes as f64 / 305.0 / stats1p.data_syncs.max(1) as f64,
+        single / one
     );
 
     for depth in [256usize, 4096] {

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::index::{self, IndexEntry};
@@ -25,6 +25,13 @@ use crate::segment::{self, Segment, SegmentHeader};
 /// The index file is synced whenever this much segment data was synced since its last sync, so
 /// that recovery after a power loss rescans at most this much of the active segment.
 pub const INDEX_SYNC_BYTES: u64 = 4 << 20;
+
+/// The longest a `Sync` round waits to gather the appenders of the previous round.
+pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);
+/// Gathering starts only after a round of at least this many frames: with fewer appenders per
+/// partition, waiting for them costs more than the fsyncs it saves (measured: 8 partitions, 16
+/// producers).
+pub const GATHER_FRAMES_MIN: usize = 4;
 
 /// The segment being written, as only the writer thread sees it.
 pub(crate) struct Active {
@@ -48,11 +55,21 @@ pub(crate) struct Active {
     /// the log and never a hole.
     pub unpersisted_entries: Vec<IndexEntry>,
     pub last_entry_position: Option<u64>,
-    pub last_visible_entry_position: Option<u64>,
     /// Length of the index file as written so far.
     pub index_file_len: u64,
     /// Data position that the last index sync covered.
     pub index_synced_position: u64,
+    /// The write state when the current round started: a failed round is cut back to it, and
+    /// only to it, so that earlier rounds (written, maybe not yet synced) survive.
+    round_start: RoundStart,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RoundStart {
+    position: u64,
+    end_offset: u64,
+    new_entries: usize,
+    last_entry_position: Option<u64>,
 }
 
 impl Active {
@@ -83,11 +100,25 @@ impl Active {
             new_entries: Vec::new(),
             unpersisted_entries: Vec::new(),
             last_entry_position,
-            last_visible_entry_position: last_entry_position,
             index_file_len: (index::INDEX_HEADER_LEN + index_entries * index::INDEX_ENTRY_LEN)
                 as u64,
             index_synced_position: position,
+            round_start: RoundStart {
+                position,
+                end_offset,
+                new_entries: 0,
+                last_entry_position,
+            },
         }
+    }
+
+    fn mark_round_start(&mut self) {
+        self.round_start = RoundStart {
+            position: self.written_position,
+            end_offset: self.written_end_offset,
+            new_entries: self.new_entries.len(),
+            last_entry_position: self.last_entry_position,
+        };
     }
 
     fn has_data(&self) -> bool {
@@ -120,6 +151,10 @@ pub(crate) struct Writer {
     frames: Vec<QueuedFrame>,
     next_interval_sync: Option<Instant>,
     flush_done: u64,
+    /// Frames in the last `Sync` round, and how long its fdatasync took: the next round waits
+    /// a little for that many appenders to come back (see `take_round`).
+    last_round_frames: usize,
+    last_sync: Duration,
     /// Timestamp of the last frame written. A new segment's `created_ms` is at least this, so
     /// that recovery of an empty segment never restarts timestamps below an earlier frame's.
     last_timestamp_ms: u64,
@@ -136,12 +171,15 @@ impl Writer {
             frames: Vec::new(),
             next_interval_sync: None,
             flush_done: 0,
+            last_round_frames: 0,
+            last_sync: Duration::ZERO,
             last_timestamp_ms,
         }
     }
 
     /// Runs rounds until the log closes or the partition is poisoned.
     pub fn run(mut self) {
+        let _exit = ExitGuard(self.partition.clone());
         loop {
             let round = self.take_round();
             let sync = self.wants_sync(&round);
@@ -166,7 +204,6 @@ impl Writer {
                 break;
             }
         }
-        self.partition.writer_exited();
     }
 
     /// Waits for work and takes the whole queue.
@@ -174,24 +211,51 @@ impl Writer {
         let partition = self.partition.clone();
         let mut queue = partition.queue.lock();
         let sync_mode = partition.config.durability == Durability::Sync;
+        // Group commit under Sync: the appenders released by the last round come back within
+        // microseconds, but on few cores not all before the next round starts, and rounds would
+        // settle into alternating halves. So when the last round carried several appends, wait
+        // for as many more (bounded by half the last fsync's duration) before writing. A lone
+        // appender, or a few per partition, never wait (GATHER_FRAMES_MIN).
+        let mut gather = (sync_mode && self.last_round_frames >= GATHER_FRAMES_MIN).then(|| {
+            let window = (self.last_sync / 2).min(GATHER_WINDOW_MAX);
+            (
+                queue.frames.len() + self.last_round_frames,
+                Instant::now() + window,
+            )
+        });
+        queue.gather_target = gather.map_or(1, |(target, _)| target);
         let mut interval_due = false;
         loop {
             if queue.flush_requested > self.flush_done || queue.closing {
                 break;
             }
             let now = Instant::now();
+            if gather.is_some_and(|(_, until)| now >= until) {
+                gather = None;
+                queue.gather_target = 1;
+            }
             // Under Sync every appender is waiting: write at once. Otherwise nobody waits, so
             // let small rounds linger until they are worth a write call.
-            let mut deadline = None;
+            // While gathering, the writer must wake at the window's end even with an empty
+            // queue: appenders do not wake it before the target is reached.
+            let mut deadline = gather.map(|(_, until)| until);
             if !queue.frames.is_empty() {
-                if sync_mode || queue.bytes.len() >= partition::WRITE_BATCH_BYTES {
+                if sync_mode {
+                    match gather {
+                        Some((target, until)) if queue.frames.len() < target => {
+                            deadline = Some(until);
+                        }
+                        _ => break,
+                    }
+                } else if queue.bytes.len() >= partition::WRITE_BATCH_BYTES {
                     break;
+                } else {
+                    let linger_end = queue.first_queued_at.unwrap_or(now) + partition::LINGER;
+                    if now >= linger_end {
+                        break;
+                    }
+                    deadline = Some(linger_end);
                 }
-                let linger_end = queue.first_queued_at.unwrap_or(now) + partition::LINGER;
-                if now >= linger_end {
-                    break;
-                }
-                deadline = Some(linger_end);
             }
             if let Some(sync_at) = self.next_interval_sync {
                 if now >= sync_at {
@@ -210,6 +274,7 @@ impl Writer {
             queue.writer_waiting = false;
         }
         queue.first_queued_at = None;
+        queue.gather_target = 1;
         queue.writer_waiting = false;
         debug_assert!(self.bytes.is_empty() && self.frames.is_empty());
         std::mem::swap(&mut queue.bytes, &mut self.bytes);
@@ -230,7 +295,9 @@ impl Writer {
             Durability::Sync => flush || !self.frames.is_empty(),
             Durability::Interval(interval) => {
                 if !self.frames.is_empty() && self.next_interval_sync.is_none() {
-                    self.next_interval_sync = Some(Instant::now() + interval);
+                    // Options bound the interval; checked all the same, as an overflow here
+                    // would stop the writer.
+                    self.next_interval_sync = Instant::now().checked_add(interval);
                 }
                 let due = round.interval_due
                     || self
@@ -252,6 +319,10 @@ impl Writer {
     fn commit_round(&mut self, sync: bool) -> Result<(), Fault> {
         let bytes = std::mem::take(&mut self.bytes);
         let mut frames = std::mem::take(&mut self.frames);
+        self.last_round_frames = frames.len();
+        if let Some(active) = &mut self.active {
+            active.mark_round_start();
+        }
         let result = self.write_frames(&bytes, &frames);
         self.bytes = bytes;
         self.bytes.clear();
@@ -263,7 +334,9 @@ impl Writer {
                 if active.written_position > active.visible_position
                     || self.partition.config.durability != Durability::Sync
                 {
+                    let started = Instant::now();
                     active.data.sync_data().map_err(Fault::Poison)?;
+                    self.last_sync = started.elapsed();
                     self.partition.counters.data_syncs.fetch_add(1, Relaxed);
                 }
             }
@@ -426,18 +499,42 @@ impl Writer {
         let Some(active) = &mut self.active else {
             return Ok(());
         };
-        active.data.set_len(active.visible_position)?;
+        let start = active.round_start;
+        active.data.set_len(start.position)?;
         // Best effort: without preallocation, appends still work, as a growing file.
         let _ = active.data.preallocate(self.partition.config.segment_bytes);
         // The cut must be durable before new frames are written over the old positions:
-        // otherwise a power loss could bring back dropped frames behind them.
+        // otherwise a power loss could bring back dropped frames behind them. The same sync
+        // makes the earlier rounds durable, so they are published: they are not lost, and
+        // their offsets are never given to other events.
         active.data.sync_all()?;
-        active.synced_position = active.visible_position;
-        active.written_position = active.visible_position;
-        active.written_end_offset = active.visible_end_offset;
-        active.new_entries.clear();
-        active.last_entry_position = active.last_visible_entry_position;
+        active.written_position = start.position;
+        active.written_end_offset = start.end_offset;
+        active.new_entries.truncate(start.new_entries);
+        active.last_entry_position = start.last_entry_position;
+        active.synced_position = start.position;
+        make_visible(&self.partition, active, None);
+        persist_index(active);
         Ok(())
+    }
+}
+
+/// Tells waiters that the writer stopped, however it stopped. If it panicked (a bug), the
+/// partition is poisoned first, so that no ticket waits forever and no append is reported
+/// durable.
+struct ExitGuard(Arc<Partition>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let error = Error::Io {
+                op: "writer thread",
+                path: self.0.dir.clone(),
+                source: std::io::Error::other("the partition's writer thread panicked"),
+            };
+            self.0.fail(error, true);
+        }
+        self.0.writer_exited();
     }
 }
 
@@ -458,7 +555,6 @@ fn make_visible(partition: &Partition, active: &mut Active, flush_done: Option<u
             .unpersisted_entries
             .extend_from_slice(&active.new_entries);
         active.new_entries.clear();
-        active.last_visible_entry_position = active.last_entry_position;
     }
     active.visible_position = active.written_position;
     active.visible_end_offset = active.written_end_offset;

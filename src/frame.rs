@@ -73,7 +73,8 @@ pub struct EncodeLimits {
     pub batch_bytes_max: u64,
 }
 
-/// Appends one frame to `buf`. On error `buf` is left as it was.
+/// Appends one frame to `buf`. On error, and if an event conversion panics, `buf` is left as
+/// it was: the queue it belongs to must never hold a partial frame.
 /// Returns the number of records in the frame.
 pub fn encode<'e, I>(
     buf: &mut Vec<u8>,
@@ -86,12 +87,29 @@ where
     I: IntoIterator,
     I::Item: Into<Event<'e>>,
 {
-    let start = buf.len();
-    let result = encode_unchecked_rollback(buf, stamp, key, events, limits);
-    if result.is_err() {
-        buf.truncate(start);
-    }
+    let mut rollback = Rollback {
+        start: buf.len(),
+        buf,
+        keep: false,
+    };
+    let result = encode_unchecked_rollback(rollback.buf, stamp, key, events, limits);
+    rollback.keep = result.is_ok();
     result
+}
+
+/// Truncates the buffer back to `start` when dropped, unless told to keep what was added.
+struct Rollback<'b> {
+    buf: &'b mut Vec<u8>,
+    start: usize,
+    keep: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.buf.truncate(self.start);
+        }
+    }
 }
 
 fn encode_unchecked_rollback<'e, I>(
@@ -231,10 +249,10 @@ pub fn probe(bytes: &[u8]) -> Probe {
         };
     }
     let header = &bytes[..FRAME_HEADER_LEN];
-    if header.iter().all(|&b| b == 0) {
-        return Probe::Empty;
-    }
     if header[MAGIC_OFFSET] != FRAME_MAGIC {
+        if header.iter().all(|&b| b == 0) {
+            return Probe::Empty;
+        }
         return Probe::Invalid("bad frame magic");
     }
     let frame_len = read_u32(header, LEN_OFFSET) as usize;

@@ -61,9 +61,9 @@ impl Log {
         if dir.exists() && !dir.is_dir() {
             return Err(Error::NotADirectory { path: dir });
         }
-        io::create_dir_all(&dir)?;
-        let lock = meta::lock(&dir)?;
         let faults = options.fail_points.clone();
+        io::create_dir_all_durable(&dir, &faults)?;
+        let lock = meta::lock(&dir)?;
         let meta = match Meta::read(&dir)? {
             Some(meta) => {
                 if let Some(requested) = options.partitions {
@@ -128,23 +128,23 @@ impl Log {
             ));
             partitions.push(partition);
         }
-        let mut writers = Vec::with_capacity(partitions.len());
-        for writer in recovered_writers {
-            let name = format!("annal-writer-{}", writers.len());
-            let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || writer.run())
-                .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
-            writers.push(handle);
-        }
-        Ok(Log {
+        let log = Log {
             dir,
             options,
             partitions,
-            writers: Mutex::new(writers),
+            writers: Mutex::new(Vec::with_capacity(recovered_writers.len())),
             reports,
             _lock: lock,
-        })
+        };
+        for (id, writer) in recovered_writers.into_iter().enumerate() {
+            let handle = std::thread::Builder::new()
+                .name(format!("annal-writer-{id}"))
+                .spawn(move || writer.run())
+                // Dropping `log` on this error stops and joins the writers already started.
+                .map_err(|e| Error::io("spawn writer thread", &log.dir, e))?;
+            log.writers.lock().push(handle);
+        }
+        Ok(log)
     }
 
     /// Appends one event under `key`. Under [`Durability::Sync`] it returns once the event is
@@ -156,7 +156,7 @@ impl Log {
     /// [`Error::AppendFailed`] (not appended; later appends may succeed), [`Error::Poisoned`],
     /// [`Error::Closed`].
     pub fn append<'e>(&self, key: &[u8], event: impl Into<Event<'e>>) -> Result<Appended> {
-        self.append_batch(key, [event.into()])
+        self.append_events(key, [event.into()])
     }
 
     /// Appends several events under one key as one frame with one checksum: after any crash
@@ -171,10 +171,18 @@ impl Log {
         I: IntoIterator,
         I::Item: Into<Event<'e>>,
     {
-        let ticket = self.append_batch_pipelined(key, events)?;
+        self.append_events(key, collect(events))
+    }
+
+    /// Appends events that are already converted: no caller code runs under the queue lock.
+    fn append_events<'e, I>(&self, key: &[u8], events: I) -> Result<Appended>
+    where
+        I: IntoIterator<Item = Event<'e>>,
+    {
+        let partition = self.route(key)?;
         match self.options.durability {
-            Durability::Sync => ticket.wait(),
-            Durability::Interval(_) | Durability::Buffered => Ok(ticket.appended()),
+            Durability::Sync => partition.enqueue_with_ticket(key, events)?.wait(),
+            Durability::Interval(_) | Durability::Buffered => partition.enqueue(key, events),
         }
     }
 
@@ -185,7 +193,7 @@ impl Log {
     ///
     /// As [`append`](Self::append), for what can be checked before the write.
     pub fn append_pipelined<'e>(&self, key: &[u8], event: impl Into<Event<'e>>) -> Result<Ticket> {
-        self.append_batch_pipelined(key, [event.into()])
+        self.route(key)?.enqueue_with_ticket(key, [event.into()])
     }
 
     /// Queues one batch (see [`append_batch`](Self::append_batch)) and returns a [`Ticket`].
@@ -198,6 +206,11 @@ impl Log {
         I: IntoIterator,
         I::Item: Into<Event<'e>>,
     {
+        self.route(key)?.enqueue_with_ticket(key, collect(events))
+    }
+
+    /// Checks a key and returns the partition it belongs to.
+    fn route(&self, key: &[u8]) -> Result<&Arc<Partition>> {
         if key.is_empty() {
             return Err(Error::EmptyKey);
         }
@@ -208,8 +221,7 @@ impl Log {
                 limit: key_limit,
             });
         }
-        let partition = &self.partitions[self.partition_for(key) as usize];
-        partition.enqueue(key, events)
+        Ok(&self.partitions[self.partition_for(key) as usize])
     }
 
     /// Reads `partition` in offset order from `from_offset`, up to what is visible (see
@@ -303,6 +315,8 @@ impl Log {
             drop(queue);
             partition.space.notify_all();
         }
+        // A writer that panicked has poisoned its partition (see commit.rs), which is reported
+        // below; the join error itself carries nothing more.
         for writer in writers {
             let _ = writer.join();
         }
@@ -351,6 +365,16 @@ impl std::fmt::Debug for Log {
             .field("durability", &self.options.durability)
             .finish()
     }
+}
+
+/// Converts a caller's events before any lock is taken: the caller's iterator may do anything,
+/// including panic or append to this log, and must not do it while a partition is locked.
+fn collect<'e, I>(events: I) -> Vec<Event<'e>>
+where
+    I: IntoIterator,
+    I::Item: Into<Event<'e>>,
+{
+    events.into_iter().map(Into::into).collect()
 }
 
 /// The directory of partition `id`: `p0000`, `p0001`, ...

@@ -26,6 +26,8 @@ pub enum Durability {
     Buffered,
 }
 
+/// Longest allowed `Durability::Interval`: one hour.
+pub const INTERVAL_MAX: Duration = Duration::from_secs(3600);
 /// Default number of partitions of a new log.
 pub const PARTITIONS_DEFAULT: u32 = 8;
 /// Largest partition count a log may have.
@@ -195,8 +197,12 @@ impl Options {
             return invalid("index_interval_bytes must be at least 1".into());
         }
         if let Durability::Interval(interval) = self.durability {
-            if interval.is_zero() {
-                return invalid("Durability::Interval needs a non-zero interval".into());
+            if interval.is_zero() || interval > INTERVAL_MAX {
+                return invalid(format!(
+                    "Durability::Interval needs an interval above zero and at most {} s, got {:?}",
+                    INTERVAL_MAX.as_secs(),
+                    interval
+                ));
             }
         }
         // The largest frame must fit into an empty segment, or it could never be written.

@@ -120,7 +120,13 @@ pub(crate) struct Queue {
     pub writer_waiting: bool,
     /// When the oldest frame now queued was queued (kept only outside `Sync` mode).
     pub first_queued_at: Option<Instant>,
+    /// Under `Sync`, the number of queued frames at which the writer wants to be woken.
+    pub gather_target: usize,
 }
+
+/// Offsets stay below this, so that adding a batch's event count can never overflow. Reaching it
+/// takes 2^62 events; only a crafted file name gets near it.
+const OFFSET_MAX: u64 = 1 << 62;
 
 /// Outside `Sync` mode, the writer writes once this many bytes are queued...
 pub(crate) const WRITE_BATCH_BYTES: usize = 256 << 10;
@@ -223,6 +229,7 @@ impl Partition {
                 closing: false,
                 writer_waiting: false,
                 first_queued_at: None,
+                gather_target: 1,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -245,8 +252,36 @@ impl Partition {
         self.visible_end.load(Ordering::Acquire)
     }
 
+    /// Encodes and queues one frame; returns where it will be.
+    pub fn enqueue<'e, I>(&self, key: &[u8], events: I) -> Result<Appended>
+    where
+        I: IntoIterator,
+        I::Item: Into<Event<'e>>,
+    {
+        self.enqueue_then(key, events, |_, appended| appended)
+    }
+
     /// Encodes and queues one frame; returns the ticket that resolves when it is visible.
-    pub fn enqueue<'e, I>(self: &Arc<Self>, key: &[u8], events: I) -> Result<Ticket>
+    pub fn enqueue_with_ticket<'e, I>(self: &Arc<Self>, key: &[u8], events: I) -> Result<Ticket>
+    where
+        I: IntoIterator,
+        I::Item: Into<Event<'e>>,
+    {
+        self.enqueue_then(key, events, |generation, appended| Ticket {
+            partition: self.clone(),
+            generation: generation.clone(),
+            appended,
+        })
+    }
+
+    /// Encodes and queues one frame, then calls `then` with the frame's generation and
+    /// position while still holding the queue lock.
+    fn enqueue_then<'e, I, R>(
+        &self,
+        key: &[u8],
+        events: I,
+        then: impl FnOnce(&Arc<Generation>, Appended) -> R,
+    ) -> Result<R>
     where
         I: IntoIterator,
         I::Item: Into<Event<'e>>,
@@ -268,6 +303,13 @@ impl Partition {
             }
             self.space.wait(&mut queue);
         }
+        if queue.next_offset > OFFSET_MAX {
+            return Err(Error::corrupt(
+                &self.dir,
+                0,
+                "the partition's offsets are exhausted",
+            ));
+        }
         let timestamp_ms = now_ms().max(queue.last_timestamp_ms);
         let stamp = FrameStamp {
             base_offset: queue.next_offset,
@@ -284,28 +326,30 @@ impl Partition {
         });
         queue.next_offset += u64::from(count);
         queue.last_timestamp_ms = timestamp_ms;
-        let generation = queue.generation.clone();
+        let result = then(
+            &queue.generation,
+            Appended {
+                partition: self.id,
+                offset: stamp.base_offset,
+                count,
+            },
+        );
         // Wake the writer when it has something to do at once: under Sync every append, else
         // the first frame of a round (so it starts the linger clock) and a full batch.
         let sync_mode = self.config.durability == Durability::Sync;
         if !sync_mode && start == 0 {
             queue.first_queued_at = Some(Instant::now());
         }
-        if queue.writer_waiting
-            && (sync_mode || start == 0 || queue.bytes.len() >= WRITE_BATCH_BYTES)
-        {
+        let wanted = if sync_mode {
+            queue.frames.len() >= queue.gather_target
+        } else {
+            start == 0 || queue.bytes.len() >= WRITE_BATCH_BYTES
+        };
+        if queue.writer_waiting && wanted {
             self.work.notify_one();
         }
         drop(queue);
-        Ok(Ticket {
-            partition: self.clone(),
-            generation,
-            appended: Appended {
-                partition: self.id,
-                offset: stamp.base_offset,
-                count,
-            },
-        })
+        Ok(result)
     }
 
     /// Asks the writer to write and sync everything queued so far, and waits for it.
@@ -321,22 +365,25 @@ impl Partition {
         };
         let mut status = self.status.lock();
         loop {
-            if let Some(error) = status.unreported.take() {
-                return Err(self.failure_error(error, status.poisoned.is_some()));
-            }
             if let Some(error) = &status.poisoned {
+                let error = error.clone();
+                status.unreported = None;
                 return Err(Error::Poisoned {
                     partition: self.id,
-                    source: error.clone(),
+                    source: error,
                 });
             }
             if status.flush_done >= seq {
-                return Ok(());
+                break;
             }
             if status.writer_exited {
                 return Err(Error::Closed);
             }
             self.status_changed.wait(&mut status);
+        }
+        match status.unreported.take() {
+            Some(error) => Err(self.failure_error(error, false)),
+            None => Ok(()),
         }
     }
 
@@ -389,7 +436,11 @@ impl Partition {
             error: error.clone(),
             poisoned,
         });
-        status.unreported = Some(error);
+        // Under Sync every lost append is reported to its appender (or its ticket). Otherwise
+        // `append` returned before the write, so the failure is kept for the next flush/close.
+        if self.config.durability != Durability::Sync {
+            status.unreported = Some(error);
+        }
         drop(status);
         drop(queue);
         self.space.notify_all();

@@ -37,13 +37,14 @@ struct SegmentCursor {
     index_checked: bool,
 }
 
+/// The frame being returned record by record. It lives in the current segment cursor's
+/// mapping, at `position`; records are sliced out of that mapping directly, so each record
+/// costs one reference count for its key and one for its payload, and the frame none.
 struct FrameCursor {
-    bytes: Bytes,
     info: FrameInfo,
-    key: Bytes,
     cursor: RecordCursor,
     offset: u64,
-    position: u64,
+    position: usize,
 }
 
 impl Reader {
@@ -66,8 +67,10 @@ impl Reader {
 
     fn next_record(&mut self) -> Result<Option<Record>> {
         loop {
-            if let Some(frame) = &mut self.frame {
-                match frame.cursor.next_record(&frame.bytes) {
+            if let (Some(frame), Some(segment)) = (&mut self.frame, &self.segment) {
+                let start = frame.position;
+                let bytes = &segment.map[start..start + frame.info.frame_len as usize];
+                match frame.cursor.next_record(bytes) {
                     Ok(Some(ranges)) => {
                         let offset = frame.offset;
                         frame.offset += 1;
@@ -75,31 +78,29 @@ impl Reader {
                             continue;
                         }
                         self.next_offset = offset + 1;
+                        let map = &segment.map;
+                        let at =
+                            |r: std::ops::Range<usize>| map.slice(start + r.start..start + r.end);
                         let headers = ranges
                             .headers
                             .into_iter()
                             .map(|(name, value)| Header {
-                                name: frame.bytes.slice(name),
-                                value: frame.bytes.slice(value),
+                                name: at(name),
+                                value: at(value),
                             })
                             .collect();
                         return Ok(Some(Record {
                             partition: self.partition.id,
                             offset,
                             timestamp_ms: frame.info.timestamp_ms,
-                            key: frame.key.clone(),
+                            key: at(frame.info.key_range()),
                             headers,
-                            payload: frame.bytes.slice(ranges.payload),
+                            payload: at(ranges.payload),
                         }));
                     }
                     Ok(None) => self.frame = None,
                     Err(reason) => {
-                        let path = self.segment.as_ref().map(|s| s.segment.path.clone());
-                        return Err(Error::corrupt(
-                            path.unwrap_or_default(),
-                            frame.position,
-                            reason,
-                        ));
+                        return Err(Error::corrupt(&segment.segment.path, start as u64, reason));
                     }
                 }
                 continue;
@@ -149,19 +150,16 @@ impl Reader {
                 Probe::Frame(info) if info.base_offset == cursor.offset => {
                     cursor.index_checked = true;
                     let start = cursor.position as usize;
-                    let bytes = cursor.map.slice(start..start + info.frame_len as usize);
                     cursor.position += u64::from(info.frame_len);
                     cursor.offset = info.end_offset();
                     if info.end_offset() <= target {
                         continue;
                     }
                     self.frame = Some(FrameCursor {
-                        key: bytes.slice(info.key_range()),
                         cursor: RecordCursor::new(&info),
                         offset: info.base_offset,
-                        position: start as u64,
+                        position: start,
                         info,
-                        bytes,
                     });
                     return Ok(());
                 }

@@ -2,6 +2,8 @@
 //! costs nothing: no offset is used up, no earlier event is lost, and a failed open changes
 //! nothing on disk.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,6 +11,8 @@ use annal::{
     Durability, Error, Event, Log, Options, FORMAT_VERSION, PARTITIONS_MAX, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN,
 };
+use common::segment_files::{segment_path, META_FILE};
+use common::{read_all, record_at};
 
 /// The events a test expects in partition 0, in offset order, as (key, payload).
 type Model = Vec<(Vec<u8>, Vec<u8>)>;
@@ -38,11 +42,7 @@ fn append_good(log: &Log, model: &mut Model) {
 
 /// Partition 0 holds exactly the model, at offsets 0, 1, 2, ...
 fn assert_intact(log: &Log, model: &Model) {
-    let records: Vec<_> = log
-        .read(0, 0)
-        .unwrap()
-        .collect::<annal::Result<_>>()
-        .unwrap();
+    let records = read_all(log, 0);
     let found: Model = records
         .iter()
         .map(|r| (r.key.to_vec(), r.payload.to_vec()))
@@ -308,7 +308,7 @@ fn open_with_another_partition_count_is_refused_with_partition_count_mismatch() 
     let log = Log::open(dir.path(), options().partitions(4)).unwrap();
     let at = log.append(b"k", b"v").unwrap();
     log.close().unwrap();
-    let meta_before = std::fs::read(dir.path().join("annal.meta")).unwrap();
+    let meta_before = std::fs::read(meta_path(dir.path())).unwrap();
 
     for requested in [3, 5, 1] {
         let error = Log::open(dir.path(), options().partitions(requested)).unwrap_err();
@@ -324,16 +324,13 @@ fn open_with_another_partition_count_is_refused_with_partition_count_mismatch() 
             &["4 partitions", &format!("{requested} were requested")],
         );
     }
-    assert_eq!(
-        std::fs::read(dir.path().join("annal.meta")).unwrap(),
-        meta_before
-    );
+    assert_eq!(std::fs::read(meta_path(dir.path())).unwrap(), meta_before);
 
     // Without an explicit count the log opens with its own.
     let log = Log::open(dir.path(), Options::default()).unwrap();
     assert_eq!(log.partition_count(), 4);
     assert_eq!(log.partition_for(b"k"), at.partition);
-    let record = log.read(at.partition, 0).unwrap().next().unwrap().unwrap();
+    let record = record_at(&log, at.partition, 0);
     assert_eq!(record.payload.as_ref(), b"v");
 }
 
@@ -417,11 +414,7 @@ fn restore_and_assert_intact(dir: &Path, path: &Path, original: &[u8], model: &M
 }
 
 fn meta_path(dir: &Path) -> PathBuf {
-    dir.join("annal.meta")
-}
-
-fn first_segment_path(dir: &Path) -> PathBuf {
-    dir.join("p0000").join(format!("{:020}.seg", 0))
+    dir.join(META_FILE)
 }
 
 #[test]
@@ -484,7 +477,7 @@ fn damaged_metadata_is_refused_with_corrupt() {
 #[test]
 fn segment_header_of_another_format_version_is_refused_with_incompatible_format() {
     let (dir, model) = closed_log();
-    let segment = first_segment_path(dir.path());
+    let segment = segment_path(dir.path(), 0, 0);
     let original = rewrite_field_and_crc(&segment, 8, FORMAT_VERSION + 1, 60);
     let error = Log::open(dir.path(), options()).unwrap_err();
     assert!(
@@ -508,7 +501,7 @@ fn segment_header_of_another_format_version_is_refused_with_incompatible_format(
 #[test]
 fn damaged_segment_header_is_refused_with_corrupt() {
     let (dir, model) = closed_log();
-    let segment = first_segment_path(dir.path());
+    let segment = segment_path(dir.path(), 0, 0);
     let original = std::fs::read(&segment).unwrap();
     for position in [0, 12, 20, 40, 61] {
         let mut damaged = original.clone();

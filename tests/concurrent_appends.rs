@@ -2,10 +2,13 @@
 //! its key's partition, at the offset its append reported; each partition's offsets are
 //! contiguous from 0; and one key's events keep the order in which they were appended.
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use annal::{Appended, Durability, Event, Log, Options, Record};
+use common::{read_all, record_at};
 
 const PARTITIONS: u32 = 4;
 const THREADS: u32 = 8;
@@ -54,13 +57,8 @@ impl EventId {
 }
 
 fn options(durability: Durability) -> Options {
-    Options::default()
-        .partitions(PARTITIONS)
-        .durability(durability)
-        // Small segments, so the writers also roll segments while appenders race.
-        .segment_bytes(64 << 10)
-        .batch_bytes_max(16 << 10)
-        .event_bytes_max(8 << 10)
+    // Small segments, so the writers also roll segments while appenders race.
+    common::small_segments(durability).partitions(PARTITIONS)
 }
 
 /// One thread's appends: its keys in turn, sometimes two or three events of a key as a batch.
@@ -110,11 +108,7 @@ fn assert_log_holds_exactly(log: &Log, landed: &[(EventId, Appended)]) {
     let mut found: HashMap<EventId, (u32, u64)> = HashMap::with_capacity(landed.len());
     let mut total = 0u64;
     for partition in 0..PARTITIONS {
-        let records: Vec<Record> = log
-            .read(partition, 0)
-            .unwrap()
-            .collect::<annal::Result<_>>()
-            .unwrap();
+        let records: Vec<Record> = read_all(log, partition);
         assert_eq!(log.end_offset(partition).unwrap(), records.len() as u64);
         let mut last_seq: HashMap<(u32, u32), u32> = HashMap::new();
         let mut last_timestamp_ms = 0;
@@ -210,12 +204,7 @@ fn pipelined_appends_resolve_their_tickets_where_announced() {
                         assert!(log.end_offset(done.partition).unwrap() > done.offset);
                         if id.seq % 97 == 0 {
                             // Synced means visible: read it right away.
-                            let record = log
-                                .read(done.partition, done.offset)
-                                .unwrap()
-                                .next()
-                                .unwrap()
-                                .unwrap();
+                            let record = record_at(log, done.partition, done.offset);
                             assert_eq!(EventId::parse(&record), id);
                         }
                         landed.push((id, done));
@@ -276,7 +265,7 @@ fn pipelined_appends_to_one_key_keep_call_order() {
                     .collect();
                 assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{key} reordered");
                 for (i, offset) in offsets.iter().enumerate().step_by(50) {
-                    let record = log.read(0, *offset).unwrap().next().unwrap().unwrap();
+                    let record = record_at(log, 0, *offset);
                     assert_eq!(record.key.as_ref(), key.as_bytes());
                     assert_eq!(record.payload.as_ref(), &(i as u32).to_le_bytes());
                 }

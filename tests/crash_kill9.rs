@@ -8,14 +8,19 @@
 //! acknowledged append; the parent reads those lines from the pipe, kills the child at a
 //! random moment, and checks the log against them.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use annal::{Durability, Log, Options};
+use common::child::spawn_ignored_test;
+use common::record_at;
+use common::rng::XorShift;
 
 const DIR_ENV: &str = "ANNAL_KILL9_DIR";
 const CHILD_TEST: &str = "child_appends_until_killed";
@@ -86,23 +91,6 @@ fn child_appends_until_killed() {
     });
 }
 
-/// Kills and reaps the child however the test ends, so no process outlives it.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn kill_and_wait(&mut self) {
-        // SIGKILL on unix. An error means it already exited; `wait` reaps it either way.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill_and_wait();
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Ack {
     partition: u32,
@@ -127,17 +115,9 @@ fn parse_ack(line: &str) -> Option<Ack> {
 fn kill_during_appends_and_check(delay: Duration) {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("log");
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", CHILD_TEST, "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(DIR_ENV, &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut child = ChildGuard(child);
-    let stdout = child.0.stdout.take().unwrap();
+    // Killed and reaped however the test ends, so no process outlives it.
+    let mut child = spawn_ignored_test(CHILD_TEST, &[(DIR_ENV, dir.as_os_str())], Stdio::null());
+    let stdout = child.stdout.take().unwrap();
     let (first_ack, first_ack_seen) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut acks = Vec::new();
@@ -163,12 +143,12 @@ fn kill_during_appends_and_check(delay: Duration) {
         acks
     });
     if first_ack_seen.recv_timeout(FIRST_ACK_WAIT_MAX).is_err() {
-        let status = child.0.try_wait().unwrap();
+        let status = child.try_wait().unwrap();
         panic!("the child acknowledged nothing within {FIRST_ACK_WAIT_MAX:?} (exit: {status:?})");
     }
     std::thread::sleep(delay);
     assert!(
-        child.0.try_wait().unwrap().is_none(),
+        child.try_wait().unwrap().is_none(),
         "the child exited before it was killed"
     );
     child.kill_and_wait();
@@ -244,31 +224,24 @@ fn check_log_after_kill(dir: &Path, acks: &[Ack], delay: Duration) {
     assert_eq!(appended.offset, ends[appended.partition as usize]);
     log.close().unwrap();
     let log = Log::open(dir, Options::default()).unwrap();
-    let record = log
-        .read(appended.partition, appended.offset)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let record = record_at(&log, appended.partition, appended.offset);
     assert_eq!(&record.payload[..], b"still working");
     log.close().unwrap();
 }
 
 /// Kill delays from a time-seeded xorshift, printed so that a failure can be retried.
 fn kill_delays(iterations: usize) -> Vec<Duration> {
-    let mut x = SystemTime::now()
+    let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
         | 1;
-    println!("kill delay seed {x}");
+    println!("kill delay seed {seed}");
+    let mut rng = XorShift(seed);
     (0..iterations)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
             let span = KILL_DELAY_MS_MAX - KILL_DELAY_MS_MIN;
-            Duration::from_millis(KILL_DELAY_MS_MIN + x % (span + 1))
+            Duration::from_millis(KILL_DELAY_MS_MIN + rng.next() % (span + 1))
         })
         .collect()
 }

@@ -3,23 +3,19 @@
 //! is ever acknowledged. Reads of what was durable before keep working, close reports the
 //! failure, and reopening recovers every acknowledged append and takes new ones.
 
+mod common;
+
 use std::sync::Arc;
 
 use annal::io::FailPoints;
 use annal::{Durability, Error, Log, Options, Ticket};
+use common::{payloads, record_at};
 
 fn options(fail_points: &Arc<FailPoints>) -> Options {
     Options::default()
         .partitions(1)
         .durability(Durability::Sync)
         .fail_points(fail_points.clone())
-}
-
-fn payloads(log: &Log) -> Vec<Vec<u8>> {
-    log.read(0, 0)
-        .unwrap()
-        .map(|r| r.unwrap().payload.to_vec())
-        .collect()
 }
 
 fn is_poisoned(error: &Error) -> bool {
@@ -86,7 +82,7 @@ fn a_failed_fsync_fails_the_append_and_poisons_the_partition_until_reopen() {
 
     assert_eq!(log.end_offset(0).unwrap(), 5);
     assert_eq!(payloads(&log), acked, "reads of durable records still work");
-    let from_middle = log.read(0, 3).unwrap().next().unwrap().unwrap();
+    let from_middle = record_at(&log, 0, 3);
     assert_eq!(from_middle.payload, acked[3]);
 
     let error = log.close().unwrap_err();

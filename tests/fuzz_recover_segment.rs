@@ -11,41 +11,20 @@
 mod body {
     include!("fuzz_body/recover_segment.rs");
 }
+mod common;
 
 use std::fs;
 use std::ops::Range;
 
 use annal::{Event, Log};
 use body::{Copied, IndexInput, INDEX_HEADER_LEN, SEGMENT_HEADER_LEN};
+use common::rng::XorShift;
+use common::segment_files::{frame_ranges, frame_record_count};
 
 const CASES: usize = 300;
 const SEED: u64 = 0x5EED_0FA1_10F1_D00D;
 /// Every this many cases, the input also goes through the raw-bytes entry point of the fuzzer.
 const RAW_ENTRY_EVERY: usize = 10;
-const FRAME_LEN_OFFSET: usize = 4;
-const FRAME_MAGIC_OFFSET: usize = 8;
-const FRAME_COUNT_OFFSET: usize = 12;
-const FRAME_MAGIC: u8 = 0xA7;
-
-/// xorshift64: small, deterministic, and enough to spread mutations around.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// The unmutated log: segment data after the header (with its preallocated zeros), index
 /// entries after the index header, and each frame's range in the data and record count.
@@ -79,7 +58,7 @@ impl Original {
         let segment = fs::read(partition.join("00000000000000000000.seg")).unwrap();
         let index = fs::read(partition.join("00000000000000000000.idx")).unwrap();
         let data = segment[SEGMENT_HEADER_LEN..].to_vec();
-        let frames = frames(&data);
+        let frames = frames(&segment);
         assert!(frames.len() == 40);
         Original {
             data,
@@ -106,20 +85,19 @@ impl Original {
     }
 }
 
-/// The frames of segment data (positions relative to the end of the segment header).
-fn frames(data: &[u8]) -> Vec<(Range<usize>, u64)> {
-    let read_u32 = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
-    let mut frames = Vec::new();
-    let mut position = 0;
-    while position + FRAME_COUNT_OFFSET + 4 <= data.len()
-        && data[position + FRAME_MAGIC_OFFSET] == FRAME_MAGIC
-    {
-        let len = read_u32(position + FRAME_LEN_OFFSET) as usize;
-        let count = u64::from(read_u32(position + FRAME_COUNT_OFFSET));
-        frames.push((position..position + len, count));
-        position += len;
-    }
-    frames
+/// The frames of a segment file, with positions relative to the end of the segment header
+/// (in the segment data), and the record count of each.
+fn frames(segment: &[u8]) -> Vec<(Range<usize>, u64)> {
+    frame_ranges(segment)
+        .into_iter()
+        .map(|range| {
+            let count = frame_record_count(segment, &range);
+            (
+                range.start - SEGMENT_HEADER_LEN..range.end - SEGMENT_HEADER_LEN,
+                count,
+            )
+        })
+        .collect()
 }
 
 /// Mutates segment data the way crashes, stray writes and bad sectors do.

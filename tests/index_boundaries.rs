@@ -2,32 +2,20 @@
 //! in: built while appending, loaded lazily from `.idx` files after a reopen, missing, or
 //! overwritten with garbage. The segment is the truth; the index only says where to start.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use annal::{Durability, Event, Log, Options};
+use common::record_at;
+use common::rng::SplitMix64;
+use common::segment_files::{index_path, segment_bases, INDEX_ENTRY_LEN, INDEX_HEADER_LEN};
 
-const SEGMENT_BYTES: u64 = 64 << 10;
 const INDEX_INTERVAL_BYTES: u32 = 256;
 const EVENTS: usize = 1_000;
-const INDEX_HEADER_LEN: usize = 32;
-const INDEX_ENTRY_LEN: usize = 16;
 
-/// splitmix64: a small deterministic generator, so a failure can be replayed exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// A sealed segment's index entry as (relative offset, position, timestamp).
+type Entry = (u32, u32, u64);
 
 #[derive(Clone, Debug)]
 struct Expected {
@@ -37,19 +25,13 @@ struct Expected {
 }
 
 fn options() -> Options {
-    Options::default()
-        .partitions(1)
-        .durability(Durability::Sync)
-        .segment_bytes(SEGMENT_BYTES)
-        .index_interval_bytes(INDEX_INTERVAL_BYTES)
-        .batch_bytes_max(16 << 10)
-        .event_bytes_max(8 << 10)
+    common::small_segments(Durability::Sync).index_interval_bytes(INDEX_INTERVAL_BYTES)
 }
 
 /// Appends `EVENTS` events of varied sizes, some in multi-record frames, so that offsets fall at
 /// the start, in the middle and at the end of frames, index intervals and segments.
 fn fill(log: &Log) -> Vec<Expected> {
-    let mut rng = Rng(0x1de);
+    let mut rng = SplitMix64(0x1de);
     let mut expected = Vec::with_capacity(EVENTS);
     while expected.len() < EVENTS {
         let key = format!("key-{}", rng.below(5)).into_bytes();
@@ -78,26 +60,6 @@ fn fill(log: &Log) -> Vec<Expected> {
         expected.extend(batch);
     }
     expected
-}
-
-fn partition_dir(dir: &Path) -> PathBuf {
-    dir.join("p0000")
-}
-
-fn segment_bases(dir: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = std::fs::read_dir(partition_dir(dir))
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg").map(|stem| stem.parse().unwrap())
-        })
-        .collect();
-    bases.sort_unstable();
-    bases
-}
-
-fn index_path(dir: &Path, base: u64) -> PathBuf {
-    partition_dir(dir).join(format!("{base:020}.idx"))
 }
 
 /// For every offset below the end, a reader from it returns that record first and then every
@@ -137,7 +99,7 @@ fn assert_reads_from_every_offset(log: &Log, expected: &[Expected]) {
 /// The first and last offset of each segment read as they should, and the segment count shows
 /// the test crosses several boundaries.
 fn assert_segment_boundaries(log: &Log, dir: &Path, expected: &[Expected]) {
-    let bases = segment_bases(dir);
+    let bases = segment_bases(dir, 0);
     assert!(bases.len() >= 4, "only {} segments", bases.len());
     for &base in &bases[1..] {
         let mut reader = log.read(0, base - 1).unwrap();
@@ -163,8 +125,8 @@ fn filled_log() -> (tempfile::TempDir, Vec<Expected>) {
     (dir, expected)
 }
 
-/// The valid entries of an index file as (relative offset, position, timestamp).
-fn index_entries(path: &Path) -> Vec<(u32, u32, u64)> {
+/// The valid entries of an index file.
+fn index_entries(path: &Path) -> Vec<Entry> {
     let bytes = std::fs::read(path).unwrap();
     bytes[INDEX_HEADER_LEN..]
         .chunks_exact(INDEX_ENTRY_LEN)
@@ -179,7 +141,7 @@ fn index_entries(path: &Path) -> Vec<(u32, u32, u64)> {
 }
 
 /// Replaces the entries of an index file, keeping its (valid) header.
-fn rewrite_entries(path: &Path, entries: &[(u32, u32, u64)]) {
+fn rewrite_entries(path: &Path, entries: &[Entry]) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes.truncate(INDEX_HEADER_LEN);
     for (offset, position, timestamp_ms) in entries {
@@ -191,8 +153,20 @@ fn rewrite_entries(path: &Path, entries: &[(u32, u32, u64)]) {
 }
 
 fn sealed_bases(dir: &Path) -> Vec<u64> {
-    let bases = segment_bases(dir);
+    let bases = segment_bases(dir, 0);
     bases[..bases.len() - 1].to_vec()
+}
+
+/// Fills a log, replaces the entries of every sealed segment's index with what `rewrite` makes
+/// of them, reopens, and checks that every offset still reads exactly its record.
+fn check_reads_survive_rewritten_sealed_entries(rewrite: impl Fn(Vec<Entry>) -> Vec<Entry>) {
+    let (dir, expected) = filled_log();
+    for base in sealed_bases(dir.path()) {
+        let path = index_path(dir.path(), 0, base);
+        rewrite_entries(&path, &rewrite(index_entries(&path)));
+    }
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert_reads_from_every_offset(&log, &expected);
 }
 
 #[test]
@@ -200,7 +174,7 @@ fn every_offset_reads_exactly_its_record_while_appending() {
     let (dir, _) = filled_log();
     // The small interval gave every sealed segment a dense index.
     for base in sealed_bases(dir.path()) {
-        let entries = index_entries(&index_path(dir.path(), base));
+        let entries = index_entries(&index_path(dir.path(), 0, base));
         assert!(
             entries.len() >= 20,
             "segment {base}: {} entries",
@@ -222,8 +196,8 @@ fn every_offset_reads_exactly_its_record_after_reopen() {
 #[test]
 fn reads_rebuild_missing_index_files() {
     let (dir, expected) = filled_log();
-    for base in segment_bases(dir.path()) {
-        std::fs::remove_file(index_path(dir.path(), base)).unwrap();
+    for base in segment_bases(dir.path(), 0) {
+        std::fs::remove_file(index_path(dir.path(), 0, base)).unwrap();
     }
     let log = Log::open(dir.path(), options()).unwrap();
     // Recovery rebuilt the active segment's index; the sealed ones are rebuilt by readers.
@@ -235,9 +209,9 @@ fn reads_rebuild_missing_index_files() {
 #[test]
 fn reads_ignore_random_garbage_after_a_valid_index_header() {
     let (dir, expected) = filled_log();
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64(7);
     for base in sealed_bases(dir.path()) {
-        let path = index_path(dir.path(), base);
+        let path = index_path(dir.path(), 0, base);
         let mut bytes = std::fs::read(&path).unwrap();
         let len = bytes.len();
         for byte in &mut bytes[INDEX_HEADER_LEN..len] {
@@ -252,51 +226,35 @@ fn reads_ignore_random_garbage_after_a_valid_index_header() {
 /// Entries that pass every structural check (ordered, inside the file) but point one frame off.
 #[test]
 fn reads_survive_plausible_entries_that_point_at_the_wrong_frame() {
-    let (dir, expected) = filled_log();
-    for base in sealed_bases(dir.path()) {
-        let path = index_path(dir.path(), base);
-        let entries = index_entries(&path);
+    check_reads_survive_rewritten_sealed_entries(|entries| {
         // Each offset is paired with the position of the next entry's frame.
-        let shifted: Vec<_> = entries
+        entries
             .windows(2)
             .map(|w| (w[0].0, w[1].1, w[0].2))
-            .collect();
-        rewrite_entries(&path, &shifted);
-    }
-    let log = Log::open(dir.path(), options()).unwrap();
-    assert_reads_from_every_offset(&log, &expected);
+            .collect()
+    });
 }
 
 /// Entries that claim a later offset than the frame they point at holds. The first entry stays
 /// right: a wrong one there is a known bug (`tests/index_first_entry_offset.rs`).
 #[test]
 fn reads_survive_entries_that_claim_the_wrong_offset() {
-    let (dir, expected) = filled_log();
-    for base in sealed_bases(dir.path()) {
-        let path = index_path(dir.path(), base);
-        let entries = index_entries(&path);
+    check_reads_survive_rewritten_sealed_entries(|entries| {
         let mut claimed = vec![entries[0]];
         claimed.extend(entries[1..].windows(2).map(|w| (w[1].0, w[0].1, w[1].2)));
-        rewrite_entries(&path, &claimed);
-    }
-    let log = Log::open(dir.path(), options()).unwrap();
-    assert_reads_from_every_offset(&log, &expected);
+        claimed
+    });
 }
 
 /// Entries pointing into the middle of their frame (one byte past its start).
 #[test]
 fn reads_survive_entries_pointing_inside_a_frame() {
-    let (dir, expected) = filled_log();
-    for base in sealed_bases(dir.path()) {
-        let path = index_path(dir.path(), base);
-        let entries: Vec<_> = index_entries(&path)
+    check_reads_survive_rewritten_sealed_entries(|entries| {
+        entries
             .into_iter()
             .map(|(offset, position, ts)| (offset, position + 1, ts))
-            .collect();
-        rewrite_entries(&path, &entries);
-    }
-    let log = Log::open(dir.path(), options()).unwrap();
-    assert_reads_from_every_offset(&log, &expected);
+            .collect()
+    });
 }
 
 /// Index files swapped between segments (headers name the wrong base offset) and a torn last
@@ -305,11 +263,11 @@ fn reads_survive_entries_pointing_inside_a_frame() {
 fn reads_survive_swapped_and_torn_index_files() {
     let (dir, expected) = filled_log();
     let sealed = sealed_bases(dir.path());
-    let first = std::fs::read(index_path(dir.path(), sealed[0])).unwrap();
-    let second = std::fs::read(index_path(dir.path(), sealed[1])).unwrap();
-    std::fs::write(index_path(dir.path(), sealed[0]), &second).unwrap();
-    std::fs::write(index_path(dir.path(), sealed[1]), &first).unwrap();
-    let third = index_path(dir.path(), sealed[2]);
+    let first = std::fs::read(index_path(dir.path(), 0, sealed[0])).unwrap();
+    let second = std::fs::read(index_path(dir.path(), 0, sealed[1])).unwrap();
+    std::fs::write(index_path(dir.path(), 0, sealed[0]), &second).unwrap();
+    std::fs::write(index_path(dir.path(), 0, sealed[1]), &first).unwrap();
+    let third = index_path(dir.path(), 0, sealed[2]);
     let mut torn = std::fs::read(&third).unwrap();
     torn.truncate(torn.len() - 5);
     std::fs::write(&third, torn).unwrap();
@@ -322,8 +280,8 @@ fn reads_survive_swapped_and_torn_index_files() {
 #[test]
 fn reads_survive_wrong_entries_in_the_active_segment_index() {
     let (dir, expected) = filled_log();
-    let active = *segment_bases(dir.path()).last().unwrap();
-    let path = index_path(dir.path(), active);
+    let active = *segment_bases(dir.path(), 0).last().unwrap();
+    let path = index_path(dir.path(), 0, active);
     let mut entries = index_entries(&path);
     assert!(entries.len() >= 3, "active segment index too short");
     let last = entries.len() - 1;
@@ -337,7 +295,7 @@ fn reads_survive_wrong_entries_in_the_active_segment_index() {
     // The log still appends and reads after the in-memory index was rebuilt.
     let more = log.append(b"key-0", b"after").unwrap();
     assert_eq!(more.offset, expected.len() as u64);
-    let record = log.read(0, more.offset).unwrap().next().unwrap().unwrap();
+    let record = record_at(&log, 0, more.offset);
     assert_eq!(record.payload.as_ref(), b"after");
 }
 

@@ -6,39 +6,25 @@
 //! position, assuming that entry's offset is the base offset; `index::decode` does not check it
 //! either. Every other wrong entry is caught and the index rebuilt (`tests/index_boundaries.rs`).
 
+mod common;
+
 use annal::{Durability, Log, Options};
+use common::segment_files::index_path;
 
 fn options() -> Options {
-    Options::default()
-        .partitions(1)
-        .durability(Durability::Sync)
-        .segment_bytes(64 << 10)
-        .index_interval_bytes(256)
-        .batch_bytes_max(16 << 10)
-        .event_bytes_max(8 << 10)
+    common::small_segments(Durability::Sync).index_interval_bytes(256)
 }
 
 #[test]
 
 fn read_survives_a_first_index_entry_that_claims_the_wrong_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), options()).unwrap();
     // Frames of 142 bytes: with a 256-byte index interval every second frame gets an entry,
     // so the entries are at offsets 0, 2, 4, ... About 460 frames fit into one segment.
-    let payload = vec![1u8; 100];
-    for _ in 0..1_000 {
-        log.append(b"k", &payload).unwrap();
-    }
-    log.close().unwrap();
-    let segments = std::fs::read_dir(dir.path().join("p0000"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension() == Some("seg".as_ref()))
-        .count();
-    assert!(segments >= 2, "segment 0 is sealed");
+    let dir = common::sealed_log(options(), 1_000, &[1u8; 100]);
 
     // Segment 0 is sealed. Change its first index entry from offset 0 to offset 1 (relative
     // offset field, bytes 32..36); the entries stay ordered, so the file passes its checks.
-    let idx = dir.path().join("p0000").join(format!("{:020}.idx", 0));
+    let idx = index_path(dir.path(), 0, 0);
     let mut bytes = std::fs::read(&idx).unwrap();
     assert!(
         bytes.len() >= 32 + 2 * 16,
@@ -54,11 +40,7 @@ fn read_survives_a_first_index_entry_that_claims_the_wrong_offset() {
     std::fs::write(&idx, bytes).unwrap();
 
     let log = Log::open(dir.path(), options()).unwrap();
-    let records: Vec<_> = log
-        .read(0, 1)
-        .unwrap()
-        .collect::<annal::Result<_>>()
-        .unwrap();
+    let records = common::read_from(&log, 0, 1);
     assert_eq!(records.len(), 999);
     assert_eq!(records[0].offset, 1);
 }

@@ -5,12 +5,16 @@
 //! (selected with `--exact --ignored`) with the directory and what to do in environment
 //! variables. It reports on stdout with lines containing `CHILD: `.
 
+mod common;
+
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use annal::{Durability, Error, Log, Options};
+use common::child::{spawn_ignored_test, ChildGuard};
 
 const DIR_VAR: &str = "ANNAL_LOCK_TEST_DIR";
 const MODE_VAR: &str = "ANNAL_LOCK_TEST_MODE";
@@ -125,31 +129,18 @@ fn child_process() {
     }
 }
 
-/// A child process that is killed and reaped when the guard goes out of scope, whatever
-/// happened in the test.
-struct ChildGuard {
-    child: Child,
+/// A child process running `child_process`; it is killed and reaped when this goes out of
+/// scope, whatever happened in the test.
+struct ChildProcess {
+    child: ChildGuard,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
 }
 
-impl ChildGuard {
-    fn spawn(dir: &std::path::Path, mode: &str) -> ChildGuard {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_process",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_VAR, dir)
-            .env(MODE_VAR, mode)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+impl ChildProcess {
+    fn spawn(dir: &std::path::Path, mode: &str) -> ChildProcess {
+        let envs = [(DIR_VAR, dir.as_os_str()), (MODE_VAR, OsStr::new(mode))];
+        let mut child = spawn_ignored_test("child_process", &envs, Stdio::piped());
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
         let (sender, lines) = mpsc::channel();
@@ -165,7 +156,7 @@ impl ChildGuard {
                 }
             }
         });
-        ChildGuard {
+        ChildProcess {
             child,
             stdin,
             lines,
@@ -203,14 +194,7 @@ impl ChildGuard {
 
     /// Kills the child (by its PID, through its handle) and reaps it.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill_and_wait();
     }
 }
 
@@ -220,13 +204,13 @@ fn open_in_another_process_fails_while_this_one_holds_the_log() {
     let log = Log::open(dir.path(), options()).unwrap();
     log.append(b"k", b"parent").unwrap();
 
-    let mut child = ChildGuard::spawn(dir.path(), "probe");
+    let mut child = ChildProcess::spawn(dir.path(), "probe");
     assert_eq!(child.next_report(), "locked");
     child.wait_success();
 
     // Once the parent closes, the child gets in and appends.
     log.close().unwrap();
-    let mut child = ChildGuard::spawn(dir.path(), "probe");
+    let mut child = ChildProcess::spawn(dir.path(), "probe");
     assert_eq!(child.next_report(), "opened");
     assert_eq!(child.next_report(), "closed");
     child.wait_success();
@@ -242,7 +226,7 @@ fn open_in_this_process_fails_while_another_process_holds_the_log() {
     let dir = tempfile::tempdir().unwrap();
     drop(Log::open(dir.path(), options()).unwrap());
 
-    let mut child = ChildGuard::spawn(dir.path(), "hold");
+    let mut child = ChildProcess::spawn(dir.path(), "hold");
     assert_eq!(child.next_report(), "opened");
     let error = Log::open(dir.path(), options()).unwrap_err();
     assert!(matches!(error, Error::Locked { .. }), "{error:?}");
@@ -261,7 +245,7 @@ fn lock_of_a_killed_process_is_released() {
     let dir = tempfile::tempdir().unwrap();
     drop(Log::open(dir.path(), options()).unwrap());
 
-    let mut child = ChildGuard::spawn(dir.path(), "hold");
+    let mut child = ChildProcess::spawn(dir.path(), "hold");
     assert_eq!(child.next_report(), "opened");
     assert!(matches!(
         Log::open(dir.path(), options()),

@@ -7,29 +7,13 @@
 //! `Reader` documents that `None` means "nothing more for now, so it can be polled again later";
 //! these tests poll it again after a roll.
 
-use std::path::Path;
+mod common;
 
 use annal::{Durability, Log, Options};
+use common::segment_files::{segment_bases, segment_path};
 
 fn options() -> Options {
-    Options::default()
-        .partitions(1)
-        .durability(Durability::Sync)
-        .segment_bytes(64 << 10)
-        .batch_bytes_max(16 << 10)
-        .event_bytes_max(8 << 10)
-}
-
-fn segment_bases(partition_dir: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = std::fs::read_dir(partition_dir)
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg").map(|stem| stem.parse().unwrap())
-        })
-        .collect();
-    bases.sort_unstable();
-    bases
+    common::small_segments(Durability::Sync)
 }
 
 /// A reader that reached the end of the active segment is polled again after the writer sealed
@@ -47,7 +31,7 @@ fn reader_at_the_end_continues_into_the_next_segment_after_a_roll() {
 
     // Fill the first segment and roll over into a second one.
     let mut expected = 1u64;
-    while segment_bases(&dir.path().join("p0000")).len() < 2 {
+    while segment_bases(dir.path(), 0).len() < 2 {
         log.append(b"k", &payload).unwrap();
         expected += 1;
     }
@@ -75,7 +59,7 @@ fn reader_created_before_a_roll_reads_through_it() {
     let mut reader = log.read(0, 0).unwrap();
     assert_eq!(reader.next().unwrap().unwrap().offset, 0);
     let mut expected = 3u64;
-    while segment_bases(&dir.path().join("p0000")).len() < 3 {
+    while segment_bases(dir.path(), 0).len() < 3 {
         log.append(b"k", &payload).unwrap();
         expected += 1;
     }
@@ -101,8 +85,8 @@ fn reader_at_a_page_aligned_segment_end_continues_after_a_roll() {
     let mut reader = log.read(0, 0).unwrap();
     assert_eq!(reader.by_ref().count(), 8);
     log.append(b"k", &payload).unwrap();
-    assert_eq!(segment_bases(&dir.path().join("p0000")), vec![0, 8]);
-    let sealed = dir.path().join("p0000").join(format!("{:020}.seg", 0));
+    assert_eq!(segment_bases(dir.path(), 0), vec![0, 8]);
+    let sealed = segment_path(dir.path(), 0, 0);
     assert_eq!(std::fs::metadata(sealed).unwrap().len(), 61_440);
     let record = reader.next().expect("the ninth record").unwrap();
     assert_eq!(record.offset, 8);

@@ -4,35 +4,26 @@
 //! the one appending would have written. And because open trusts the index's valid entries, it
 //! scans only the tail of the active segment, however much data it holds.
 
+mod common;
+
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use annal::{Event, Log, Options};
+use common::rng::XorShift;
+use common::segment_files::{
+    copy_dir, frame_ranges, INDEX_ENTRY_LEN, INDEX_FILE, INDEX_HEADER_LEN, SEGMENT_FILE,
+};
+use common::{padded, record_at};
 
 const SEGMENT_BYTES: u64 = 1 << 20;
-const BATCH_BYTES_MAX: u32 = 16 << 10;
 /// Small, so that a few hundred records make dozens of index entries.
 const INDEX_INTERVAL_BYTES: u32 = 128;
 const RECORDS: usize = 300;
-const SEGMENT_HEADER_LEN: usize = 64;
-const FRAME_LEN_OFFSET: usize = 4;
-const FRAME_MAGIC_OFFSET: usize = 8;
-const FRAME_MAGIC: u8 = 0xA7;
-/// Index file layout (`src/index.rs`): a 32-byte header, then 16-byte entries of
-/// `u32 offset - base, u32 position, u64 timestamp_ms`.
-const INDEX_HEADER_LEN: usize = 32;
-const INDEX_ENTRY_LEN: usize = 16;
-const SEGMENT_FILE: &str = "p0000/00000000000000000000.seg";
-const INDEX_FILE: &str = "p0000/00000000000000000000.idx";
 
 fn options() -> Options {
-    Options::default()
-        .partitions(1)
-        .segment_bytes(SEGMENT_BYTES)
-        .batch_bytes_max(BATCH_BYTES_MAX)
-        .event_bytes_max(BATCH_BYTES_MAX)
-        .index_interval_bytes(INDEX_INTERVAL_BYTES)
+    common::one_partition(SEGMENT_BYTES).index_interval_bytes(INDEX_INTERVAL_BYTES)
 }
 
 /// A log whose one segment holds `RECORDS` records of varied sizes, closed cleanly.
@@ -74,9 +65,7 @@ impl Pristine {
     }
 
     fn copy(&self, root: &Path, name: &str) -> PathBuf {
-        let to = root.join(name);
-        copy_dir(&self.dir, &to);
-        to
+        copy_dir(&self.dir, &root.join(name))
     }
 
     fn entries(&self) -> Vec<&[u8]> {
@@ -86,34 +75,12 @@ impl Pristine {
     }
 }
 
-fn frame_ranges(segment: &[u8]) -> Vec<Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut position = SEGMENT_HEADER_LEN;
-    while position + FRAME_MAGIC_OFFSET < segment.len()
-        && segment[position + FRAME_MAGIC_OFFSET] == FRAME_MAGIC
-    {
-        let len_bytes = &segment[position + FRAME_LEN_OFFSET..position + FRAME_LEN_OFFSET + 4];
-        let len = u32::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
-        assert!(len > 0 && position + len <= segment.len());
-        ranges.push(position..position + len);
-        position += len;
-    }
-    ranges
+/// The offset an index entry names.
+fn entry_offset(entry: &[u8]) -> u32 {
+    u32::from_le_bytes(entry[..4].try_into().unwrap())
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
+/// The position in the segment an index entry names.
 fn entry_position(entry: &[u8]) -> usize {
     u32::from_le_bytes(entry[4..8].try_into().unwrap()) as usize
 }
@@ -150,11 +117,7 @@ fn check_index_rebuilt(dir: &Path, payloads: &[Vec<u8>], expected_index: &[u8], 
 }
 
 fn check_reads(log: &Log, payloads: &[Vec<u8>], case: &str) {
-    let all: Vec<Vec<u8>> = log
-        .read(0, 0)
-        .unwrap()
-        .map(|r| r.unwrap().payload.to_vec())
-        .collect();
+    let all: Vec<Vec<u8>> = common::payloads(log);
     assert_eq!(all, payloads, "{case}: reading from 0");
     for (offset, payload) in payloads.iter().enumerate() {
         let record = log
@@ -190,15 +153,7 @@ fn an_empty_index_file_is_rebuilt() {
 #[test]
 fn an_index_of_garbage_bytes_is_rebuilt() {
     check_index_damage("garbage", |pristine, index| {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let garbage: Vec<u8> = (0..pristine.index.len())
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let garbage = XorShift(0x2545_F491_4F6C_DD1D).bytes(pristine.index.len());
         fs::write(index, garbage).unwrap();
     });
 }
@@ -271,7 +226,7 @@ fn an_index_entry_with_the_wrong_offset_for_its_frame_is_dropped_and_rebuilt() {
     check_index_damage("wrong-offset", |pristine, index| {
         let mut bytes = pristine.index.clone();
         let last = bytes.len() - INDEX_ENTRY_LEN;
-        let offset = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap());
+        let offset = entry_offset(&bytes[last..]);
         bytes[last..last + 4].copy_from_slice(&(offset + 1).to_le_bytes());
         fs::write(index, bytes).unwrap();
     });
@@ -320,11 +275,7 @@ fn recovery_after_an_unclean_stop_scans_only_the_tail_of_a_large_segment() {
     // Default segment size and index interval; one partition holds everything.
     let log = Log::open(&dir, Options::default().partitions(1)).unwrap();
     let records = DATA_BYTES_MIN / PAYLOAD_BYTES + 1;
-    let payload_of = |i: usize| {
-        let mut p = format!("{i:08}").into_bytes();
-        p.resize(PAYLOAD_BYTES, b'a' + (i % 26) as u8);
-        p
-    };
+    let payload_of = |i: usize| padded(format!("{i:08}"), PAYLOAD_BYTES, b'a' + (i % 26) as u8);
     let mut tickets = std::collections::VecDeque::new();
     for i in 0..records {
         tickets.push_back(log.append_pipelined(b"key", &payload_of(i)).unwrap());
@@ -357,7 +308,7 @@ fn recovery_after_an_unclean_stop_scans_only_the_tail_of_a_large_segment() {
     assert!(!report.index_rewritten, "{report:?}");
     assert_eq!(log.end_offset(0).unwrap(), records as u64);
     for offset in [0, 1, records / 2, records - 2, records - 1] {
-        let record = log.read(0, offset as u64).unwrap().next().unwrap().unwrap();
+        let record = record_at(&log, 0, offset as u64);
         assert_eq!(record.payload, payload_of(offset));
     }
     assert_eq!(log.read(0, 0).unwrap().count(), records);
@@ -379,9 +330,7 @@ fn a_read_meeting_a_corrupt_frame_does_not_hide_the_records_after_it() {
     // in synced data: recovery starts from the last index entry and keeps everything.
     let entries = pristine.entries();
     let damaged_position = entry_position(entries[entries.len() / 2]);
-    let damaged_offset = u64::from(u32::from_le_bytes(
-        entries[entries.len() / 2][..4].try_into().unwrap(),
-    ));
+    let damaged_offset = u64::from(entry_offset(entries[entries.len() / 2]));
     let frame = pristine
         .frames
         .iter()
@@ -392,27 +341,12 @@ fn a_read_meeting_a_corrupt_frame_does_not_hide_the_records_after_it() {
     segment[frame.end - 1] ^= 0xFF;
     fs::write(&segment_path, segment).unwrap();
 
-    let log = Log::open(&dir, options()).unwrap();
-    assert_eq!(log.end_offset(0).unwrap(), RECORDS as u64);
-    let after = damaged_offset + 5;
-    let read_at = |offset: u64| log.read(0, offset).unwrap().next().unwrap();
-    assert_eq!(
-        read_at(after).unwrap().payload,
-        pristine.payloads[after as usize],
-        "readable before anyone meets the corrupt frame"
+    check_records_after_corruption_stay_readable(
+        &dir,
+        &pristine,
+        damaged_offset,
+        "readable before anyone meets the corrupt frame",
     );
-    assert!(read_at(damaged_offset).unwrap_err().is_corruption());
-    // Nothing changed on disk; the same read must still work.
-    match read_at(after) {
-        Ok(record) => assert_eq!(record.payload, pristine.payloads[after as usize]),
-        Err(error) => {
-            panic!("offset {after} became unreadable after a read of {damaged_offset}: {error}")
-        }
-    }
-    let appended = log.append(b"key", b"new").unwrap();
-    let new = read_at(appended.offset).unwrap_or_else(|e| panic!("new append unreadable: {e}"));
-    assert_eq!(&new.payload[..], b"new");
-    log.close().unwrap();
 }
 
 /// Regression test for a bug that remains after the fix above: to tell a lying index from
@@ -429,7 +363,7 @@ fn a_read_meeting_the_second_of_two_corrupt_frames_does_not_hide_the_records_aft
     let dir = pristine.copy(cases.path(), "two-corrupt-frames");
     let entries = pristine.entries();
     let middle = entries[entries.len() / 2];
-    let second_offset = u64::from(u32::from_le_bytes(middle[..4].try_into().unwrap()));
+    let second_offset = u64::from(entry_offset(middle));
     let second = pristine
         .frames
         .iter()
@@ -443,21 +377,39 @@ fn a_read_meeting_the_second_of_two_corrupt_frames_does_not_hide_the_records_aft
     segment[pristine.frames[second].end - 1] ^= 0xFF;
     fs::write(&segment_path, segment).unwrap();
 
-    let log = Log::open(&dir, options()).unwrap();
+    check_records_after_corruption_stay_readable(
+        &dir,
+        &pristine,
+        second_offset,
+        "readable before anyone meets a corrupt frame",
+    );
+}
+
+/// Opens `dir`, a copy of `pristine` with a corrupt frame at `corrupt_offset`, and checks that
+/// the record five offsets later reads (`readable_message` says why that is expected), a read
+/// of `corrupt_offset` fails as corruption, the later record still reads after that, and a new
+/// append reads back.
+fn check_records_after_corruption_stay_readable(
+    dir: &Path,
+    pristine: &Pristine,
+    corrupt_offset: u64,
+    readable_message: &str,
+) {
+    let log = Log::open(dir, options()).unwrap();
     assert_eq!(log.end_offset(0).unwrap(), RECORDS as u64);
-    let after = second_offset + 5;
+    let after = corrupt_offset + 5;
     let read_at = |offset: u64| log.read(0, offset).unwrap().next().unwrap();
     assert_eq!(
         read_at(after).unwrap().payload,
         pristine.payloads[after as usize],
-        "readable before anyone meets a corrupt frame"
+        "{readable_message}"
     );
-    assert!(read_at(second_offset).unwrap_err().is_corruption());
+    assert!(read_at(corrupt_offset).unwrap_err().is_corruption());
     // Nothing changed on disk; the same read must still work.
     match read_at(after) {
         Ok(record) => assert_eq!(record.payload, pristine.payloads[after as usize]),
         Err(error) => {
-            panic!("offset {after} became unreadable after a read of {second_offset}: {error}")
+            panic!("offset {after} became unreadable after a read of {corrupt_offset}: {error}")
         }
     }
     let appended = log.append(b"key", b"new").unwrap();

@@ -6,31 +6,21 @@
 //! Each case starts from a copy of one pristine log directory, damages the copy's segment file
 //! the way a crash would, and opens it.
 
+mod common;
+
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use annal::{Event, Log, Options};
+use common::rng::XorShift;
+use common::segment_files::{copy_dir, frame_ranges, INDEX_FILE, SEGMENT_FILE, SEGMENT_HEADER_LEN};
 
 /// Small segments keep each copied case cheap; the limits must fit into one segment.
-const SEGMENT_BYTES: u64 = 64 << 10;
-const BATCH_BYTES_MAX: u32 = 16 << 10;
-/// Bytes before the first frame of a segment file (`src/segment.rs`).
-const SEGMENT_HEADER_LEN: usize = 64;
-/// Where `frame_len` (u32, little-endian) sits in a frame header (`src/frame.rs`).
-const FRAME_LEN_OFFSET: usize = 4;
-/// Where the frame magic byte sits, and its value.
-const FRAME_MAGIC_OFFSET: usize = 8;
-const FRAME_MAGIC: u8 = 0xA7;
-const SEGMENT_FILE: &str = "p0000/00000000000000000000.seg";
-const INDEX_FILE: &str = "p0000/00000000000000000000.idx";
+const SEGMENT_BYTES: u64 = common::SMALL_SEGMENT_BYTES;
 
 fn options() -> Options {
-    Options::default()
-        .partitions(1)
-        .segment_bytes(SEGMENT_BYTES)
-        .batch_bytes_max(BATCH_BYTES_MAX)
-        .event_bytes_max(BATCH_BYTES_MAX)
+    common::one_partition(SEGMENT_BYTES)
 }
 
 /// One record as the tests compare it.
@@ -103,39 +93,7 @@ impl Pristine {
 
     /// A fresh copy of the pristine directory.
     fn copy(&self, root: &Path, name: &str) -> PathBuf {
-        let to = root.join(name);
-        copy_dir(&self.dir, &to);
-        to
-    }
-}
-
-/// The byte ranges of the frames from the start of a segment file's data, up to the first
-/// position that does not hold a frame header (zeros after the last frame).
-fn frame_ranges(segment: &[u8]) -> Vec<Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut position = SEGMENT_HEADER_LEN;
-    while position + FRAME_MAGIC_OFFSET < segment.len()
-        && segment[position + FRAME_MAGIC_OFFSET] == FRAME_MAGIC
-    {
-        let len_bytes = &segment[position + FRAME_LEN_OFFSET..position + FRAME_LEN_OFFSET + 4];
-        let len = u32::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
-        assert!(len > 0 && position + len <= segment.len());
-        ranges.push(position..position + len);
-        position += len;
-    }
-    ranges
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
+        copy_dir(&self.dir, &root.join(name))
     }
 }
 
@@ -148,11 +106,7 @@ fn read_all(log: &Log) -> Vec<Stored> {
             Stored {
                 offset: record.offset,
                 key: record.key.to_vec(),
-                headers: record
-                    .headers
-                    .iter()
-                    .map(|h| (h.name.to_vec(), h.value.to_vec()))
-                    .collect(),
+                headers: common::headers_of(&record),
                 payload: record.payload.to_vec(),
             }
         })
@@ -232,11 +186,8 @@ fn overwrite(segment: &Path, from: usize, to: usize, fill: impl Fn(usize) -> u8)
 
 /// A deterministic byte for position `i`: xorshift-scrambled, never the same run twice.
 fn noise(i: usize) -> u8 {
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    (x >> 24) as u8
+    let mut x = XorShift((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    (x.next() >> 24) as u8
 }
 
 fn single_events_pristine() -> Pristine {

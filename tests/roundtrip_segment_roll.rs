@@ -2,36 +2,17 @@
 //! offset order, before and after reopening, in every durability mode; segments roll by size and
 //! by age.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use annal::{Durability, Event, Log, Options, Record};
+use annal::{Durability, Event, Log, Options};
+use common::rng::SplitMix64;
+use common::segment_files::{index_path, segment_bases, segment_path};
+use common::{read_all, SMALL_SEGMENT_BYTES};
 
 const PARTITIONS: u32 = 3;
-const SEGMENT_BYTES: u64 = 64 << 10;
-const BATCH_BYTES_MAX: u32 = 16 << 10;
-const EVENT_BYTES_MAX: u32 = 8 << 10;
-
-/// splitmix64: a small deterministic generator, so a failure can be replayed exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// What a record must look like when read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,15 +45,10 @@ fn now_ms() -> u64 {
 }
 
 fn options(durability: Durability) -> Options {
-    Options::default()
-        .partitions(PARTITIONS)
-        .durability(durability)
-        .segment_bytes(SEGMENT_BYTES)
-        .batch_bytes_max(BATCH_BYTES_MAX)
-        .event_bytes_max(EVENT_BYTES_MAX)
+    common::small_segments(durability).partitions(PARTITIONS)
 }
 
-fn random_event(rng: &mut Rng, serial: u64) -> Expected {
+fn random_event(rng: &mut SplitMix64, serial: u64) -> Expected {
     let key = format!("key-{}", rng.below(11)).into_bytes();
     // Mostly small events, some close to the event limit, some empty.
     let payload_len = match rng.below(10) {
@@ -103,7 +79,7 @@ fn random_event(rng: &mut Rng, serial: u64) -> Expected {
 
 /// Appends `count` events, single or in batches of one key, and checks each returned offset
 /// against the model (this test appends from one thread, so offsets are predictable).
-fn append_random(log: &Log, model: &mut Model, rng: &mut Rng, count: usize) {
+fn append_random(log: &Log, model: &mut Model, rng: &mut SplitMix64, count: usize) {
     let mut appended = 0;
     while appended < count {
         let batch_len = if rng.below(5) == 0 {
@@ -136,13 +112,6 @@ fn append_random(log: &Log, model: &mut Model, rng: &mut Rng, count: usize) {
     }
 }
 
-fn read_all(log: &Log, partition: u32) -> Vec<Record> {
-    log.read(partition, 0)
-        .unwrap()
-        .collect::<annal::Result<Vec<_>>>()
-        .unwrap()
-}
-
 /// Reads every partition and compares it with the model: same records, offsets contiguous
 /// from 0, timestamps never decreasing and inside `[earliest_ms, now]`.
 fn assert_log_matches(log: &Log, model: &Model, earliest_ms: u64) {
@@ -162,12 +131,7 @@ fn assert_log_matches(log: &Log, model: &Model, earliest_ms: u64) {
                 expected.payload.as_slice(),
                 "offset {i}"
             );
-            let headers: Vec<(Vec<u8>, Vec<u8>)> = record
-                .headers
-                .iter()
-                .map(|h| (h.name.to_vec(), h.value.to_vec()))
-                .collect();
-            assert_eq!(headers, expected.headers, "offset {i}");
+            assert_eq!(common::headers_of(record), expected.headers, "offset {i}");
             assert!(
                 record.timestamp_ms >= previous_ms,
                 "timestamps decrease at {i}"
@@ -182,24 +146,13 @@ fn assert_log_matches(log: &Log, model: &Model, earliest_ms: u64) {
     }
 }
 
-fn segment_bases(partition_dir: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = std::fs::read_dir(partition_dir)
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg").map(|stem| stem.parse().unwrap())
-        })
-        .collect();
-    bases.sort_unstable();
-    bases
-}
-
 /// Every partition rolled over several segments; the first starts at offset 0, each later one
-/// at an offset inside the partition, and every sealed one is at most `SEGMENT_BYTES` long.
+/// at an offset inside the partition, and every sealed one is at most `SMALL_SEGMENT_BYTES`
+/// long.
 fn assert_rolled(dir: &Path, model: &Model) {
     for (partition, expected) in model.partitions.iter().enumerate() {
-        let partition_dir = dir.join(format!("p{partition:04}"));
-        let bases = segment_bases(&partition_dir);
+        let partition = partition as u32;
+        let bases = segment_bases(dir, partition);
         assert!(
             bases.len() >= 4,
             "partition {partition} has only {} segments",
@@ -209,11 +162,15 @@ fn assert_rolled(dir: &Path, model: &Model) {
         assert!(bases.windows(2).all(|w| w[0] < w[1]));
         assert!(*bases.last().unwrap() < expected.len() as u64);
         for base in &bases {
-            let idx = partition_dir.join(format!("{base:020}.idx"));
+            let idx = index_path(dir, partition, *base);
             assert!(idx.is_file(), "{} missing", idx.display());
-            let seg = partition_dir.join(format!("{base:020}.seg"));
+            let seg = segment_path(dir, partition, *base);
             let len = std::fs::metadata(&seg).unwrap().len();
-            assert!(len <= SEGMENT_BYTES, "{} is {len} bytes", seg.display());
+            assert!(
+                len <= SMALL_SEGMENT_BYTES,
+                "{} is {len} bytes",
+                seg.display()
+            );
         }
     }
 }
@@ -221,7 +178,7 @@ fn assert_rolled(dir: &Path, model: &Model) {
 fn round_trip(durability: Durability, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let start_ms = now_ms();
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut model = Model {
         partitions: vec![Vec::new(); PARTITIONS as usize],
     };
@@ -313,19 +270,18 @@ fn segment_rolls_when_older_than_segment_age_max() {
         .partitions(1)
         .segment_age_max(Duration::from_millis(200));
     let log = Log::open(dir.path(), options).unwrap();
-    let partition_dir = dir.path().join("p0000");
 
     log.append(b"k", b"first").unwrap();
-    assert_eq!(segment_bases(&partition_dir), vec![0]);
+    assert_eq!(segment_bases(dir.path(), 0), vec![0]);
     std::thread::sleep(Duration::from_millis(250));
     let second = log.append(b"k", b"second").unwrap();
     assert_eq!(second.offset, 1);
     // The second append found the segment too old: it starts a new one at its own offset.
-    assert_eq!(segment_bases(&partition_dir), vec![0, 1]);
+    assert_eq!(segment_bases(dir.path(), 0), vec![0, 1]);
     // An append right after stays in the young segment (the margin of 200 ms keeps this
     // deterministic on a loaded machine).
     log.append(b"k", b"third").unwrap();
-    assert_eq!(segment_bases(&partition_dir), vec![0, 1]);
+    assert_eq!(segment_bases(dir.path(), 0), vec![0, 1]);
 
     let payloads: Vec<Vec<u8>> = read_all(&log, 0)
         .iter()
@@ -349,5 +305,5 @@ fn empty_segment_is_not_rolled_by_age() {
     // The segment made at open is old by now, but empty: the append goes into it.
     std::thread::sleep(Duration::from_millis(40));
     log.append(b"k", b"first").unwrap();
-    assert_eq!(segment_bases(&dir.path().join("p0000")), vec![0]);
+    assert_eq!(segment_bases(dir.path(), 0), vec![0]);
 }

@@ -7,35 +7,21 @@
 //! header of another format version" and `Error::Corrupt` for "a segment header with bad magic
 //! or checksum"; both hold only for the active (last) segment (`tests/bad_input.rs`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use annal::{Durability, Error, Log, Options, FORMAT_VERSION};
+use common::segment_files::segment_path;
 
 fn options() -> Options {
-    Options::default()
-        .partitions(1)
-        .durability(Durability::Sync)
-        .segment_bytes(64 << 10)
-        .batch_bytes_max(16 << 10)
-        .event_bytes_max(8 << 10)
+    common::small_segments(Durability::Sync)
 }
 
 /// A closed log whose segment 0 is sealed; returns the directory and the path of segment 0.
 fn log_with_a_sealed_segment() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), options()).unwrap();
-    let payload = vec![4u8; 4_000];
-    for _ in 0..40 {
-        log.append(b"k", &payload).unwrap();
-    }
-    log.close().unwrap();
-    let partition = dir.path().join("p0000");
-    let segments = std::fs::read_dir(&partition)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension() == Some("seg".as_ref()))
-        .count();
-    assert!(segments >= 2, "segment 0 is sealed");
-    let sealed = partition.join(format!("{:020}.seg", 0));
+    let dir = common::sealed_log(options(), 40, &[4u8; 4_000]);
+    let sealed = segment_path(dir.path(), 0, 0);
     (dir, sealed)
 }
 
