@@ -19,7 +19,7 @@ use std::ops::Range;
 use annal::{Event, Log};
 use body::{Copied, IndexInput, INDEX_HEADER_LEN, SEGMENT_HEADER_LEN};
 use common::rng::XorShift;
-use common::segment_files::{frame_ranges, frame_record_count};
+use common::segment_files::{frame_ranges, frame_record_count, INDEX_FILE, SEGMENT_FILE};
 
 const CASES: usize = 300;
 const SEED: u64 = 0x5EED_0FA1_10F1_D00D;
@@ -54,9 +54,8 @@ impl Original {
             }
         }
         log.close().unwrap();
-        let partition = root.path().join("p0000");
-        let segment = fs::read(partition.join("00000000000000000000.seg")).unwrap();
-        let index = fs::read(partition.join("00000000000000000000.idx")).unwrap();
+        let segment = fs::read(root.path().join(SEGMENT_FILE)).unwrap();
+        let index = fs::read(root.path().join(INDEX_FILE)).unwrap();
         let data = segment[SEGMENT_HEADER_LEN..].to_vec();
         let frames = frames(&segment);
         assert!(frames.len() == 40);
