@@ -50,6 +50,21 @@ fn run_producers(log: &Log, threads: usize, total: u64, size: usize) -> Duration
     started.elapsed()
 }
 
+/// `total` events (rounded up to whole batches) appended in batches of `batch` under one key
+/// per batch, then flushed.
+fn run_batches(log: &Log, total: u64, batch: usize, size: usize) -> Duration {
+    let payload = common::payload(size, 0);
+    let keys = common::keys();
+    let events: Vec<annal::Event> = (0..batch).map(|_| annal::Event::new(&payload)).collect();
+    let started = Instant::now();
+    for n in 0..total.div_ceil(batch as u64) {
+        let key = &keys[(n % common::AGGREGATES) as usize];
+        log.append_batch(key, &events).expect("append");
+    }
+    log.flush().expect("flush");
+    started.elapsed()
+}
+
 /// `total` pipelined appends from one thread with at most `depth` in flight.
 fn run_pipelined(log: &Log, depth: usize, total: u64, size: usize) -> Duration {
     let payload = common::payload(size, 0);
@@ -174,6 +189,12 @@ fn summary() {
     let (buffered, _, _) = rate(&log, quick, |log, n| run_producers(log, 1, n, 256));
     log.close().expect("close");
     println!("Buffered, 1 producer: {buffered:.0} events/s (target >= 2,000,000)");
+
+    // The peers' "buffered batches of 1,000" workload: one producer, append_batch of 1,000.
+    let (_d, log) = open(Durability::Buffered);
+    let (batched, _, _) = rate(&log, quick, |log, n| run_batches(log, n, 1_000, 256));
+    log.close().expect("close");
+    println!("Buffered, batches of 1,000 from 1 producer: {batched:.0} events/s");
 
     let (_d, log) = open(Durability::Sync);
     let (one, one_stats, _) = rate(&log, quick, |log, n| {
