@@ -26,6 +26,7 @@
 
 use std::ops::Range;
 
+use crate::codec::{read_u16, read_u32, read_u64};
 use crate::error::Error;
 use crate::record::Event;
 
@@ -369,22 +370,6 @@ fn range(bytes: &[u8], at: &mut usize, len: usize) -> Result<Range<usize>, &'sta
     let r = *at..end;
     *at = end;
     Ok(r)
-}
-
-pub fn read_u16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-pub fn read_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(b)
-}
-
-pub fn read_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(b)
 }
 
 #[cfg(test)]

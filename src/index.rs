@@ -21,8 +21,7 @@
 //!   8  u64     timestamp_ms of the frame
 //! ```
 
-use crate::frame::{read_u32, read_u64};
-use crate::FORMAT_VERSION;
+use crate::codec::{self, read_u32, read_u64, HeaderCheck};
 
 pub const INDEX_MAGIC: [u8; 8] = *b"ANNALIDX";
 pub const INDEX_HEADER_CRC_OFFSET: usize = 28;
@@ -40,12 +39,9 @@ pub struct IndexEntry {
 }
 
 pub fn encode_header(base_offset: u64) -> [u8; INDEX_HEADER_LEN] {
-    let mut header = [0u8; INDEX_HEADER_LEN];
-    header[0..8].copy_from_slice(&INDEX_MAGIC);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let mut header = codec::new_header::<INDEX_HEADER_LEN>(&INDEX_MAGIC);
     header[16..24].copy_from_slice(&base_offset.to_le_bytes());
-    let crc = crc32fast::hash(&header[..INDEX_HEADER_CRC_OFFSET]);
-    header[INDEX_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    codec::seal_header(&mut header);
     header
 }
 
@@ -81,16 +77,12 @@ pub fn decode(
     first_position: u64,
     data_len: u64,
 ) -> (Vec<IndexEntry>, Option<IndexDamage>) {
-    if bytes.len() < INDEX_HEADER_LEN
-        || bytes[0..8] != INDEX_MAGIC
-        || crc32fast::hash(&bytes[..INDEX_HEADER_CRC_OFFSET])
-            != read_u32(bytes, INDEX_HEADER_CRC_OFFSET)
-    {
-        return (Vec::new(), Some(IndexDamage::BadHeader));
-    }
-    let version = read_u32(bytes, 8);
-    if version != FORMAT_VERSION {
-        return (Vec::new(), Some(IndexDamage::Version(version)));
+    match codec::check_header(bytes, INDEX_HEADER_LEN, &INDEX_MAGIC) {
+        HeaderCheck::Valid => {}
+        HeaderCheck::Version(found) => return (Vec::new(), Some(IndexDamage::Version(found))),
+        HeaderCheck::Short | HeaderCheck::BadMagic | HeaderCheck::BadChecksum => {
+            return (Vec::new(), Some(IndexDamage::BadHeader));
+        }
     }
     if read_u64(bytes, 16) != base_offset {
         return (Vec::new(), Some(IndexDamage::BadHeader));

@@ -17,8 +17,8 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 
+use crate::codec::{self, read_u32, read_u64, HeaderCheck};
 use crate::error::{Error, Result};
-use crate::frame::{read_u32, read_u64};
 use crate::io::{self, Faults};
 use crate::FORMAT_VERSION;
 
@@ -39,31 +39,33 @@ pub struct Meta {
 
 impl Meta {
     pub fn encode(&self) -> [u8; META_LEN] {
-        let mut bytes = [0u8; META_LEN];
-        bytes[0..8].copy_from_slice(&META_MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let mut bytes = codec::new_header::<META_LEN>(&META_MAGIC);
         bytes[12..16].copy_from_slice(&self.partitions.to_le_bytes());
         bytes[16..20].copy_from_slice(&HASH_FNV1A64_FMIX64.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
-        let crc = crc32fast::hash(&bytes[..META_CRC_OFFSET]);
-        bytes[META_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        codec::seal_header(&mut bytes);
         bytes
     }
 
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Meta> {
-        if bytes.len() != META_LEN || bytes[0..8] != META_MAGIC {
+        if bytes.len() != META_LEN {
             return Err(Error::corrupt(path, 0, "not an annal metadata file"));
         }
-        if crc32fast::hash(&bytes[..META_CRC_OFFSET]) != read_u32(bytes, META_CRC_OFFSET) {
-            return Err(Error::corrupt(path, 0, "metadata checksum mismatch"));
-        }
-        let version = read_u32(bytes, 8);
-        if version != FORMAT_VERSION {
-            return Err(Error::IncompatibleFormat {
-                path: path.to_owned(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+        match codec::check_header(bytes, META_LEN, &META_MAGIC) {
+            HeaderCheck::Valid => {}
+            HeaderCheck::Short | HeaderCheck::BadMagic => {
+                return Err(Error::corrupt(path, 0, "not an annal metadata file"));
+            }
+            HeaderCheck::BadChecksum => {
+                return Err(Error::corrupt(path, 0, "metadata checksum mismatch"));
+            }
+            HeaderCheck::Version(found) => {
+                return Err(Error::IncompatibleFormat {
+                    path: path.to_owned(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
         }
         let partitions = read_u32(bytes, 12);
         if partitions == 0 || partitions > crate::options::PARTITIONS_MAX {

@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::codec::{self, read_u32, read_u64, HeaderCheck};
 use crate::error::{Error, Result};
-use crate::frame::{self, read_u32, read_u64, Probe};
+use crate::frame::{self, Probe};
 use crate::index::{self, IndexEntry, IndexPolicy};
 use crate::io::{self, Faults};
 use crate::FORMAT_VERSION;
@@ -48,38 +49,32 @@ pub struct SegmentHeader {
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
-        let mut bytes = [0u8; SEGMENT_HEADER_LEN];
-        bytes[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let mut bytes = codec::new_header::<SEGMENT_HEADER_LEN>(&SEGMENT_MAGIC);
         bytes[12..16].copy_from_slice(&self.partition.to_le_bytes());
         bytes[16..24].copy_from_slice(&self.base_offset.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
-        let crc = crc32fast::hash(&bytes[..SEGMENT_HEADER_CRC_OFFSET]);
-        bytes[SEGMENT_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        codec::seal_header(&mut bytes);
         bytes
     }
 
     /// Decodes and checks a header. The caller compares partition and base offset with what the
     /// file's place and name say.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<SegmentHeader> {
-        if bytes.len() < SEGMENT_HEADER_LEN {
-            return Err(Error::corrupt(path, 0, "segment shorter than its header"));
-        }
-        if bytes[0..8] != SEGMENT_MAGIC {
-            return Err(Error::corrupt(path, 0, "bad segment magic"));
-        }
-        if crc32fast::hash(&bytes[..SEGMENT_HEADER_CRC_OFFSET])
-            != read_u32(bytes, SEGMENT_HEADER_CRC_OFFSET)
-        {
-            return Err(Error::corrupt(path, 0, "segment header checksum mismatch"));
-        }
-        let version = read_u32(bytes, 8);
-        if version != FORMAT_VERSION {
-            return Err(Error::IncompatibleFormat {
-                path: path.to_owned(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+        let reason = match codec::check_header(bytes, SEGMENT_HEADER_LEN, &SEGMENT_MAGIC) {
+            HeaderCheck::Valid => None,
+            HeaderCheck::Short => Some("segment shorter than its header"),
+            HeaderCheck::BadMagic => Some("bad segment magic"),
+            HeaderCheck::BadChecksum => Some("segment header checksum mismatch"),
+            HeaderCheck::Version(found) => {
+                return Err(Error::IncompatibleFormat {
+                    path: path.to_owned(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        };
+        if let Some(reason) = reason {
+            return Err(Error::corrupt(path, 0, reason));
         }
         Ok(SegmentHeader {
             partition: read_u32(bytes, 12),
