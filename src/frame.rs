@@ -74,28 +74,33 @@ pub struct EncodeLimits {
     pub batch_bytes_max: u64,
 }
 
-/// Appends one frame to `buf`. On error, and if an event conversion panics, `buf` is left as
-/// it was: the queue it belongs to must never hold a partial frame.
+/// Appends one frame to `buf`. On error (and on any panic) `buf` is left as it was: the queue
+/// it belongs to must never hold a partial frame.
 /// Returns the number of records in the frame.
-pub fn encode<'e, I>(
+pub fn encode(
     buf: &mut Vec<u8>,
     stamp: FrameStamp,
     key: &[u8],
-    events: I,
+    events: &[Event<'_>],
     limits: &EncodeLimits,
-) -> Result<u32, Error>
-where
-    I: IntoIterator,
-    I::Item: Into<Event<'e>>,
-{
+) -> Result<u32, Error> {
+    if events.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
+    if events.len() as u64 > limits.batch_events_max {
+        return Err(Error::BatchTooManyEvents {
+            events: events.len() as u64,
+            limit: limits.batch_events_max,
+        });
+    }
     let mut rollback = Rollback {
         start: buf.len(),
         buf,
         keep: false,
     };
-    let result = encode_unchecked_rollback(rollback.buf, stamp, key, events, limits);
+    let result = encode_frame(rollback.buf, stamp, key, events, limits);
     rollback.keep = result.is_ok();
-    result
+    result.map(|()| events.len() as u32)
 }
 
 /// Truncates the buffer back to `start` when dropped, unless told to keep what was added.
@@ -113,17 +118,14 @@ impl Drop for Rollback<'_> {
     }
 }
 
-fn encode_unchecked_rollback<'e, I>(
+/// Appends the frame; the caller checked the event count and rolls back on error.
+fn encode_frame(
     buf: &mut Vec<u8>,
     stamp: FrameStamp,
     key: &[u8],
-    events: I,
+    events: &[Event<'_>],
     limits: &EncodeLimits,
-) -> Result<u32, Error>
-where
-    I: IntoIterator,
-    I::Item: Into<Event<'e>>,
-{
+) -> Result<(), Error> {
     debug_assert!(
         key.len() <= KEY_BYTES_LIMIT as usize,
         "key length checked by caller"
@@ -133,16 +135,7 @@ where
     buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
     buf.extend_from_slice(key);
     let records_start = buf.len();
-    let mut count: u64 = 0;
     for event in events {
-        let event: Event<'e> = event.into();
-        count += 1;
-        if count > limits.batch_events_max {
-            return Err(Error::BatchTooManyEvents {
-                events: count,
-                limit: limits.batch_events_max,
-            });
-        }
         let event_bytes = event.size_bytes();
         if event_bytes > limits.event_bytes_max {
             return Err(Error::EventTooLarge {
@@ -150,7 +143,7 @@ where
                 limit: limits.event_bytes_max,
             });
         }
-        encode_record(buf, &event)?;
+        encode_record(buf, event)?;
         let batch_bytes = (buf.len() - records_start) as u64;
         if batch_bytes > limits.batch_bytes_max {
             return Err(Error::BatchTooLarge {
@@ -159,21 +152,18 @@ where
             });
         }
     }
-    if count == 0 {
-        return Err(Error::EmptyBatch);
-    }
     let frame_len = buf.len() - start;
     let header = &mut buf[start..start + FRAME_HEADER_LEN];
     header[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&(frame_len as u32).to_le_bytes());
     header[MAGIC_OFFSET] = FRAME_MAGIC;
-    header[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&(count as u32).to_le_bytes());
+    header[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&(events.len() as u32).to_le_bytes());
     header[BASE_OFFSET_OFFSET..BASE_OFFSET_OFFSET + 8]
         .copy_from_slice(&stamp.base_offset.to_le_bytes());
     header[TIMESTAMP_OFFSET..TIMESTAMP_OFFSET + 8]
         .copy_from_slice(&stamp.timestamp_ms.to_le_bytes());
     let crc = crc32fast::hash(&buf[start + LEN_OFFSET..]);
     buf[start + CRC_OFFSET..start + CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
-    Ok(count as u32)
+    Ok(())
 }
 
 fn encode_record(buf: &mut Vec<u8>, event: &Event<'_>) -> Result<(), Error> {
@@ -422,7 +412,7 @@ mod tests {
     #[test]
     fn every_single_bit_flip_is_detected() {
         let mut buf = Vec::new();
-        encode(&mut buf, stamp(), b"k", [b"payload"], &LIMITS).unwrap();
+        encode(&mut buf, stamp(), b"k", &[Event::new(b"payload")], &LIMITS).unwrap();
         for byte in 0..buf.len() {
             for bit in 0..8 {
                 let mut damaged = buf.clone();
@@ -438,7 +428,14 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         let mut buf = Vec::new();
-        encode(&mut buf, stamp(), b"k", [&b"payload"[..], b"more"], &LIMITS).unwrap();
+        encode(
+            &mut buf,
+            stamp(),
+            b"k",
+            &[Event::new(b"payload"), Event::new(b"more")],
+            &LIMITS,
+        )
+        .unwrap();
         for len in 0..buf.len() {
             assert!(!matches!(probe(&buf[..len]), Probe::Frame(_)), "len {len}");
         }
@@ -465,12 +462,11 @@ mod tests {
             event_bytes_max: 1000,
             ..LIMITS
         };
-        let err = encode(&mut buf, stamp(), b"k", [&big], &limits).unwrap_err();
+        let err = encode(&mut buf, stamp(), b"k", &[Event::new(&big)], &limits).unwrap_err();
         assert!(matches!(err, Error::EventTooLarge { bytes: 2000, .. }));
         assert_eq!(buf, [1, 2, 3]);
-        let none: [&[u8]; 0] = [];
         assert!(matches!(
-            encode(&mut buf, stamp(), b"k", none, &LIMITS),
+            encode(&mut buf, stamp(), b"k", &[], &LIMITS),
             Err(Error::EmptyBatch)
         ));
         assert_eq!(buf, [1, 2, 3]);

@@ -156,7 +156,7 @@ impl Log {
     /// [`Error::AppendFailed`] (not appended; later appends may succeed), [`Error::Poisoned`],
     /// [`Error::Closed`].
     pub fn append<'e>(&self, key: &[u8], event: impl Into<Event<'e>>) -> Result<Appended> {
-        self.append_events(key, [event.into()])
+        self.append_events(key, &[event.into()])
     }
 
     /// Appends several events under one key as one frame with one checksum: after any crash
@@ -171,14 +171,11 @@ impl Log {
         I: IntoIterator,
         I::Item: Into<Event<'e>>,
     {
-        self.append_events(key, collect(events))
+        self.append_events(key, &collect(events))
     }
 
     /// Appends events that are already converted: no caller code runs under the queue lock.
-    fn append_events<'e, I>(&self, key: &[u8], events: I) -> Result<Appended>
-    where
-        I: IntoIterator<Item = Event<'e>>,
-    {
+    fn append_events(&self, key: &[u8], events: &[Event<'_>]) -> Result<Appended> {
         let partition = self.route(key)?;
         match self.options.durability {
             Durability::Sync => partition.enqueue_with_ticket(key, events)?.wait(),
@@ -193,7 +190,7 @@ impl Log {
     ///
     /// As [`append`](Self::append), for what can be checked before the write.
     pub fn append_pipelined<'e>(&self, key: &[u8], event: impl Into<Event<'e>>) -> Result<Ticket> {
-        self.route(key)?.enqueue_with_ticket(key, [event.into()])
+        self.route(key)?.enqueue_with_ticket(key, &[event.into()])
     }
 
     /// Queues one batch (see [`append_batch`](Self::append_batch)) and returns a [`Ticket`].
@@ -206,7 +203,7 @@ impl Log {
         I: IntoIterator,
         I::Item: Into<Event<'e>>,
     {
-        self.route(key)?.enqueue_with_ticket(key, collect(events))
+        self.route(key)?.enqueue_with_ticket(key, &collect(events))
     }
 
     /// Checks a key and returns the partition it belongs to.

@@ -253,20 +253,16 @@ impl Partition {
     }
 
     /// Encodes and queues one frame; returns where it will be.
-    pub fn enqueue<'e, I>(&self, key: &[u8], events: I) -> Result<Appended>
-    where
-        I: IntoIterator,
-        I::Item: Into<Event<'e>>,
-    {
+    pub fn enqueue(&self, key: &[u8], events: &[Event<'_>]) -> Result<Appended> {
         self.enqueue_then(key, events, |_, appended| appended)
     }
 
     /// Encodes and queues one frame; returns the ticket that resolves when it is visible.
-    pub fn enqueue_with_ticket<'e, I>(self: &Arc<Self>, key: &[u8], events: I) -> Result<Ticket>
-    where
-        I: IntoIterator,
-        I::Item: Into<Event<'e>>,
-    {
+    pub fn enqueue_with_ticket(
+        self: &Arc<Self>,
+        key: &[u8],
+        events: &[Event<'_>],
+    ) -> Result<Ticket> {
         self.enqueue_then(key, events, |generation, appended| Ticket {
             partition: self.clone(),
             generation: generation.clone(),
@@ -276,16 +272,12 @@ impl Partition {
 
     /// Encodes and queues one frame, then calls `then` with the frame's generation and
     /// position while still holding the queue lock.
-    fn enqueue_then<'e, I, R>(
+    fn enqueue_then<R>(
         &self,
         key: &[u8],
-        events: I,
+        events: &[Event<'_>],
         then: impl FnOnce(&Arc<Generation>, Appended) -> R,
-    ) -> Result<R>
-    where
-        I: IntoIterator,
-        I::Item: Into<Event<'e>>,
-    {
+    ) -> Result<R> {
         let mut queue = self.queue.lock();
         loop {
             if let Some(error) = &queue.poisoned {
