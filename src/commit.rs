@@ -190,13 +190,17 @@ impl Writer {
                     }
                     self.publish(sync, round.flush_seq);
                 }
-                Err(Fault::Repairable(error)) => {
-                    let repaired = self.repair();
-                    match repaired {
-                        Ok(()) => self.partition.fail(error, false),
-                        Err(_) => self.partition.fail(error, true),
+                Err(Fault::Repairable(error)) => match self.repair() {
+                    Ok(()) => {
+                        self.partition.fail(error, false);
+                        // The repair synced what survives and the rest is reported lost, so a
+                        // flush that asked for this round is done; waiting for a later round
+                        // could wait forever while writes keep failing.
+                        self.flush_done = self.flush_done.max(round.flush_seq);
+                        self.partition.flush_completed(round.flush_seq);
                     }
-                }
+                    Err(_) => self.partition.fail(error, true),
+                },
                 Err(Fault::Poison(error)) => self.partition.fail(error, true),
             }
             let stop = round.closing || self.partition.queue.lock().poisoned.is_some();
@@ -247,7 +251,7 @@ impl Writer {
                         }
                         _ => break,
                     }
-                } else if queue.bytes.len() >= partition::WRITE_BATCH_BYTES {
+                } else if queue.bytes.len() >= partition.write_batch_bytes() {
                     break;
                 } else {
                     let linger_end = queue.first_queued_at.unwrap_or(now) + partition::LINGER;

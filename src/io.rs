@@ -81,6 +81,11 @@ impl FailPoints {
 /// Where failures are injected from: nothing in production.
 pub(crate) type Faults = Option<Arc<FailPoints>>;
 
+/// Index files take no injected failures. The index is derived data whose write errors are
+/// ignored by design; letting its writes consume a test's "fail the next write" would make the
+/// failure land on an index write at a moment that depends on thread timing.
+pub(crate) const INDEX_FAULTS: Faults = None;
+
 /// An open file together with its path (for error messages) and the log's fail points.
 #[derive(Debug)]
 pub(crate) struct File {

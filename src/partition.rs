@@ -247,6 +247,22 @@ impl Partition {
         }
     }
 
+    /// Outside `Sync`, the queued bytes at which the writer writes at once: a batch, or the
+    /// whole queue bound if that is smaller.
+    pub fn write_batch_bytes(&self) -> usize {
+        let bound = usize::try_from(self.config.queue_bytes_max).unwrap_or(usize::MAX);
+        WRITE_BATCH_BYTES.min(bound)
+    }
+
+    /// Called by the writer when a round that failed had a flush request: the flush is done,
+    /// because everything before it is now durable or reported lost.
+    pub fn flush_completed(&self, seq: u64) {
+        let mut status = self.status.lock();
+        status.flush_done = status.flush_done.max(seq);
+        drop(status);
+        self.status_changed.notify_all();
+    }
+
     /// One past the last offset readers may see.
     pub fn visible_end(&self) -> u64 {
         self.visible_end.load(Ordering::Acquire)
@@ -293,6 +309,10 @@ impl Partition {
             if (queue.bytes.len() as u64) < self.config.queue_bytes_max {
                 break;
             }
+            // A full queue must be written now, whatever the writer is waiting for.
+            if queue.writer_waiting {
+                self.work.notify_one();
+            }
             self.space.wait(&mut queue);
         }
         if queue.next_offset > OFFSET_MAX {
@@ -335,7 +355,7 @@ impl Partition {
         let wanted = if sync_mode {
             queue.frames.len() >= queue.gather_target
         } else {
-            start == 0 || queue.bytes.len() >= WRITE_BATCH_BYTES
+            start == 0 || queue.bytes.len() >= self.write_batch_bytes()
         };
         if queue.writer_waiting && wanted {
             self.work.notify_one();
@@ -512,4 +532,50 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: outside `Sync`, an appender that found the queue full waited for room
+    /// without waking the writer, which then slept out its whole linger with a full queue.
+    #[test]
+    fn an_appender_blocked_on_a_full_queue_wakes_the_writer() {
+        let options = Options::default()
+            .durability(Durability::Buffered)
+            .batch_bytes_max(1024)
+            .event_bytes_max(1024)
+            .queue_bytes_max(4096);
+        let config = Arc::new(Config::new(&options));
+        let partition = Arc::new(Partition::new(0, PathBuf::new(), config, Vec::new(), 0, 0));
+        let payload = [0u8; 900];
+        // Fill the queue to its bound, as appends do while the writer lingers.
+        while (partition.queue.lock().bytes.len() as u64) < 4096 {
+            partition.enqueue(b"k", &[Event::new(&payload)]).unwrap();
+        }
+        // Play the writer: wait for work, as take_round does while it lingers.
+        let mut queue = partition.queue.lock();
+        queue.writer_waiting = true;
+        let appender = {
+            let partition = partition.clone();
+            std::thread::spawn(move || partition.enqueue(b"k", &[Event::new(&[0u8; 900])]))
+        };
+        // The bound only decides how long a failure takes; a working wake returns at once.
+        let woken = !partition
+            .work
+            .wait_for(&mut queue, Duration::from_secs(10))
+            .timed_out();
+        queue.writer_waiting = false;
+        // Take the queue as the writer would, so that the appender can finish.
+        queue.bytes.clear();
+        queue.frames.clear();
+        drop(queue);
+        partition.space.notify_all();
+        appender.join().unwrap().unwrap();
+        assert!(
+            woken,
+            "an appender blocked on a full queue did not wake the writer"
+        );
+    }
 }

@@ -230,17 +230,17 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
     let index_rewritten = damage.is_some() || kept != decoded || entries.len() != kept;
     let mut index_entries = entries.len();
     let index_file = if index_rewritten {
-        match rewrite_index(&index_path, base, &entries, config) {
+        match rewrite_index(&index_path, base, &entries) {
             Ok(file) => file,
             // The index is derived data: a log on a full disk must still open. What the file
             // holds now is at worst a valid prefix; the next open rebuilds the rest.
             Err(_) => {
                 index_entries = 0;
-                open_or_create(&index_path, config)?
+                open_or_create(&index_path)?
             }
         }
     } else {
-        io::File::open(&index_path, &config.faults)?
+        io::File::open(&index_path, &io::INDEX_FAULTS)?
     };
     let map = segment::map_file(data.std(), &path)?;
     let segment = Arc::new(Segment::active(dir, id, base, map, entries));
@@ -266,22 +266,17 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
     })
 }
 
-fn rewrite_index(
-    path: &Path,
-    base: u64,
-    entries: &[IndexEntry],
-    config: &Config,
-) -> Result<io::File> {
-    let file = io::File::create_truncate(path, &config.faults)?;
+fn rewrite_index(path: &Path, base: u64, entries: &[IndexEntry]) -> Result<io::File> {
+    let file = io::File::create_truncate(path, &io::INDEX_FAULTS)?;
     file.write_all_at(&index::encode_file(base, entries), 0)?;
     file.sync_data()?;
     Ok(file)
 }
 
-fn open_or_create(path: &Path, config: &Config) -> Result<io::File> {
-    match io::File::open(path, &config.faults) {
+fn open_or_create(path: &Path) -> Result<io::File> {
+    match io::File::open(path, &io::INDEX_FAULTS) {
         Ok(file) => Ok(file),
-        Err(_) => io::File::create_truncate(path, &config.faults),
+        Err(_) => io::File::create_truncate(path, &io::INDEX_FAULTS),
     }
 }
 

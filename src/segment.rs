@@ -410,7 +410,7 @@ pub fn create(
         }
     };
     let index_path = index_path(dir, header.base_offset);
-    let index = io::File::create_truncate(&index_path, faults)?;
+    let index = io::File::create_truncate(&index_path, &io::INDEX_FAULTS)?;
     index.write_all_at(&index::encode_header(header.base_offset), 0)?;
     io::sync_dir(dir, faults)?;
     let map = map_file(data.std(), &path)?;
