@@ -24,6 +24,9 @@ pub struct FailPoints {
     sync_failures: AtomicU32,
     write_failures: AtomicU32,
     disk_full: AtomicBool,
+    /// While true, syncs wait: lets a test look at the log between a write and its sync.
+    syncs_held: parking_lot::Mutex<bool>,
+    syncs_released: parking_lot::Condvar,
 }
 
 #[doc(hidden)]
@@ -42,6 +45,16 @@ impl FailPoints {
         self.write_failures.store(count, Ordering::SeqCst);
     }
 
+    /// Makes every sync wait until [`release_syncs`](Self::release_syncs).
+    pub fn hold_syncs(&self) {
+        *self.syncs_held.lock() = true;
+    }
+
+    pub fn release_syncs(&self) {
+        *self.syncs_held.lock() = false;
+        self.syncs_released.notify_all();
+    }
+
     /// While set, writes and preallocations fail with `ENOSPC`.
     pub fn set_disk_full(&self, full: bool) {
         self.disk_full.store(full, Ordering::SeqCst);
@@ -54,6 +67,11 @@ impl FailPoints {
     }
 
     fn check_sync(&self) -> io::Result<()> {
+        let mut held = self.syncs_held.lock();
+        while *held {
+            self.syncs_released.wait(&mut held);
+        }
+        drop(held);
         if Self::take(&self.sync_failures) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
