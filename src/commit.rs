@@ -8,23 +8,19 @@
 //!
 //! Failures: a failed fsync poisons the partition (the kernel may have dropped the dirty pages,
 //! so what is on disk is unknown until recovery reads it). A failed write or segment creation
-//! is repaired when possible by cutting the file back to its visible end; the appends of the
-//! round fail and later appends proceed.
+//! is repaired when possible by cutting the file back to where the round began (and syncing
+//! that cut); the appends of the round fail, earlier ones stay, later appends proceed.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::active::{make_visible, persist_index, Active};
 use crate::error::{Error, Result};
-use crate::index::{self, IndexEntry};
-use crate::io;
+use crate::index::IndexEntry;
 use crate::options::Durability;
 use crate::partition::{self, now_ms, Partition, QueuedFrame};
-use crate::segment::{self, Segment, SegmentHeader};
-
-/// The index file is synced whenever this much segment data was synced since its last sync, so
-/// that recovery after a power loss rescans at most this much of the active segment.
-pub const INDEX_SYNC_BYTES: u64 = 4 << 20;
+use crate::segment::{self, SegmentHeader};
 
 /// The longest a `Sync` round waits to gather the appenders of the previous round.
 pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);
@@ -32,99 +28,6 @@ pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);
 /// partition, waiting for them costs more than the fsyncs it saves (measured: 8 partitions, 16
 /// producers).
 pub const GATHER_FRAMES_MIN: usize = 4;
-
-/// The segment being written, as only the writer thread sees it.
-pub(crate) struct Active {
-    pub segment: Arc<Segment>,
-    pub data: io::File,
-    pub index: io::File,
-    pub created_ms: u64,
-    /// End of the bytes written to the file.
-    pub written_position: u64,
-    pub written_end_offset: u64,
-    /// End of the bytes readers may see: synced, or written under `Buffered`.
-    pub visible_position: u64,
-    pub visible_end_offset: u64,
-    /// End of the bytes known to be synced.
-    pub synced_position: u64,
-    /// Entries for frames written but not yet visible.
-    pub new_entries: Vec<IndexEntry>,
-    /// Entries for visible frames whose data is not synced yet. They go to the index file only
-    /// after the data they point at is synced, so that after a power loss every entry in the
-    /// file points at synced data and recovery, scanning from the last entry, finds a prefix of
-    /// the log and never a hole.
-    pub unpersisted_entries: Vec<IndexEntry>,
-    pub last_entry_position: Option<u64>,
-    /// Length of the index file as written so far.
-    pub index_file_len: u64,
-    /// Data position that the last index sync covered.
-    pub index_synced_position: u64,
-    /// The write state when the current round started: a failed round is cut back to it, and
-    /// only to it, so that earlier rounds (written, maybe not yet synced) survive.
-    round_start: RoundStart,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct RoundStart {
-    position: u64,
-    end_offset: u64,
-    new_entries: usize,
-    last_entry_position: Option<u64>,
-}
-
-impl Active {
-    /// The state of a segment whose data up to `position` (offsets up to `end_offset`) is
-    /// synced, and whose index file holds `index_entries` entries, the last at
-    /// `last_entry_position`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        segment: Arc<Segment>,
-        data: io::File,
-        index: io::File,
-        created_ms: u64,
-        position: u64,
-        end_offset: u64,
-        index_entries: usize,
-        last_entry_position: Option<u64>,
-    ) -> Active {
-        Active {
-            segment,
-            data,
-            index,
-            created_ms,
-            written_position: position,
-            written_end_offset: end_offset,
-            visible_position: position,
-            visible_end_offset: end_offset,
-            synced_position: position,
-            new_entries: Vec::new(),
-            unpersisted_entries: Vec::new(),
-            last_entry_position,
-            index_file_len: (index::INDEX_HEADER_LEN + index_entries * index::INDEX_ENTRY_LEN)
-                as u64,
-            index_synced_position: position,
-            round_start: RoundStart {
-                position,
-                end_offset,
-                new_entries: 0,
-                last_entry_position,
-            },
-        }
-    }
-
-    fn mark_round_start(&mut self) {
-        self.round_start = RoundStart {
-            position: self.written_position,
-            end_offset: self.written_end_offset,
-            new_entries: self.new_entries.len(),
-            last_entry_position: self.last_entry_position,
-        };
-    }
-
-    fn has_data(&self) -> bool {
-        self.written_position > segment::SEGMENT_HEADER_LEN as u64
-    }
-}
 
 /// How bad a failure is.
 enum Fault {
@@ -548,50 +451,4 @@ fn continue_after_roll(writer: &mut Writer) -> Result<(), Fault> {
         .ensure_active()
         .map(|_| ())
         .map_err(Fault::Repairable)
-}
-
-/// Makes everything written to `active` visible: to readers (index entries first, then the
-/// visible end) and to tickets.
-fn make_visible(partition: &Partition, active: &mut Active, flush_done: Option<u64>) {
-    if !active.new_entries.is_empty() {
-        active.segment.push_index_entries(&active.new_entries);
-        active
-            .unpersisted_entries
-            .extend_from_slice(&active.new_entries);
-        active.new_entries.clear();
-    }
-    active.visible_position = active.written_position;
-    active.visible_end_offset = active.written_end_offset;
-    partition.publish(active.visible_end_offset, flush_done);
-}
-
-/// Writes the entries of synced frames to the index file, and syncs the index file every
-/// `INDEX_SYNC_BYTES` of data so that recovery after a power loss rescans little.
-fn persist_index(active: &mut Active) {
-    debug_assert!(active
-        .unpersisted_entries
-        .iter()
-        .all(|entry| entry.position < active.synced_position));
-    if !active.unpersisted_entries.is_empty() {
-        let mut encoded =
-            Vec::with_capacity(active.unpersisted_entries.len() * index::INDEX_ENTRY_LEN);
-        for entry in &active.unpersisted_entries {
-            index::encode_entry(&mut encoded, active.segment.base_offset, entry);
-        }
-        // Derived data: entries that fail to reach the file only make lookups after a reopen
-        // scan further; the file stays ordered, so nothing is wrong, only sparser.
-        if active
-            .index
-            .write_all_at(&encoded, active.index_file_len)
-            .is_ok()
-        {
-            active.index_file_len += encoded.len() as u64;
-        }
-        active.unpersisted_entries.clear();
-    }
-    if active.synced_position >= active.index_synced_position + INDEX_SYNC_BYTES
-        && active.index.sync_data().is_ok()
-    {
-        active.index_synced_position = active.synced_position;
-    }
 }

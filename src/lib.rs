@@ -8,6 +8,7 @@
 //! Start with [`Log::open`]. The on-disk format is in `docs/format.md`, the durability promises
 //! in `docs/durability.md`.
 
+mod active;
 mod codec;
 mod commit;
 mod error;

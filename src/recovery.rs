@@ -22,7 +22,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::commit::Active;
+use crate::active::Active;
 use crate::error::{Error, Result};
 use crate::frame::{self, Probe};
 use crate::index::{self, IndexEntry};
