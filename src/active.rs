@@ -121,6 +121,7 @@ pub(crate) fn make_visible(partition: &Partition, active: &mut Active, flush_don
     }
     active.visible_position = active.written_position;
     active.visible_end_offset = active.written_end_offset;
+    active.segment.publish_position(active.visible_position);
     partition.publish(active.visible_end_offset, flush_done);
 }
 

@@ -400,8 +400,8 @@ impl Writer {
         }
     }
 
-    /// After a failed write: cut the file back to the visible end, so that no torn bytes stay
-    /// behind it, and forget the written but invisible frames.
+    /// After a failed write: cut the file back to where the round began (so that no torn bytes
+    /// stay behind the last good frame), sync the cut, and publish the earlier rounds it kept.
     fn repair(&mut self) -> Result<()> {
         let Some(active) = &mut self.active else {
             return Ok(());

@@ -93,8 +93,12 @@ pub fn decode(
         if raw.len() < INDEX_ENTRY_LEN {
             return (entries, Some(IndexDamage::TornTail));
         }
+        // The base offset comes from a file name; a crafted one must not overflow here.
+        let Some(offset) = base_offset.checked_add(u64::from(read_u32(raw, 0))) else {
+            return (entries, Some(IndexDamage::BadEntries(i)));
+        };
         let entry = IndexEntry {
-            offset: base_offset + u64::from(read_u32(raw, 0)),
+            offset,
             position: u64::from(read_u32(raw, 4)),
             timestamp_ms: read_u64(raw, 8),
         };

@@ -278,8 +278,10 @@ impl Log {
     ///
     /// # Errors
     ///
-    /// The first write or sync failure since the last flush (its appends are not in the log),
-    /// or [`Error::Poisoned`].
+    /// [`Error::AppendFailed`] if a write failure since the last flush or close lost appends that
+    /// had been acknowledged before their write (`Interval`, `Buffered`; each failure is reported
+    /// once; those appends are not in the log). Under `Sync` every failure was already returned
+    /// to its appender and is not reported again. [`Error::Poisoned`] after a failed fsync.
     pub fn flush(&self) -> Result<()> {
         let mut first_error = None;
         for partition in &self.partitions {
@@ -295,7 +297,7 @@ impl Log {
     ///
     /// # Errors
     ///
-    /// The first write or sync failure not reported before.
+    /// As [`flush`](Self::flush): a failure not reported before, or [`Error::Poisoned`].
     pub fn close(self) -> Result<()> {
         self.shut_down()
     }

@@ -243,7 +243,7 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
         io::File::open(&index_path, &io::INDEX_FAULTS)?
     };
     let map = segment::map_file(data.std(), &path)?;
-    let segment = Arc::new(Segment::active(dir, id, base, map, entries));
+    let segment = Arc::new(Segment::active(dir, id, base, position, map, entries));
     Ok(Recovered {
         segments: vec![segment.clone()],
         active: Active::new(

@@ -116,8 +116,11 @@ pub struct Segment {
     pub index_path: PathBuf,
     /// One past the last offset, once sealed; `u64::MAX` while it is being written.
     end_offset: AtomicU64,
-    /// One past the last byte of data, once sealed; `u64::MAX` while it is being written or
-    /// when unknown (sealed before this open: then the file's length bounds it).
+    /// One past the last byte readers may touch: while the segment is written, the end of its
+    /// visible frames (moved forward by the writer before it publishes them); once sealed, the
+    /// end of its data; `u64::MAX` for a segment sealed before this open, which nothing cuts.
+    /// Readers never probe past it, so neither a frame being written nor a file cut after a
+    /// failed write is ever read.
     end_position: AtomicU64,
     map: RwLock<Option<Bytes>>,
     index: RwLock<SegmentIndex>,
@@ -144,6 +147,7 @@ impl Segment {
         dir: &Path,
         partition: u32,
         base_offset: u64,
+        visible_position: u64,
         map: Bytes,
         entries: Vec<IndexEntry>,
     ) -> Segment {
@@ -153,7 +157,7 @@ impl Segment {
             path: segment_path(dir, base_offset),
             index_path: index_path(dir, base_offset),
             end_offset: AtomicU64::new(u64::MAX),
-            end_position: AtomicU64::new(u64::MAX),
+            end_position: AtomicU64::new(visible_position),
             map: RwLock::new(Some(map)),
             index: RwLock::new(SegmentIndex::Loaded(entries)),
         }
@@ -178,9 +182,16 @@ impl Segment {
         Ok(())
     }
 
-    /// Byte bound for reading: nothing at or past it is data.
+    /// Byte bound for reading: nothing at or past it is visible data.
     pub fn end_position(&self) -> u64 {
         self.end_position.load(Ordering::Acquire)
+    }
+
+    /// Moves the readable end of the segment being written forward. Called by the writer before
+    /// it publishes the frames up to `position`, so a reader that sees them sees this bound.
+    pub fn publish_position(&self, position: u64) {
+        debug_assert!(position >= self.end_position());
+        self.end_position.store(position, Ordering::Release);
     }
 
     /// Marks the segment sealed. Called by the writer after the data is synced and before the
@@ -291,7 +302,7 @@ impl Segment {
         }
     }
 
-    /// The part of the mapping that can hold data: bounded by the sealed end, if known.
+    /// The part of the mapping readers may touch: bounded by the readable end.
     pub fn data<'m>(&self, map: &'m [u8]) -> &'m [u8] {
         let end = usize::try_from(self.end_position()).unwrap_or(usize::MAX);
         &map[..map.len().min(end)]
@@ -414,7 +425,14 @@ pub fn create(
     index.write_all_at(&index::encode_header(header.base_offset), 0)?;
     io::sync_dir(dir, faults)?;
     let map = map_file(data.std(), &path)?;
-    let segment = Segment::active(dir, header.partition, header.base_offset, map, Vec::new());
+    let segment = Segment::active(
+        dir,
+        header.partition,
+        header.base_offset,
+        SEGMENT_HEADER_LEN as u64,
+        map,
+        Vec::new(),
+    );
     Ok(CreatedSegment {
         segment: std::sync::Arc::new(segment),
         data,
