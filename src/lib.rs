@@ -8,26 +8,18 @@
 //! Start with [`Log::open`]. The on-disk format is in `docs/format.md`, the durability promises
 //! in `docs/durability.md`.
 
-mod active;
-mod codec;
-mod commit;
 mod error;
-mod frame;
-mod hash;
-mod index;
-#[doc(hidden)]
-pub mod io;
 mod log;
-mod meta;
 mod options;
-mod partition;
 mod reader;
 mod record;
-mod recovery;
-mod segment;
+mod storage;
+mod write;
+
+#[doc(hidden)]
+pub use crate::storage::io;
 
 pub use crate::error::{Error, Result};
-pub use crate::hash::{key_hash, partition_for};
 pub use crate::log::Log;
 pub use crate::options::{
     Durability, Options, BATCH_BYTES_MAX_DEFAULT, BATCH_EVENTS_MAX_DEFAULT,
@@ -35,10 +27,11 @@ pub use crate::options::{
     PARTITIONS_DEFAULT, PARTITIONS_MAX, QUEUE_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
-pub use crate::partition::{Appended, Stats, Ticket};
 pub use crate::reader::Reader;
 pub use crate::record::{Event, Header, Record};
-pub use crate::recovery::RecoveryReport;
+pub use crate::storage::hash::{key_hash, partition_for};
+pub use crate::write::partition::{Appended, Stats, Ticket};
+pub use crate::write::recovery::RecoveryReport;
 
 /// The on-disk format version this build writes and reads (`docs/format.md`).
 pub const FORMAT_VERSION: u32 = 1;

@@ -7,16 +7,16 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::commit::Writer;
 use crate::error::{Error, Result};
-use crate::hash;
-use crate::io;
-use crate::meta::{self, Meta};
 use crate::options::{Durability, Options, PARTITIONS_DEFAULT};
-use crate::partition::{now_ms, Appended, Config, Partition, Stats, Ticket};
 use crate::reader::Reader;
 use crate::record::Event;
-use crate::recovery::{self, RecoveryReport};
+use crate::storage::hash;
+use crate::storage::io;
+use crate::storage::meta::{self, Meta};
+use crate::write::partition::{now_ms, Appended, Config, Partition, Stats, Ticket};
+use crate::write::recovery::{self, RecoveryReport};
+use crate::write::writer::Writer;
 
 /// An open event log: a directory of partitions, each a sequence of segment files.
 ///

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::frame;
-use crate::segment;
+use crate::storage::frame;
+use crate::storage::segment;
 
 /// When an append counts as done, and what a crash can take away.
 ///
@@ -70,7 +70,7 @@ pub struct Options {
     pub(crate) batch_events_max: u32,
     pub(crate) batch_bytes_max: u32,
     pub(crate) queue_bytes_max: u64,
-    pub(crate) fail_points: Option<std::sync::Arc<crate::io::FailPoints>>,
+    pub(crate) fail_points: Option<std::sync::Arc<crate::storage::io::FailPoints>>,
 }
 
 impl Default for Options {
@@ -157,7 +157,10 @@ impl Options {
 
     /// Injects failures into file operations. For tests of error handling only.
     #[doc(hidden)]
-    pub fn fail_points(mut self, fail_points: std::sync::Arc<crate::io::FailPoints>) -> Self {
+    pub fn fail_points(
+        mut self,
+        fail_points: std::sync::Arc<crate::storage::io::FailPoints>,
+    ) -> Self {
         self.fail_points = Some(fail_points);
         self
     }

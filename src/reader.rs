@@ -11,10 +11,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, FrameInfo, Probe, RecordCursor};
-use crate::partition::Partition;
 use crate::record::{Header, Record};
-use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::storage::frame::{self, FrameInfo, Probe, RecordCursor};
+use crate::storage::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::write::partition::Partition;
 
 /// An iterator over the records of one partition from a given offset. It yields records up to
 /// the partition's visible end, checking again for newly visible records when it gets there;

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::frame::{self, EncodeLimits, FrameStamp};
-use crate::index::IndexPolicy;
-use crate::io::Faults;
 use crate::options::{Durability, Options};
 use crate::record::Event;
-use crate::segment::Segment;
+use crate::storage::frame::{self, EncodeLimits, FrameStamp};
+use crate::storage::index::IndexPolicy;
+use crate::storage::io::Faults;
+use crate::storage::segment::Segment;
 
 /// The settings a partition and its writer need, derived once from [`Options`].
 #[derive(Clone, Debug)]

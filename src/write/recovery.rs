@@ -22,13 +22,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::active::Active;
 use crate::error::{Error, Result};
-use crate::frame::{self, Probe};
-use crate::index::{self, IndexEntry};
-use crate::io;
-use crate::partition::Config;
-use crate::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::storage::frame::{self, Probe};
+use crate::storage::index::{self, IndexEntry};
+use crate::storage::io;
+use crate::storage::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::write::active::Active;
+use crate::write::partition::Config;
 
 /// A partition as recovery leaves it.
 pub(crate) struct Recovered {
@@ -113,7 +113,7 @@ fn fresh(
     last_timestamp_ms: u64,
     report: RecoveryReport,
 ) -> Result<Recovered> {
-    let created_ms = crate::partition::now_ms();
+    let created_ms = crate::write::partition::now_ms();
     let created = segment::create(
         dir,
         SegmentHeader {

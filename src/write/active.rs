@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use crate::index::{self, IndexEntry};
-use crate::io;
-use crate::partition::Partition;
-use crate::segment::{self, Segment};
+use crate::storage::index::{self, IndexEntry};
+use crate::storage::io;
+use crate::storage::segment::{self, Segment};
+use crate::write::partition::Partition;
 
 /// The index file is synced whenever this much segment data was synced since its last sync, so
 /// that recovery after a power loss rescans at most this much of the active segment.

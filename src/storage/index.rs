@@ -21,7 +21,7 @@
 //!   8  u64     timestamp_ms of the frame
 //! ```
 
-use crate::codec::{self, read_u32, read_u64, HeaderCheck};
+use crate::storage::codec::{self, read_u32, read_u64, HeaderCheck};
 
 pub const INDEX_MAGIC: [u8; 8] = *b"ANNALIDX";
 pub const INDEX_HEADER_CRC_OFFSET: usize = 28;

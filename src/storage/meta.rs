@@ -17,9 +17,9 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 
-use crate::codec::{self, read_u32, read_u64, HeaderCheck};
 use crate::error::{Error, Result};
-use crate::io::{self, Faults};
+use crate::storage::codec::{self, read_u32, read_u64, HeaderCheck};
+use crate::storage::io::{self, Faults};
 use crate::FORMAT_VERSION;
 
 pub const META_FILE: &str = "annal.meta";

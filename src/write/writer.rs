@@ -15,12 +15,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::active::{make_visible, persist_index, Active};
 use crate::error::{Error, Result};
-use crate::index::IndexEntry;
 use crate::options::Durability;
-use crate::partition::{self, now_ms, Partition, QueuedFrame};
-use crate::segment::{self, SegmentHeader};
+use crate::storage::index::IndexEntry;
+use crate::storage::segment::{self, SegmentHeader};
+use crate::write::active::{make_visible, persist_index, Active};
+use crate::write::partition::{self, now_ms, Partition, QueuedFrame};
 
 /// The longest a `Sync` round waits to gather the appenders of the previous round.
 pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);

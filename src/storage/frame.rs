@@ -26,9 +26,9 @@
 
 use std::ops::Range;
 
-use crate::codec::{read_u16, read_u32, read_u64};
 use crate::error::Error;
 use crate::record::Event;
+use crate::storage::codec::{read_u16, read_u32, read_u64};
 
 pub const CRC_OFFSET: usize = 0;
 pub const LEN_OFFSET: usize = CRC_OFFSET + 4;

@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::codec::{self, read_u32, read_u64, HeaderCheck};
 use crate::error::{Error, Result};
-use crate::frame::{self, Probe};
-use crate::index::{self, IndexEntry, IndexPolicy};
-use crate::io::{self, Faults};
+use crate::storage::codec::{self, read_u32, read_u64, HeaderCheck};
+use crate::storage::frame::{self, Probe};
+use crate::storage::index::{self, IndexEntry, IndexPolicy};
+use crate::storage::io::{self, Faults};
 use crate::FORMAT_VERSION;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ANNALSEG";
