@@ -12,6 +12,25 @@ use std::sync::Arc;
 /// The result type of every fallible annal call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Offsets of one partition, `first_offset ..= last_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LostRange {
+    pub partition: u32,
+    pub first_offset: u64,
+    pub last_offset: u64,
+}
+
+impl fmt::Display for LostRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "partition {} offsets {}..={}",
+            self.partition, self.first_offset, self.last_offset
+        )
+    }
+}
+
 /// Everything that can go wrong in annal.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -70,12 +89,27 @@ pub enum Error {
     PartitionOutOfRange { partition: u32, partitions: u32 },
     /// The options are inconsistent; the message says which option and why.
     InvalidOptions(String),
-    /// The write of an append failed before it became durable. The append is not in the log;
-    /// the partition keeps accepting appends. `source` is the underlying failure.
+    /// The write of an append failed before it became durable (`Sync`). The append is not in
+    /// the log and its offset was never handed out; the log keeps accepting appends. `source` is
+    /// the underlying failure.
     AppendFailed { partition: u32, source: Arc<Error> },
-    /// An fsync failed earlier, so the partition no longer knows what is on disk. It refuses
-    /// writes until the log is reopened. `source` is the failure that poisoned it.
-    Poisoned { partition: u32, source: Arc<Error> },
+    /// Writes are failing (for example the disk is full) and being retried. Appends already
+    /// acknowledged are kept and will be written once a retry succeeds; this append was not
+    /// accepted. `source` is the last failure.
+    WritesStalled { source: Arc<Error> },
+    /// Appends that were acknowledged before their write (`Interval`, `Buffered`) are lost, or
+    /// not known to be durable: the ranges name them. Reported once, by `flush` or `close`.
+    AppendsLost {
+        lost: Arc<[LostRange]>,
+        source: Arc<Error>,
+    },
+    /// An fsync failed earlier, so the log no longer knows what is on disk. It refuses writes
+    /// until it is reopened. `source` is the failure that poisoned it.
+    Poisoned { source: Arc<Error> },
+    /// The `Log` was opened by a parent process before a `fork`: in the child it has no writer
+    /// thread. Open the log anew in the child (after the parent closed it), or use it only in
+    /// the parent.
+    UsedAfterFork,
     /// The log has been closed.
     Closed,
 }
@@ -103,9 +137,10 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         match self {
             Error::DiskFull { .. } => true,
-            Error::AppendFailed { source, .. } | Error::Poisoned { source, .. } => {
-                source.is_disk_full()
-            }
+            Error::AppendFailed { source, .. }
+            | Error::Poisoned { source }
+            | Error::WritesStalled { source }
+            | Error::AppendsLost { source, .. } => source.is_disk_full(),
             _ => false,
         }
     }
@@ -195,13 +230,28 @@ impl fmt::Display for Error {
                 "partition {partition} does not exist; the log has {partitions} partitions"
             ),
             Error::InvalidOptions(message) => write!(f, "invalid options: {message}"),
-            Error::AppendFailed { partition, source } => {
-                write!(f, "append to partition {partition} failed: {source}")
+            Error::AppendFailed { partition, .. } => {
+                write!(f, "append to partition {partition} failed and was not written")
             }
-            Error::Poisoned { partition, source } => write!(
+            Error::WritesStalled { .. } => write!(
                 f,
-                "partition {partition} refuses writes after a failed fsync ({source}); \
-                 reopen the log"
+                "writes are failing and being retried; acknowledged appends are kept, \
+                 new appends are refused until a retry succeeds"
+            ),
+            Error::AppendsLost { lost, .. } => {
+                write!(f, "acknowledged appends were lost or are not known durable:")?;
+                for (i, range) in lost.iter().enumerate() {
+                    write!(f, "{} {range}", if i == 0 { "" } else { "," })?;
+                }
+                Ok(())
+            }
+            Error::Poisoned { .. } => write!(
+                f,
+                "the log refuses writes after a failed fsync or write; reopen it"
+            ),
+            Error::UsedAfterFork => write!(
+                f,
+                "this Log was opened before a fork and cannot be used in the child process"
             ),
             Error::Closed => write!(f, "the log is closed"),
         }
@@ -212,9 +262,10 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } | Error::DiskFull { source, .. } => Some(source),
-            Error::AppendFailed { source, .. } | Error::Poisoned { source, .. } => {
-                Some(source.as_ref())
-            }
+            Error::AppendFailed { source, .. }
+            | Error::Poisoned { source }
+            | Error::WritesStalled { source }
+            | Error::AppendsLost { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

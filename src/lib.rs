@@ -1,9 +1,10 @@
 //! annal: an embeddable event log.
 //!
 //! Events are appended under a key; the key picks one of a fixed number of partitions, so one
-//! key's events stay in order. Each partition is a directory of checksummed, preallocated
-//! segment files with a sparse offset index. Appends are made durable by group commit; `open`
-//! recovers the valid end of every partition after a crash.
+//! key's events stay in order. Each partition is a directory of checksummed segment files with a
+//! sparse offset index. Every write round of the whole log is one record of a shared journal,
+//! made durable by one fsync (group commit across partitions); segments are synced at
+//! checkpoints, and `open` replays the journal from the last checkpoint after a crash.
 //!
 //! Start with [`Log::open`]. The on-disk format is in `docs/format.md`, the durability promises
 //! in `docs/durability.md`.
@@ -19,10 +20,10 @@ mod write;
 #[doc(hidden)]
 pub use crate::storage::io;
 
-pub use crate::error::{Error, Result};
+pub use crate::error::{Error, LostRange, Result};
 pub use crate::log::Log;
 pub use crate::options::{
-    Durability, Options, BATCH_BYTES_MAX_DEFAULT, BATCH_EVENTS_MAX_DEFAULT,
+    Durability, Options, RecoveryMode, BATCH_BYTES_MAX_DEFAULT, JOURNAL_BYTES_DEFAULT, JOURNAL_BYTES_MIN, BATCH_EVENTS_MAX_DEFAULT,
     EVENT_BYTES_MAX_DEFAULT, INDEX_INTERVAL_BYTES_DEFAULT, INTERVAL_MAX, KEY_BYTES_MAX_DEFAULT,
     PARTITIONS_DEFAULT, PARTITIONS_MAX, QUEUE_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
@@ -30,8 +31,9 @@ pub use crate::options::{
 pub use crate::reader::Reader;
 pub use crate::record::{Event, Header, Record};
 pub use crate::storage::hash::{key_hash, partition_for};
-pub use crate::write::partition::{Appended, Stats, Ticket};
-pub use crate::write::recovery::RecoveryReport;
+pub use crate::write::recovery::{PartitionRecovery, RecoveryReport};
+pub use crate::write::ticket::Ticket;
+pub use crate::write::{Appended, Stats};
 
 /// The on-disk format version this build writes and reads (`docs/format.md`).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;

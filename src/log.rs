@@ -1,27 +1,39 @@
-//! [`Log`]: open, append, read, flush, close. It owns the directory lock and the partitions.
+//! [`Log`]: open, append, read, flush, close. It owns the directory lock and the writer thread.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::options::{Durability, Options, PARTITIONS_DEFAULT};
+use crate::options::{Options, PARTITIONS_DEFAULT};
 use crate::reader::Reader;
 use crate::record::Event;
 use crate::storage::hash;
 use crate::storage::io;
 use crate::storage::meta::{self, Meta};
-use crate::write::partition::{now_ms, Appended, Config, Partition, Stats, Ticket};
+use crate::write::journal::JournalWriter;
+use crate::write::partition::Partition;
 use crate::write::recovery::{self, RecoveryReport};
-use crate::write::writer::Writer;
+use crate::write::sequencer::Sequencer;
+use crate::write::ticket::{Progress, Ticket};
+use crate::write::writer::{Writer, WriterStart};
+use crate::write::{now_ms, Appended, Config, Counters, Shared};
+use crate::Durability;
 
-/// An open event log: a directory of partitions, each a sequence of segment files.
+/// An open event log: a directory of partitions, each a sequence of segment files, and the
+/// journal that makes appends to all of them durable with one fsync.
 ///
 /// `Log` is `Send + Sync`: share it between threads by reference or in an `Arc`. Concurrent
-/// appends to one partition are ordered by the partition and share fsyncs.
+/// appends, to any partitions, share fsyncs.
+///
+/// A `Log` belongs to the process that opened it: after `fork`, the child's copy has no writer
+/// thread, and every call on it fails with [`Error::UsedAfterFork`]. The directory lock is
+/// inherited by the child as long as it runs (the lock file is opened with `O_CLOEXEC`, so an
+/// `exec` releases it).
 ///
 /// ```
 /// # fn main() -> annal::Result<()> {
@@ -40,24 +52,45 @@ use crate::write::writer::Writer;
 pub struct Log {
     dir: PathBuf,
     options: Options,
-    partitions: Vec<Arc<Partition>>,
-    writers: Mutex<Vec<JoinHandle<()>>>,
-    reports: Vec<RecoveryReport>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    report: RecoveryReport,
     /// Held for the life of the `Log`: its `flock` keeps other `Log`s out of the directory.
     _lock: File,
 }
 
+/// Set in a child process right after `fork`: the `Log`s it inherited have no writer thread.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn mark_forked() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+fn watch_for_fork() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic, which is async-signal-safe
+        // as the child side of fork requires; no other state is touched.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(mark_forked));
+        }
+    });
+}
+
 impl Log {
-    /// Opens the log in `dir`, creating it if it does not exist, and recovers every partition.
+    /// Opens the log in `dir`, creating it if it does not exist, and recovers it. The path is
+    /// resolved once, here: later changes of the working directory do not move the log.
     ///
     /// # Errors
     ///
     /// [`Error::Locked`] if another `Log` has the directory open, [`Error::NotADirectory`],
     /// [`Error::IncompatibleFormat`], [`Error::PartitionCountMismatch`], [`Error::Corrupt`] for
-    /// damaged metadata or segment headers, [`Error::InvalidOptions`], and I/O errors.
+    /// damaged metadata, journal or segment headers, or damage that destroyed synced data,
+    /// [`Error::InvalidOptions`], and I/O errors.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Log> {
         options.validate()?;
-        let dir = dir.as_ref().to_owned();
+        watch_for_fork();
+        let dir = absolute(dir.as_ref())?;
         if dir.exists() && !dir.is_dir() {
             return Err(Error::NotADirectory { path: dir });
         }
@@ -77,74 +110,44 @@ impl Log {
                 }
                 meta
             }
-            None => {
-                if has_partition_dirs(&dir)? {
-                    return Err(Error::corrupt(
-                        dir.join(meta::META_FILE),
-                        0,
-                        "metadata file missing from a directory that holds partitions",
-                    ));
-                }
-                let meta = Meta {
-                    partitions: options.partitions.unwrap_or(PARTITIONS_DEFAULT),
-                    created_ms: now_ms(),
-                };
-                meta.write(&dir, &faults)?;
-                meta
-            }
+            None => create(&dir, &options)?,
         };
-        let mut created_dirs = false;
-        for id in 0..meta.partitions {
-            let path = partition_dir(&dir, id);
-            if !path.is_dir() {
-                io::create_dir_all(&path)?;
-                created_dirs = true;
-            }
-        }
-        if created_dirs {
-            io::sync_dir(&dir, &faults)?;
-        }
 
         let config = Arc::new(Config::new(&options));
-        let mut partitions = Vec::with_capacity(meta.partitions as usize);
-        let mut recovered_writers = Vec::with_capacity(meta.partitions as usize);
-        let mut reports = Vec::with_capacity(meta.partitions as usize);
-        for id in 0..meta.partitions {
-            let path = partition_dir(&dir, id);
-            let recovered = recovery::recover_partition(&path, id, &config)?;
-            let partition = Arc::new(Partition::new(
-                id,
-                path,
-                config.clone(),
-                recovered.segments,
-                recovered.end_offset,
-                recovered.last_timestamp_ms,
-            ));
-            reports.push(recovered.report);
-            recovered_writers.push(Writer::new(
-                partition.clone(),
-                recovered.active,
-                recovered.last_timestamp_ms,
-            ));
-            partitions.push(partition);
-        }
-        let log = Log {
+        let counters = Arc::new(Counters::default());
+        let recovered = recovery::recover(&dir, meta.partitions, &config, &counters)?;
+        let progress = Arc::new(Progress::new(recovered.start.next_global));
+        let global_end = recovered.start.next_global;
+        let last_timestamp_ms = recovered.start.last_timestamp_ms;
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            config: config.clone(),
+            sequencer: Sequencer::new(config, recovered.start),
+            progress,
+            partitions: recovered.partitions,
+            counters,
+        });
+        let writer = Writer::new(
+            shared.clone(),
+            WriterStart {
+                lanes: recovered.lanes,
+                journal: recovered.journal,
+                global_end,
+                last_timestamp_ms,
+            },
+        );
+        let handle = std::thread::Builder::new()
+            .name("annal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
+        Ok(Log {
             dir,
             options,
-            partitions,
-            writers: Mutex::new(Vec::with_capacity(recovered_writers.len())),
-            reports,
+            shared,
+            writer: Mutex::new(Some(handle)),
+            report: recovered.report,
             _lock: lock,
-        };
-        for (id, writer) in recovered_writers.into_iter().enumerate() {
-            let handle = std::thread::Builder::new()
-                .name(format!("annal-writer-{id}"))
-                .spawn(move || writer.run())
-                // Dropping `log` on this error stops and joins the writers already started.
-                .map_err(|e| Error::io("spawn writer thread", &log.dir, e))?;
-            log.writers.lock().push(handle);
-        }
-        Ok(log)
+        })
     }
 
     /// Appends one event under `key`. Under [`Durability::Sync`] it returns once the event is
@@ -153,8 +156,9 @@ impl Log {
     /// # Errors
     ///
     /// Limits ([`Error::EmptyKey`], [`Error::KeyTooLarge`], [`Error::EventTooLarge`], ...),
-    /// [`Error::AppendFailed`] (not appended; later appends may succeed), [`Error::Poisoned`],
-    /// [`Error::Closed`].
+    /// [`Error::AppendFailed`] (not appended; later appends may succeed),
+    /// [`Error::WritesStalled`] (writes fail, e.g. on a full disk; nothing was queued),
+    /// [`Error::Poisoned`], [`Error::Closed`], [`Error::UsedAfterFork`].
     pub fn append<'e>(&self, key: &[u8], event: impl Into<Event<'e>>) -> Result<Appended> {
         self.append_events(key, &[event.into()])
     }
@@ -176,10 +180,10 @@ impl Log {
 
     /// Appends events that are already converted: no caller code runs under the queue lock.
     fn append_events(&self, key: &[u8], events: &[Event<'_>]) -> Result<Appended> {
-        let partition = self.route(key)?;
+        let ticket = self.enqueue(key, events)?;
         match self.options.durability {
-            Durability::Sync => partition.enqueue_with_ticket(key, events)?.wait(),
-            Durability::Interval(_) | Durability::Buffered => partition.enqueue(key, events),
+            Durability::Sync => ticket.wait(),
+            Durability::Interval(_) | Durability::Buffered => Ok(ticket.appended()),
         }
     }
 
@@ -190,7 +194,7 @@ impl Log {
     ///
     /// As [`append`](Self::append), for what can be checked before the write.
     pub fn append_pipelined<'e>(&self, key: &[u8], event: impl Into<Event<'e>>) -> Result<Ticket> {
-        self.route(key)?.enqueue_with_ticket(key, &[event.into()])
+        self.enqueue(key, &[event.into()])
     }
 
     /// Queues one batch (see [`append_batch`](Self::append_batch)) and returns a [`Ticket`].
@@ -203,11 +207,19 @@ impl Log {
         I: IntoIterator,
         I::Item: Into<Event<'e>>,
     {
-        self.route(key)?.enqueue_with_ticket(key, &collect(events))
+        self.enqueue(key, &collect(events))
+    }
+
+    fn enqueue(&self, key: &[u8], events: &[Event<'_>]) -> Result<Ticket> {
+        self.check_process()?;
+        let partition = self.route(key)?;
+        self.shared
+            .sequencer
+            .enqueue(&self.shared.progress, partition, key, events)
     }
 
     /// Checks a key and returns the partition it belongs to.
-    fn route(&self, key: &[u8]) -> Result<&Arc<Partition>> {
+    fn route(&self, key: &[u8]) -> Result<u32> {
         if key.is_empty() {
             return Err(Error::EmptyKey);
         }
@@ -218,7 +230,7 @@ impl Log {
                 limit: key_limit,
             });
         }
-        Ok(&self.partitions[self.partition_for(key) as usize])
+        Ok(self.partition_for(key))
     }
 
     /// Reads `partition` in offset order from `from_offset`, up to what is visible (see
@@ -226,19 +238,21 @@ impl Log {
     ///
     /// # Errors
     ///
-    /// [`Error::PartitionOutOfRange`]. Errors while reading come from the iterator.
+    /// [`Error::PartitionOutOfRange`], [`Error::UsedAfterFork`]. Errors while reading come from
+    /// the iterator.
     pub fn read(&self, partition: u32, from_offset: u64) -> Result<Reader> {
+        self.check_process()?;
         Ok(Reader::new(self.partition(partition)?.clone(), from_offset))
     }
 
     /// The partition that `key`'s events go to: `hash(key) % partitions` (`docs/format.md`).
     pub fn partition_for(&self, key: &[u8]) -> u32 {
-        hash::partition_for(key, self.partitions.len() as u32)
+        (hash::key_hash(key) % u64::from(self.partition_count())) as u32
     }
 
     /// Number of partitions, fixed when the log was created.
     pub fn partition_count(&self) -> u32 {
-        self.partitions.len() as u32
+        self.shared.partitions.len() as u32
     }
 
     /// One past the last offset readers can see in `partition`.
@@ -250,109 +264,83 @@ impl Log {
         Ok(self.partition(partition)?.visible_end())
     }
 
-    /// What recovery found and did in `partition` when the log was opened.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::PartitionOutOfRange`].
-    pub fn recovery_report(&self, partition: u32) -> Result<RecoveryReport> {
-        self.partition(partition)?;
-        Ok(self.reports[partition as usize])
+    /// What recovery found and did when the log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
     }
 
-    /// What the writers did since the log was opened, summed over all partitions.
-    pub fn stats(&self) -> Stats {
-        let mut stats = Stats::default();
-        for partition in &self.partitions {
-            stats.add(&partition.counters);
-        }
-        stats
+    /// What the writer did since the log was opened.
+    pub fn stats(&self) -> crate::Stats {
+        self.shared.counters.snapshot()
     }
 
-    /// The directory of the log.
+    /// The directory of the log, as resolved when it was opened.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Writes and syncs everything appended before this call, in every durability mode.
+    /// Writes and syncs everything appended before this call, in every durability mode, with
+    /// one fsync for all partitions.
     ///
     /// # Errors
     ///
-    /// [`Error::AppendFailed`] if a write failure since the last flush or close lost appends that
-    /// had been acknowledged before their write (`Interval`, `Buffered`; each failure is reported
-    /// once; those appends are not in the log). Under `Sync` every failure was already returned
-    /// to its appender and is not reported again. [`Error::Poisoned`] after a failed fsync.
+    /// [`Error::AppendsLost`] if a failure since the last flush or close lost appends that had
+    /// been acknowledged before their write (`Interval`, `Buffered`; reported once; the error
+    /// names the offsets), [`Error::WritesStalled`] while writes fail and are being retried
+    /// (nothing is lost yet), [`Error::Poisoned`] after a failed fsync.
     pub fn flush(&self) -> Result<()> {
-        let mut first_error = None;
-        for partition in &self.partitions {
-            if let Err(error) = partition.flush() {
-                first_error.get_or_insert(error);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        self.check_process()?;
+        let seq = self.shared.sequencer.request_flush();
+        self.shared.progress.wait_flush(seq)
     }
 
-    /// Writes and syncs everything queued, stops the writer threads and releases the directory.
-    /// Dropping a `Log` does the same but cannot report errors.
+    /// Writes and syncs everything queued, records a checkpoint (so that the next open replays
+    /// nothing), stops the writer thread and releases the directory. Dropping a `Log` does the
+    /// same but cannot report errors.
     ///
     /// # Errors
     ///
     /// As [`flush`](Self::flush): a failure not reported before, or [`Error::Poisoned`].
     pub fn close(self) -> Result<()> {
+        self.check_process()?;
         self.shut_down()
     }
 
     fn shut_down(&self) -> Result<()> {
-        let writers = std::mem::take(&mut *self.writers.lock());
-        if writers.is_empty() {
+        let Some(writer) = self.writer.lock().take() else {
             return Ok(());
-        }
-        for partition in &self.partitions {
-            let mut queue = partition.queue.lock();
-            queue.closing = true;
-            partition.work.notify_one();
-            drop(queue);
-            partition.space.notify_all();
-        }
-        // A writer that panicked has poisoned its partition (see commit.rs), which is reported
-        // below; the join error itself carries nothing more.
-        for writer in writers {
-            let _ = writer.join();
-        }
-        let mut first_error = None;
-        for partition in &self.partitions {
-            let mut status = partition.status.lock();
-            let error = match (status.poisoned.clone(), status.unreported.take()) {
-                (Some(source), _) => Some(Error::Poisoned {
-                    partition: partition.id,
-                    source,
-                }),
-                (None, Some(source)) => Some(Error::AppendFailed {
-                    partition: partition.id,
-                    source,
-                }),
-                (None, None) => None,
-            };
-            if first_error.is_none() {
-                first_error = error;
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        };
+        self.shared.sequencer.close();
+        // A writer that panicked has poisoned the log (see writer.rs), which is reported below;
+        // the join error itself carries nothing more.
+        let _ = writer.join();
+        self.shared.progress.final_report()
     }
 
     fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
-        self.partitions
+        self.shared
+            .partitions
             .get(partition as usize)
             .ok_or(Error::PartitionOutOfRange {
                 partition,
-                partitions: self.partitions.len() as u32,
+                partitions: self.partition_count(),
             })
+    }
+
+    fn check_process(&self) -> Result<()> {
+        if FORKED.load(Ordering::Relaxed) {
+            return Err(Error::UsedAfterFork);
+        }
+        Ok(())
     }
 }
 
 impl Drop for Log {
     fn drop(&mut self) {
-        let _ = self.shut_down();
+        // In a forked child the writer thread does not exist: joining would wait forever.
+        if !FORKED.load(Ordering::Relaxed) {
+            let _ = self.shut_down();
+        }
     }
 }
 
@@ -360,25 +348,50 @@ impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
             .field("dir", &self.dir)
-            .field("partitions", &self.partitions.len())
+            .field("partitions", &self.partition_count())
             .field("durability", &self.options.durability)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-/// Converts a caller's events before any lock is taken: the caller's iterator may do anything,
-/// including panic or append to this log, and must not do it while a partition is locked.
+/// Creates a new log in `dir` (which holds no metadata yet): the journal first, then the
+/// metadata file, whose presence marks a complete log. A creation cut short by a crash leaves
+/// no metadata, and the next open starts it over.
+fn create(dir: &Path, options: &Options) -> Result<Meta> {
+    if has_partition_dirs(dir)? {
+        return Err(Error::corrupt(
+            dir.join(meta::META_FILE),
+            0,
+            "metadata file missing from a directory that holds partitions",
+        ));
+    }
+    let faults = &options.fail_points;
+    let meta = Meta {
+        partitions: options.partitions.unwrap_or(PARTITIONS_DEFAULT),
+        created_ms: now_ms(),
+    };
+    JournalWriter::create(dir, meta.partitions, faults)?;
+    io::sync_dir(dir, faults)?;
+    meta.write(dir, faults)?;
+    Ok(meta)
+}
+
+/// `path`, made absolute against the current directory once.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::NotADirectory {
+            path: path.to_owned(),
+        });
+    }
+    std::path::absolute(path).map_err(|e| Error::io("resolve path", path, e))
+}
+
 fn collect<'e, I>(events: I) -> Vec<Event<'e>>
 where
     I: IntoIterator,
     I::Item: Into<Event<'e>>,
 {
     events.into_iter().map(Into::into).collect()
-}
-
-/// The directory of partition `id`: `p0000`, `p0001`, ...
-pub(crate) fn partition_dir(dir: &Path, id: u32) -> PathBuf {
-    dir.join(format!("p{id:04}"))
 }
 
 fn has_partition_dirs(dir: &Path) -> Result<bool> {

@@ -26,6 +26,20 @@ pub enum Durability {
     Buffered,
 }
 
+/// What `open` does when it finds damage in the journal with valid, durable records after it
+/// (data that had been synced was destroyed, not merely a write cut short by a crash).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// Cut a torn tail (expected after a crash); refuse to open with [`Error::Corrupt`] naming
+    /// the file and byte when damage has durable records after it. Nothing is cut then.
+    #[default]
+    TolerateTornTail,
+    /// Keep every valid record after the damage that still continues its partition, and report
+    /// what was lost in [`RecoveryReport::salvage_lost`](crate::RecoveryReport::salvage_lost).
+    SalvageAfterCorruption,
+}
+
 /// Longest allowed `Durability::Interval`: one hour.
 pub const INTERVAL_MAX: Duration = Duration::from_secs(3600);
 /// Default number of partitions of a new log.
@@ -52,6 +66,12 @@ pub const BATCH_BYTES_MAX_DEFAULT: u32 = 4 << 20;
 /// An append that would exceed it waits for the writer thread (backpressure).
 pub const QUEUE_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 
+/// Default size of the journal's records area: 64 MiB. It is written with zeros as it grows
+/// (so that syncs overwrite written blocks), and reused once a checkpoint covers it.
+pub const JOURNAL_BYTES_DEFAULT: u64 = 64 << 20;
+/// Smallest journal: 1 MiB.
+pub const JOURNAL_BYTES_MIN: u64 = 1 << 20;
+
 /// How to open a [`Log`](crate::Log). Built with chained setters:
 ///
 /// ```
@@ -70,6 +90,8 @@ pub struct Options {
     pub(crate) batch_events_max: u32,
     pub(crate) batch_bytes_max: u32,
     pub(crate) queue_bytes_max: u64,
+    pub(crate) journal_bytes: u64,
+    pub(crate) recovery: RecoveryMode,
     pub(crate) fail_points: Option<std::sync::Arc<crate::storage::io::FailPoints>>,
 }
 
@@ -86,6 +108,8 @@ impl Default for Options {
             batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
             queue_bytes_max: QUEUE_BYTES_MAX_DEFAULT,
+            journal_bytes: JOURNAL_BYTES_DEFAULT,
+            recovery: RecoveryMode::TolerateTornTail,
             fail_points: None,
         }
     }
@@ -152,6 +176,20 @@ impl Options {
     /// Most bytes queued per partition before appends wait (default [`QUEUE_BYTES_MAX_DEFAULT`]).
     pub fn queue_bytes_max(mut self, bytes: u64) -> Self {
         self.queue_bytes_max = bytes;
+        self
+    }
+
+    /// Size of the journal's records area (default [`JOURNAL_BYTES_DEFAULT`]), a multiple of
+    /// 4 KiB. When it is full, a checkpoint syncs the segments and the journal starts over, so
+    /// this bounds what `open` replays after a crash.
+    pub fn journal_bytes(mut self, bytes: u64) -> Self {
+        self.journal_bytes = bytes;
+        self
+    }
+
+    /// What `open` does with damage in durable data (default [`RecoveryMode::TolerateTornTail`]).
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
+        self.recovery = mode;
         self
     }
 
@@ -224,6 +262,21 @@ impl Options {
             return invalid(format!(
                 "event_bytes_max ({}) must not exceed batch_bytes_max ({})",
                 self.event_bytes_max, self.batch_bytes_max
+            ));
+        }
+        if self.journal_bytes < JOURNAL_BYTES_MIN || !self.journal_bytes.is_multiple_of(4096) {
+            return invalid(format!(
+                "journal_bytes must be a multiple of 4096 and at least {JOURNAL_BYTES_MIN}, got {}",
+                self.journal_bytes
+            ));
+        }
+        // A write round is at most the queue bound plus one batch; two must fit the journal so
+        // that a round never waits for a checkpoint that cannot make room.
+        if 2 * (self.queue_bytes_max + frame_bytes_max + 4096) > self.journal_bytes {
+            return invalid(format!(
+                "journal_bytes ({}) must hold two write rounds: at least twice queue_bytes_max ({}) \
+                 plus the largest batch",
+                self.journal_bytes, self.queue_bytes_max
             ));
         }
         if self.queue_bytes_max < frame_bytes_max {

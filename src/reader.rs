@@ -167,7 +167,7 @@ impl Reader {
                 Probe::Empty => "zeros where a frame should be",
                 Probe::Invalid(reason) => reason,
             };
-            let policy = self.partition.config.index_policy;
+            let policy = self.partition.index_policy;
             let end = self.partition.visible_end();
             if !cursor.index_checked && cursor.segment.index_lied(cursor.position, end, policy)? {
                 // The index sent us somewhere that is not the frame it promised; it has been
@@ -202,7 +202,7 @@ impl Reader {
         let map = segment.map()?;
         let end_offset = segment.end_offset().min(self.partition.visible_end());
         let (position, start_offset) =
-            segment.scan_start(offset, end_offset, self.partition.config.index_policy)?;
+            segment.scan_start(offset, end_offset, self.partition.index_policy)?;
         // Only the segment's own start needs no check: the first frame is there by
         // construction, at the base offset.
         let at_start = position == SEGMENT_HEADER_LEN as u64 && start_offset == segment.base_offset;

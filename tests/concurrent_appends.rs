@@ -7,7 +7,10 @@ mod common;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use annal::{Appended, Durability, Event, Log, Options, Record};
+use annal::{Durability, Event, Log, Options, Record};
+
+/// Where an event landed: partition and offset.
+type Landed = (u32, u64);
 use common::{read_all, record_at};
 
 const PARTITIONS: u32 = 4;
@@ -63,7 +66,7 @@ fn options(durability: Durability) -> Options {
 
 /// One thread's appends: its keys in turn, sometimes two or three events of a key as a batch.
 /// Returns where each event was reported to land.
-fn append_from_thread(log: &Log, thread: u32) -> Vec<(EventId, Appended)> {
+fn append_from_thread(log: &Log, thread: u32) -> Vec<(EventId, Landed)> {
     let mut next_seq = vec![0u32; KEYS_PER_THREAD as usize];
     let mut landed = Vec::with_capacity(EVENTS_PER_THREAD as usize);
     let mut appended = 0;
@@ -91,12 +94,7 @@ fn append_from_thread(log: &Log, thread: u32) -> Vec<(EventId, Appended)> {
         };
         assert_eq!(at.count, batch_len);
         for (i, id) in ids.into_iter().enumerate() {
-            let one = Appended {
-                partition: at.partition,
-                offset: at.offset + i as u64,
-                count: 1,
-            };
-            landed.push((id, one));
+            landed.push((id, (at.partition, at.offset + i as u64)));
         }
         appended += batch_len;
     }
@@ -104,7 +102,7 @@ fn append_from_thread(log: &Log, thread: u32) -> Vec<(EventId, Appended)> {
 }
 
 /// Reads every partition and checks it against what the appenders were told.
-fn assert_log_holds_exactly(log: &Log, landed: &[(EventId, Appended)]) {
+fn assert_log_holds_exactly(log: &Log, landed: &[(EventId, Landed)]) {
     let mut found: HashMap<EventId, (u32, u64)> = HashMap::with_capacity(landed.len());
     let mut total = 0u64;
     for partition in 0..PARTITIONS {
@@ -137,7 +135,7 @@ fn assert_log_holds_exactly(log: &Log, landed: &[(EventId, Appended)]) {
     for (id, at) in landed {
         assert_eq!(
             found.get(id),
-            Some(&(at.partition, at.offset)),
+            Some(at),
             "{id:?} is not where its append said"
         );
     }
@@ -146,7 +144,7 @@ fn assert_log_holds_exactly(log: &Log, landed: &[(EventId, Appended)]) {
 fn concurrent_round_trip(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(durability)).unwrap();
-    let landed: Vec<(EventId, Appended)> = std::thread::scope(|scope| {
+    let landed: Vec<(EventId, Landed)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
             .map(|thread| {
                 let log = &log;
@@ -190,7 +188,7 @@ fn pipelined_appends_resolve_their_tickets_where_announced() {
     const PIPELINE_THREADS: u32 = 4;
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(Durability::Sync)).unwrap();
-    let landed: Vec<(EventId, Appended)> = std::thread::scope(|scope| {
+    let landed: Vec<(EventId, Landed)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..PIPELINE_THREADS)
             .map(|thread| {
                 let log = &log;
@@ -207,7 +205,7 @@ fn pipelined_appends_resolve_their_tickets_where_announced() {
                             let record = record_at(log, done.partition, done.offset);
                             assert_eq!(EventId::parse(&record), id);
                         }
-                        landed.push((id, done));
+                        landed.push((id, (done.partition, done.offset)));
                     };
                     for i in 0..EVENTS_PER_THREAD {
                         let id = EventId {

@@ -19,7 +19,7 @@ fn options(fail_points: &Arc<FailPoints>) -> Options {
 }
 
 fn is_poisoned(error: &Error) -> bool {
-    matches!(error, Error::Poisoned { partition: 0, .. })
+    matches!(error, Error::Poisoned { .. })
 }
 
 /// `EIO`, the error the fail points inject (the same number on Linux and the BSDs).

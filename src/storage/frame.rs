@@ -46,6 +46,12 @@ pub const KEY_PREFIX_LEN: usize = 2;
 pub const RECORD_FIXED_LEN: usize = 1 + 2 + 4;
 /// Smallest possible frame: header, empty key, one empty record.
 pub const FRAME_LEN_MIN: usize = FRAME_HEADER_LEN + KEY_PREFIX_LEN + RECORD_FIXED_LEN;
+/// The `flags` value of a padding frame: no key, no records, zeros up to `frame_len`. The write
+/// path appends one at a checkpoint so that the next frame starts on a fresh 4 KiB page and no
+/// later write ever rewrites a page that holds checkpointed data.
+pub const FLAG_PADDING: u8 = 0x01;
+/// Smallest padding frame: a header and an empty key.
+pub const PADDING_LEN_MIN: usize = FRAME_HEADER_LEN + KEY_PREFIX_LEN;
 /// The byte at `MAGIC_OFFSET` of every frame. Not zero, so that zeroed space never looks like a
 /// frame header.
 pub const FRAME_MAGIC: u8 = 0xA7;
@@ -194,6 +200,21 @@ fn encode_record(buf: &mut Vec<u8>, event: &Event<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Appends a padding frame of `len` bytes (at least `PADDING_LEN_MIN`) at offset `base_offset`.
+pub fn encode_padding(buf: &mut Vec<u8>, len: usize, base_offset: u64, timestamp_ms: u64) {
+    debug_assert!(len >= PADDING_LEN_MIN && len <= u32::MAX as usize);
+    let start = buf.len();
+    buf.resize(start + len, 0);
+    let frame = &mut buf[start..];
+    frame[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    frame[MAGIC_OFFSET] = FRAME_MAGIC;
+    frame[FLAGS_OFFSET] = FLAG_PADDING;
+    frame[BASE_OFFSET_OFFSET..BASE_OFFSET_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
+    frame[TIMESTAMP_OFFSET..TIMESTAMP_OFFSET + 8].copy_from_slice(&timestamp_ms.to_le_bytes());
+    let crc = crc32fast::hash(&frame[LEN_OFFSET..]);
+    frame[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// The validated header of a frame found at some position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameInfo {
@@ -247,7 +268,7 @@ pub fn probe(bytes: &[u8]) -> Probe {
         return Probe::Invalid("bad frame magic");
     }
     let frame_len = read_u32(header, LEN_OFFSET) as usize;
-    if frame_len < FRAME_LEN_MIN {
+    if frame_len < PADDING_LEN_MIN {
         return Probe::Invalid("frame length below minimum");
     }
     if frame_len > bytes.len() {
@@ -257,10 +278,31 @@ pub fn probe(bytes: &[u8]) -> Probe {
     if crc32fast::hash(&frame[LEN_OFFSET..]) != read_u32(frame, CRC_OFFSET) {
         return Probe::Invalid("frame checksum mismatch");
     }
-    if header[FLAGS_OFFSET] != 0 || read_u16(header, RESERVED_OFFSET) != 0 {
-        return Probe::Invalid("unknown frame flags");
+    if read_u16(header, RESERVED_OFFSET) != 0 {
+        return Probe::Invalid("non-zero reserved frame bytes");
     }
     let record_count = read_u32(header, COUNT_OFFSET);
+    let base_offset = read_u64(header, BASE_OFFSET_OFFSET);
+    if header[FLAGS_OFFSET] == FLAG_PADDING {
+        let body = &frame[FRAME_HEADER_LEN..];
+        if record_count != 0 || body.iter().any(|&b| b != 0) {
+            return Probe::Invalid("padding frame with contents");
+        }
+        return Probe::Frame(FrameInfo {
+            frame_len: frame_len as u32,
+            record_count: 0,
+            base_offset,
+            timestamp_ms: read_u64(header, TIMESTAMP_OFFSET),
+            key: (PADDING_LEN_MIN as u32, PADDING_LEN_MIN as u32),
+            records_start: frame_len as u32,
+        });
+    }
+    if header[FLAGS_OFFSET] != 0 {
+        return Probe::Invalid("unknown frame flags");
+    }
+    if frame_len < FRAME_LEN_MIN {
+        return Probe::Invalid("frame length below minimum");
+    }
     if record_count == 0 {
         return Probe::Invalid("frame without records");
     }
@@ -273,7 +315,6 @@ pub fn probe(bytes: &[u8]) -> Probe {
     if records_start as u64 + records_min > frame_len as u64 {
         return Probe::Invalid("frame too short for its key and records");
     }
-    let base_offset = read_u64(header, BASE_OFFSET_OFFSET);
     if base_offset.checked_add(u64::from(record_count)).is_none() {
         return Probe::Invalid("frame offsets overflow");
     }
@@ -445,6 +486,25 @@ mod tests {
     fn checksum_is_crc32_iso_hdlc_as_documented() {
         // docs/format.md names this check value.
         assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn padding_frames_check_out_and_hold_no_records() {
+        for len in [PADDING_LEN_MIN, 100, 4096] {
+            let mut buf = Vec::new();
+            encode_padding(&mut buf, len, 9, 3);
+            let Probe::Frame(info) = probe(&buf) else {
+                panic!("padding of {len} bytes not accepted")
+            };
+            assert_eq!(info.record_count, 0);
+            assert_eq!((info.frame_len as usize, info.end_offset()), (len, 9));
+            assert_eq!(RecordCursor::new(&info).next_record(&buf), Ok(None));
+            for byte in 0..buf.len() {
+                let mut damaged = buf.clone();
+                damaged[byte] ^= 0x40;
+                assert!(!matches!(probe(&damaged), Probe::Frame(_)), "byte {byte}");
+            }
+        }
     }
 
     #[test]

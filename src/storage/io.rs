@@ -257,11 +257,6 @@ pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Creates a directory (and its parents) if missing.
-pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
-}
-
 /// Creates a directory and any missing parents, and syncs the parent of each directory it
 /// created, so that the new directories survive a power loss.
 pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> {

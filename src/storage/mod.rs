@@ -9,6 +9,7 @@ pub(crate) mod codec;
 pub(crate) mod frame;
 pub(crate) mod hash;
 pub(crate) mod index;
+pub(crate) mod journal;
 #[doc(hidden)]
 pub mod io;
 pub(crate) mod meta;

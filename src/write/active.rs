@@ -1,117 +1,441 @@
-//! The segment being written, as only its partition's writer thread sees it: how far it is
-//! written, synced and visible, and the index entries on their way from memory to the file.
+//! The segment files of one partition as its writer sees them: the segment being written, how
+//! far it is written, visible and synced, and the index entries on their way to the file.
 //!
-//! The order of these steps is what the durability promises rest on: frames become visible to
-//! readers and tickets only after they are synced (or written, under `Buffered`), and index
-//! entries reach the index file only after the data they point at is synced.
+//! Frames reach a segment only after their journal record was written, so a segment never holds
+//! anything the journal does not (`docs/design.md`). Each step of one chunk of a round is a
+//! method, in the order the writer calls them:
+//!
+//! 1. [`Lane::admit`] each frame: decide which segment it goes to (rolls by size or age);
+//! 2. [`Lane::reserve`]: create or grow the segments those frames need, so that a full disk is
+//!    met *before* the journal write, when failing is still clean;
+//! 3. [`Lane::write`]: write the frames (after the journal record), rolling where admitted;
+//! 4. [`Lane::publish`]: make what is written visible to readers;
+//! 5. [`Lane::checkpoint`] (now and then): pad to a fresh page, sync the data and the index.
 
 use std::sync::Arc;
 
+use crate::error::Result;
+use crate::storage::frame;
 use crate::storage::index::{self, IndexEntry};
 use crate::storage::io;
-use crate::storage::segment::{self, Segment};
+use crate::storage::journal::{align_up, PartitionMark, JOURNAL_ALIGN, NO_SEGMENT};
+use crate::storage::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::write::partition::Partition;
+use crate::write::sequencer::QueuedFrame;
+use crate::write::{now_ms, Config, Counters};
 
-/// The index file is synced whenever this much segment data was synced since its last sync, so
-/// that recovery after a power loss rescans at most this much of the active segment.
-pub const INDEX_SYNC_BYTES: u64 = 4 << 20;
+/// Room kept at the end of every segment for the padding frame of a checkpoint, so that a
+/// checkpoint never needs space that was not reserved.
+pub const PADDING_ROOM: u64 = JOURNAL_ALIGN + frame::PADDING_LEN_MIN as u64;
+/// The first reservation of a new segment, and the smallest step by which one grows. Segments
+/// grow by doubling up to `PREALLOCATE_STEP_MAX` per step, so that an idle partition costs
+/// kilobytes while a busy one calls `fallocate` rarely.
+pub const PREALLOCATE_STEP_MIN: u64 = 64 << 10;
+pub const PREALLOCATE_STEP_MAX: u64 = 8 << 20;
 
-/// The segment being written, as only the writer thread sees it.
+/// The segment being written.
 pub(crate) struct Active {
+    pub segment: Arc<Segment>,
+    data: io::File,
+    index: io::File,
+    created_ms: u64,
+    /// File length reserved by preallocation (or written, where preallocation is unsupported).
+    allocated: u64,
+    written_position: u64,
+    written_end: u64,
+    visible_position: u64,
+    /// Data up to here is synced (by a checkpoint or a roll).
+    synced_position: u64,
+    synced_end: u64,
+    /// Entries of frames written but not yet visible.
+    new_entries: Vec<IndexEntry>,
+    /// Entries of visible frames not yet in the index file. They reach the file only at a
+    /// checkpoint, after the data they point at is synced, so that every entry in the file
+    /// points at synced data.
+    unpersisted_entries: Vec<IndexEntry>,
+    last_entry_position: Option<u64>,
+    index_file_len: u64,
+}
+
+/// How a recovered segment continues.
+pub(crate) struct Resumed {
     pub segment: Arc<Segment>,
     pub data: io::File,
     pub index: io::File,
     pub created_ms: u64,
-    /// End of the bytes written to the file.
-    pub written_position: u64,
-    pub written_end_offset: u64,
-    /// End of the bytes readers may see: synced, or written under `Buffered`.
-    pub visible_position: u64,
-    pub visible_end_offset: u64,
-    /// End of the bytes known to be synced.
-    pub synced_position: u64,
-    /// Entries for frames written but not yet visible.
-    pub new_entries: Vec<IndexEntry>,
-    /// Entries for visible frames whose data is not synced yet. They go to the index file only
-    /// after the data they point at is synced, so that after a power loss every entry in the
-    /// file points at synced data and recovery, scanning from the last entry, finds a prefix of
-    /// the log and never a hole.
-    pub unpersisted_entries: Vec<IndexEntry>,
-    pub last_entry_position: Option<u64>,
-    /// Length of the index file as written so far.
-    pub index_file_len: u64,
-    /// Data position that the last index sync covered.
-    pub index_synced_position: u64,
-    /// The write state when the current round started: a failed round is cut back to it, and
-    /// only to it, so that earlier rounds (written, maybe not yet synced) survive.
-    pub round_start: RoundStart,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RoundStart {
+    pub allocated: u64,
+    /// Synced data ends here, at offset `end`.
     pub position: u64,
-    pub end_offset: u64,
-    pub new_entries: usize,
+    pub end: u64,
+    pub index_entries: usize,
     pub last_entry_position: Option<u64>,
 }
 
 impl Active {
-    /// The state of a segment whose data up to `position` (offsets up to `end_offset`) is
-    /// synced, and whose index file holds `index_entries` entries, the last at
-    /// `last_entry_position`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        segment: Arc<Segment>,
-        data: io::File,
-        index: io::File,
-        created_ms: u64,
-        position: u64,
-        end_offset: u64,
-        index_entries: usize,
-        last_entry_position: Option<u64>,
-    ) -> Active {
+    pub fn resume(resumed: Resumed) -> Active {
         Active {
-            segment,
-            data,
-            index,
-            created_ms,
-            written_position: position,
-            written_end_offset: end_offset,
-            visible_position: position,
-            visible_end_offset: end_offset,
-            synced_position: position,
+            segment: resumed.segment,
+            data: resumed.data,
+            index: resumed.index,
+            created_ms: resumed.created_ms,
+            allocated: resumed.allocated,
+            written_position: resumed.position,
+            written_end: resumed.end,
+            visible_position: resumed.position,
+            synced_position: resumed.position,
+            synced_end: resumed.end,
             new_entries: Vec::new(),
             unpersisted_entries: Vec::new(),
-            last_entry_position,
-            index_file_len: (index::INDEX_HEADER_LEN + index_entries * index::INDEX_ENTRY_LEN)
-                as u64,
-            index_synced_position: position,
-            round_start: RoundStart {
-                position,
-                end_offset,
-                new_entries: 0,
-                last_entry_position,
-            },
+            last_entry_position: resumed.last_entry_position,
+            index_file_len: (index::INDEX_HEADER_LEN
+                + resumed.index_entries * index::INDEX_ENTRY_LEN) as u64,
         }
-    }
-
-    pub fn mark_round_start(&mut self) {
-        self.round_start = RoundStart {
-            position: self.written_position,
-            end_offset: self.written_end_offset,
-            new_entries: self.new_entries.len(),
-            last_entry_position: self.last_entry_position,
-        };
-    }
-
-    pub fn has_data(&self) -> bool {
-        self.written_position > segment::SEGMENT_HEADER_LEN as u64
     }
 }
 
-/// Makes everything written to `active` visible: to readers (index entries first, then the
-/// visible end) and to tickets.
-pub(crate) fn make_visible(partition: &Partition, active: &mut Active, flush_done: Option<u64>) {
+/// What one chunk of a round asks of a partition.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Demand {
+    /// Base offset of the chunk's first frame for this partition.
+    pub first_base: Option<u64>,
+    /// Bytes going to the segment being written (created first if there is none).
+    pub here: u64,
+    /// The first frame that goes to a new segment (its base offset), and the bytes from it on.
+    pub roll: Option<(u64, u64)>,
+}
+
+impl Demand {
+    pub fn is_empty(&self) -> bool {
+        self.first_base.is_none()
+    }
+}
+
+/// Why a step failed, and so what the writer must do.
+pub(crate) enum Fault {
+    /// Nothing of the chunk reached the journal or a segment: the chunk can be failed or
+    /// retried without a trace.
+    Clean(crate::error::Error),
+    /// A write or sync after the journal record failed: what is on disk is not known.
+    Poison(crate::error::Error),
+}
+
+/// One partition's writer side.
+pub(crate) struct Lane {
+    pub partition: Arc<Partition>,
+    config: Arc<Config>,
+    counters: Arc<Counters>,
+    active: Option<Active>,
+    /// A segment created ahead for the roll admitted in the current chunk.
+    next: Option<Active>,
+    /// The partition's end offset as written.
+    written_end: u64,
+    /// The end offset of what is durable: synced in the journal or in a segment.
+    pub durable_end: u64,
+    scratch: Vec<u8>,
+}
+
+impl Lane {
+    pub fn new(
+        partition: Arc<Partition>,
+        config: Arc<Config>,
+        counters: Arc<Counters>,
+        active: Option<Active>,
+        end: u64,
+    ) -> Lane {
+        Lane {
+            partition,
+            config,
+            counters,
+            active,
+            next: None,
+            written_end: end,
+            durable_end: end,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn written_end(&self) -> u64 {
+        self.written_end
+    }
+
+    /// Adds `frame` to the chunk's demand. Returns false if it would need a second roll within
+    /// the chunk: the chunk must end before it.
+    pub fn admit(&self, demand: &mut Demand, frame: &QueuedFrame) -> bool {
+        let len = u64::from(frame.frame_len);
+        let limit = self.config.segment_bytes - PADDING_ROOM;
+        let header = SEGMENT_HEADER_LEN as u64;
+        if let Some((_, bytes)) = &mut demand.roll {
+            if header + *bytes + len > limit {
+                return false;
+            }
+            *bytes += len;
+            return true;
+        }
+        demand.first_base.get_or_insert(frame.base_offset);
+        let (position, old) = match &self.active {
+            Some(active) => (
+                active.written_position + demand.here,
+                self.config
+                    .segment_age_max_ms
+                    .is_some_and(|age| now_ms().saturating_sub(active.created_ms) >= age),
+            ),
+            None => (header + demand.here, false),
+        };
+        if (position + len > limit || old) && position > header {
+            demand.roll = Some((frame.base_offset, len));
+        } else {
+            demand.here += len;
+        }
+        true
+    }
+
+    /// Creates or grows the segments that `demand` needs. Nothing readers see changes.
+    pub fn reserve(&mut self, demand: &Demand, last_timestamp_ms: u64) -> Result<()> {
+        let Some(first_base) = demand.first_base else {
+            return Ok(());
+        };
+        match &mut self.active {
+            None => {
+                let active = self.create(first_base, demand.here, last_timestamp_ms)?;
+                self.partition.segments.write().push(active.segment.clone());
+                self.active = Some(active);
+            }
+            Some(active) => {
+                let needed = active.written_position + demand.here + PADDING_ROOM;
+                grow(active, needed, self.config.segment_bytes)?;
+            }
+        }
+        if let Some((base, bytes)) = demand.roll {
+            match &mut self.next {
+                Some(next) if next.segment.base_offset == base => {
+                    grow(next, SEGMENT_HEADER_LEN as u64 + bytes + PADDING_ROOM, self.config.segment_bytes)?;
+                }
+                _ => {
+                    self.discard_next();
+                    self.next = Some(self.create(base, bytes, last_timestamp_ms)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes this partition's frames of the chunk, in order, rolling where `demand` says.
+    /// `pending` holds the frames' bytes.
+    pub fn write<'f>(
+        &mut self,
+        frames: impl Iterator<Item = &'f QueuedFrame>,
+        pending: &[u8],
+        demand: &Demand,
+    ) -> Result<(), Fault> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let result = self.write_with(frames, pending, demand, &mut scratch);
+        self.scratch = scratch;
+        result
+    }
+
+    fn write_with<'f>(
+        &mut self,
+        frames: impl Iterator<Item = &'f QueuedFrame>,
+        pending: &[u8],
+        demand: &Demand,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Fault> {
+        let policy = self.partition.index_policy;
+        for frame in frames {
+            debug_assert_eq!(frame.base_offset, self.written_end);
+            if demand.roll.is_some_and(|(base, _)| base == frame.base_offset) {
+                self.write_scratch(scratch)?;
+                self.roll()?;
+            }
+            let active = self.active.as_mut().expect("reserved before writing");
+            let position = active.written_position + scratch.len() as u64;
+            if policy.wants_entry(active.last_entry_position, position) {
+                active.new_entries.push(IndexEntry {
+                    offset: frame.base_offset,
+                    position,
+                    timestamp_ms: frame.timestamp_ms,
+                });
+                active.last_entry_position = Some(position);
+            }
+            scratch.extend_from_slice(frame.bytes(pending));
+            self.written_end = frame.end_offset();
+        }
+        self.write_scratch(scratch)
+    }
+
+    fn write_scratch(&mut self, scratch: &mut Vec<u8>) -> Result<(), Fault> {
+        if scratch.is_empty() {
+            return Ok(());
+        }
+        let active = self.active.as_mut().expect("reserved before writing");
+        let end = active.written_position + scratch.len() as u64;
+        debug_assert!(end + PADDING_ROOM <= active.allocated || active.allocated == 0);
+        active
+            .data
+            .write_all_at(scratch, active.written_position)
+            .map_err(Fault::Poison)?;
+        active.written_position = end;
+        active.written_end = self.written_end;
+        if end > active.segment.mapped_len() as u64 {
+            // Readers must be able to reach what becomes visible.
+            active
+                .segment
+                .remap(active.data.std())
+                .map_err(Fault::Poison)?;
+        }
+        scratch.clear();
+        Ok(())
+    }
+
+    /// Seals the segment being written and continues in the one reserved ahead: the old data
+    /// is synced first, so that sealed segments never change again.
+    fn roll(&mut self) -> Result<(), Fault> {
+        let mut old = self.active.take().expect("a roll has a segment to seal");
+        let next = self.next.take().expect("reserved before writing");
+        old.data.sync_data().map_err(Fault::Poison)?;
+        old.synced_position = old.written_position;
+        old.synced_end = old.written_end;
+        flush_entries(&mut old);
+        persist_index(&mut old);
+        old.segment.seal(old.written_end, old.written_position);
+        // The index and the cut are tidiness: a missing entry costs a rebuild on first read,
+        // an uncut tail is never read (a sealed segment ends at the next one's base offset).
+        let _ = old.index.sync_data();
+        let _ = old.data.set_len(old.written_position);
+        self.partition.segments.write().push(next.segment.clone());
+        self.active = Some(next);
+        Counters::add(&self.counters.segments_rolled, 1);
+        Ok(())
+    }
+
+    /// Makes everything written visible to readers: index entries first, then the segment's
+    /// readable end, then the partition's visible end.
+    pub fn publish(&mut self) {
+        if let Some(active) = &mut self.active {
+            flush_entries(active);
+            active.visible_position = active.written_position;
+            active.segment.publish_position(active.visible_position);
+        }
+        self.partition.set_visible_end(self.written_end);
+    }
+
+    /// Pads the segment being written to a fresh page, syncs it and its index, and returns the
+    /// partition's mark for the checkpoint. After it, no write ever touches a page that holds
+    /// checkpointed data, so a power loss during a later write cannot damage it.
+    pub fn checkpoint(&mut self, last_timestamp_ms: u64) -> Result<PartitionMark, Fault> {
+        let Some(active) = &mut self.active else {
+            return Ok(PartitionMark {
+                segment_base: NO_SEGMENT,
+                synced_position: 0,
+                end_offset: self.written_end,
+            });
+        };
+        if active.synced_position < active.written_position {
+            let mut pad = align_up(active.written_position) - active.written_position;
+            if pad != 0 && pad < frame::PADDING_LEN_MIN as u64 {
+                pad += JOURNAL_ALIGN;
+            }
+            if pad != 0 {
+                let mut bytes = Vec::with_capacity(pad as usize);
+                frame::encode_padding(&mut bytes, pad as usize, active.written_end, last_timestamp_ms);
+                active
+                    .data
+                    .write_all_at(&bytes, active.written_position)
+                    .map_err(Fault::Poison)?;
+                active.written_position += pad;
+            }
+            active.data.sync_data().map_err(Fault::Poison)?;
+            active.synced_position = active.written_position;
+            active.synced_end = active.written_end;
+            flush_entries(active);
+            persist_index(active);
+            // Derived data: a lost index write costs a rebuild, never a wrong answer.
+            let _ = active.index.sync_data();
+            active.visible_position = active.written_position;
+            active.segment.publish_position(active.visible_position);
+        }
+        self.durable_end = self.written_end;
+        self.partition.set_visible_end(self.written_end);
+        Ok(PartitionMark {
+            segment_base: active.segment.base_offset,
+            synced_position: active.synced_position,
+            end_offset: active.synced_end,
+        })
+    }
+
+    /// Deletes a segment reserved ahead that the next chunk will not use (its offsets were
+    /// rewound after a failure).
+    pub fn discard_next(&mut self) {
+        if let Some(next) = self.next.take() {
+            let path = next.segment.path.clone();
+            let index_path = next.segment.index_path.clone();
+            drop(next);
+            let _ = io::remove_file(&path);
+            let _ = io::remove_file(&index_path);
+        }
+    }
+
+    /// After a clean failure under `Sync`: the partition continues at its written end.
+    pub fn rewind(&mut self) {
+        self.discard_next();
+    }
+
+    fn create(&self, base: u64, bytes: u64, last_timestamp_ms: u64) -> Result<Active> {
+        let dir = &self.partition.dir;
+        io::create_dir_all_durable(dir, &self.config.faults)?;
+        let created_ms = now_ms().max(last_timestamp_ms);
+        let needed = SEGMENT_HEADER_LEN as u64 + bytes + PADDING_ROOM;
+        let capacity = step(0, needed, self.config.segment_bytes);
+        let created = segment::create(
+            dir,
+            SegmentHeader {
+                partition: self.partition.id,
+                base_offset: base,
+                created_ms,
+            },
+            capacity,
+            &self.config.faults,
+        )?;
+        let allocated = created
+            .data
+            .std()
+            .metadata()
+            .map_err(|e| crate::error::Error::io("stat", &created.segment.path, e))?
+            .len();
+        Ok(Active::resume(Resumed {
+            segment: created.segment,
+            data: created.data,
+            index: created.index,
+            created_ms,
+            allocated,
+            position: SEGMENT_HEADER_LEN as u64,
+            end: base,
+            index_entries: 0,
+            last_entry_position: None,
+        }))
+    }
+}
+
+/// The size to grow a reservation of `allocated` bytes to, so that it holds `needed`: at least
+/// double, in steps of `PREALLOCATE_STEP_MIN ..= PREALLOCATE_STEP_MAX`, never past the segment.
+fn step(allocated: u64, needed: u64, segment_bytes: u64) -> u64 {
+    let growth = allocated.clamp(PREALLOCATE_STEP_MIN, PREALLOCATE_STEP_MAX);
+    needed.max(allocated + growth).min(segment_bytes).max(needed)
+}
+
+fn grow(active: &mut Active, needed: u64, segment_bytes: u64) -> Result<()> {
+    if needed <= active.allocated {
+        return Ok(());
+    }
+    let target = step(active.allocated, needed, segment_bytes);
+    active.data.preallocate(target)?;
+    active.allocated = target;
+    Ok(())
+}
+
+/// Moves the entries of written frames to the segment's in-memory index.
+fn flush_entries(active: &mut Active) {
     if !active.new_entries.is_empty() {
         active.segment.push_index_entries(&active.new_entries);
         active
@@ -119,39 +443,28 @@ pub(crate) fn make_visible(partition: &Partition, active: &mut Active, flush_don
             .extend_from_slice(&active.new_entries);
         active.new_entries.clear();
     }
-    active.visible_position = active.written_position;
-    active.visible_end_offset = active.written_end_offset;
-    active.segment.publish_position(active.visible_position);
-    partition.publish(active.visible_end_offset, flush_done);
 }
 
-/// Writes the entries of synced frames to the index file, and syncs the index file every
-/// `INDEX_SYNC_BYTES` of data so that recovery after a power loss rescans little.
-pub(crate) fn persist_index(active: &mut Active) {
+/// Appends the entries of synced frames to the index file. Derived data: entries that fail to
+/// reach the file only make lookups after a reopen scan further.
+fn persist_index(active: &mut Active) {
+    if active.unpersisted_entries.is_empty() {
+        return;
+    }
     debug_assert!(active
         .unpersisted_entries
         .iter()
         .all(|entry| entry.position < active.synced_position));
-    if !active.unpersisted_entries.is_empty() {
-        let mut encoded =
-            Vec::with_capacity(active.unpersisted_entries.len() * index::INDEX_ENTRY_LEN);
-        for entry in &active.unpersisted_entries {
-            index::encode_entry(&mut encoded, active.segment.base_offset, entry);
-        }
-        // Derived data: entries that fail to reach the file only make lookups after a reopen
-        // scan further; the file stays ordered, so nothing is wrong, only sparser.
-        if active
-            .index
-            .write_all_at(&encoded, active.index_file_len)
-            .is_ok()
-        {
-            active.index_file_len += encoded.len() as u64;
-        }
-        active.unpersisted_entries.clear();
+    let mut encoded = Vec::with_capacity(active.unpersisted_entries.len() * index::INDEX_ENTRY_LEN);
+    for entry in &active.unpersisted_entries {
+        index::encode_entry(&mut encoded, active.segment.base_offset, entry);
     }
-    if active.synced_position >= active.index_synced_position + INDEX_SYNC_BYTES
-        && active.index.sync_data().is_ok()
+    if active
+        .index
+        .write_all_at(&encoded, active.index_file_len)
+        .is_ok()
     {
-        active.index_synced_position = active.synced_position;
+        active.index_file_len += encoded.len() as u64;
     }
+    active.unpersisted_entries.clear();
 }

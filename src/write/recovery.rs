@@ -1,53 +1,558 @@
-//! What `open` does with what it finds in a partition directory.
+//! What `open` does with what a previous run left: it trusts each partition up to its mark in
+//! the latest checkpoint, and replays the journal from the checkpoint on.
 //!
-//! Only the last (active) segment can hold a torn or unsynced tail: a segment is sealed only
-//! after its data is synced, and the next one is created only after that. So recovery reads the
-//! sealed segments' names and nothing else, and checks the active segment from its last index
-//! entry that still points at a valid frame. Open time therefore does not grow with the log.
+//! Nothing below a checkpoint is scanned at open: that data was synced, and readers check every
+//! frame when they read it. So open time depends on what was written since the last checkpoint
+//! (at most the journal's size), never on the size of the log.
 //!
 //! The cases, and the one action for each (also a table in `docs/design.md`):
 //!
 //! | found | action |
 //! |---|---|
-//! | no segment | create segment 0 |
-//! | `*.tmp` left by an interrupted creation | delete it |
-//! | index file without its segment | delete it |
-//! | active segment whose header is all zeros (and every byte after it) | recreate it empty |
-//! | a segment header with bad magic or checksum | `Error::Corrupt` |
-//! | a segment header of another format version | `Error::IncompatibleFormat` |
-//! | index missing, torn, or with garbage entries | keep its valid prefix, rebuild the rest |
-//! | last index entries pointing past the valid data | drop them, scan from an earlier one |
-//! | frames after the last valid one (torn, corrupt, zeros) | cut the file there, preallocate again |
+//! | segment data past its partition's checkpoint mark | cut (the journal holds it, or it was never durable) |
+//! | segments created after the checkpoint | deleted (the replay creates them again) |
+//! | `*.tmp` left by an interrupted creation | deleted |
+//! | an active segment shorter than its checkpoint mark | `Error::Corrupt`: synced data is missing |
+//! | index missing, damaged, or with entries past the mark | rebuilt from the synced data |
+//! | journal records from the checkpoint on, chained by sequence and epoch | replayed into the segments |
+//! | the first record that is missing, torn or corrupt, with no valid later record that says it was durable | the end: a torn tail, never acknowledged as durable |
+//! | a damaged record followed by a valid record whose `durable_before` covers it | `Error::Corrupt`, or with `RecoveryMode::SalvageAfterCorruption` skip it and report what was lost |
+//! | replayed frames whose offsets do not continue their partition | `Error::Corrupt` |
+//!
+//! After the replay every segment is synced and a new checkpoint is written, so that the replayed
+//! region is never needed again and records of the previous run can never be mistaken for new
+//! ones (records carry the checkpoint number they were written under).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, LostRange, Result};
+use crate::options::RecoveryMode;
 use crate::storage::frame::{self, Probe};
-use crate::storage::index::{self, IndexEntry};
+use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io;
+use crate::storage::journal::{
+    self, latest_checkpoint, probe_record, Checkpoint, PartitionMark, RecordInfo, RecordProbe,
+    JOURNAL_ALIGN, NO_SEGMENT,
+};
 use crate::storage::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::write::active::Active;
-use crate::write::partition::Config;
+use crate::write::active::{Active, Demand, Fault, Lane, Resumed};
+use crate::write::journal::{JournalState, JournalWriter};
+use crate::write::partition::{partition_dir, Partition};
+use crate::write::sequencer::{QueuedFrame, Start};
+use crate::write::{Config, Counters};
 
-/// A partition as recovery leaves it.
-pub(crate) struct Recovered {
-    pub segments: Vec<Arc<Segment>>,
-    pub active: Active,
-    pub end_offset: u64,
-    pub last_timestamp_ms: u64,
-    pub report: RecoveryReport,
+/// What recovery found and did when the log was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Journal records replayed into the segments (appends written since the last checkpoint).
+    pub records_replayed: u64,
+    /// Bytes of those records.
+    pub bytes_replayed: u64,
+    /// Whether the journal ended in a torn or corrupt record: a write that a crash interrupted,
+    /// never acknowledged as durable. It was cut.
+    pub journal_tail_torn: bool,
+    /// With `RecoveryMode::SalvageAfterCorruption`: the offsets lost to damaged journal records
+    /// (and those dropped after them because they no longer continue their partition).
+    pub salvage_lost: Vec<LostRange>,
+    /// Per partition, in partition order.
+    pub partitions: Vec<PartitionRecovery>,
 }
 
 /// What recovery did to one partition.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Bytes of the active segment checked frame by frame.
-    pub scanned_bytes: u64,
-    /// Whether the index was rewritten because it was missing, damaged or behind.
-    pub index_rewritten: bool,
-    /// Whether the active segment was recreated because its creation never completed.
-    pub segment_recreated: bool,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionRecovery {
+    pub partition: u32,
+    /// Events replayed from the journal.
+    pub events_replayed: u64,
+    /// Offsets that were in the segment files past the checkpoint but not in the journal, and
+    /// so were cut: appends never acknowledged as durable (or acknowledged under `Buffered` or
+    /// `Interval` and lost with the unsynced journal tail).
+    pub cut: Option<LostRange>,
+    /// Segment bytes past the checkpoint mark that were cut before the replay.
+    pub cut_bytes: u64,
+    /// Whether the active segment's index was rebuilt because it was missing or damaged.
+    pub index_rebuilt: bool,
+}
+
+impl RecoveryReport {
+    /// The report of one partition.
+    pub fn partition(&self, partition: u32) -> Option<&PartitionRecovery> {
+        self.partitions.get(partition as usize)
+    }
+}
+
+/// A log as recovery leaves it, ready for its writer.
+pub(crate) struct Recovered {
+    pub partitions: Vec<Arc<Partition>>,
+    pub lanes: Vec<Lane>,
+    pub journal: JournalWriter,
+    pub start: Start,
+    pub report: RecoveryReport,
+}
+
+pub(crate) fn recover(
+    dir: &Path,
+    partitions: u32,
+    config: &Arc<Config>,
+    counters: &Arc<Counters>,
+) -> Result<Recovered> {
+    let journal_path = JournalWriter::path(dir);
+    let journal_file = io::File::open(&journal_path, &None)?;
+    let journal_bytes = segment::map_file(journal_file.std(), &journal_path)?;
+    drop(journal_file);
+    let checkpoint = latest_checkpoint(&journal_bytes, partitions, &journal_path)?;
+    let scan = scan_journal(&journal_bytes, partitions, &checkpoint, &journal_path, config.recovery)?;
+
+    let mut report = RecoveryReport::default();
+    let mut lanes = Vec::with_capacity(partitions as usize);
+    let mut partition_list = Vec::with_capacity(partitions as usize);
+    for id in 0..partitions {
+        let mark = checkpoint.partitions[id as usize];
+        let (lane, partition_report) = prepare_partition(dir, id, mark, config, counters)?;
+        partition_list.push(lane.partition.clone());
+        lanes.push(lane);
+        report.partitions.push(partition_report);
+    }
+
+    let mut last_timestamp_ms = checkpoint.last_timestamp_ms;
+    let mut global = checkpoint.global_position;
+    let mut salvage_lost: Vec<Option<LostRange>> = vec![None; partitions as usize];
+    for (position, record) in &scan.records {
+        if record.global_position != global && !scan.salvaged {
+            return Err(Error::corrupt(
+                &journal_path,
+                position + journal::RECORD_GLOBAL_OFFSET as u64,
+                "journal record's global position does not continue the log",
+            ));
+        }
+        let record_bytes = &journal_bytes[*position as usize..(*position + u64::from(record.len)) as usize];
+        for entry in &record.entries {
+            let p = entry.partition as usize;
+            let lane = &mut lanes[p];
+            let info = entry.info;
+            let continues = info.base_offset == lane.written_end();
+            if !continues && !scan.salvaged {
+                return Err(Error::corrupt(
+                    &journal_path,
+                    position + (entry.frame_start + frame::BASE_OFFSET_OFFSET) as u64,
+                    "journal frame's offset does not continue its partition",
+                ));
+            }
+            // Salvage: a partition that lost frames to the damage keeps nothing after the gap,
+            // since its offsets must stay contiguous; the report names what it lost.
+            if let Some(lost) = &mut salvage_lost[p] {
+                lost.last_offset = lost.last_offset.max(info.end_offset().saturating_sub(1));
+                continue;
+            }
+            if !continues {
+                if info.base_offset > lane.written_end() {
+                    salvage_lost[p] = Some(LostRange {
+                        partition: entry.partition,
+                        first_offset: lane.written_end(),
+                        last_offset: info.end_offset().saturating_sub(1),
+                    });
+                }
+                continue;
+            }
+            let queued = QueuedFrame {
+                partition: entry.partition,
+                entry_start: entry.frame_start - journal::ENTRY_TAG_LEN,
+                frame_len: info.frame_len,
+                base_offset: info.base_offset,
+                record_count: info.record_count,
+                timestamp_ms: info.timestamp_ms,
+                global_position: 0,
+            };
+            replay_frame(lane, &queued, record_bytes, last_timestamp_ms)?;
+            report.partitions[p].events_replayed += u64::from(info.record_count);
+            last_timestamp_ms = last_timestamp_ms.max(info.timestamp_ms);
+        }
+        global = record.global_position
+            + record
+                .entries
+                .iter()
+                .map(|entry| u64::from(entry.info.record_count))
+                .sum::<u64>();
+        report.records_replayed += 1;
+        report.bytes_replayed += u64::from(record.len);
+    }
+    report.salvage_lost = salvage_lost.into_iter().flatten().collect();
+    report.journal_tail_torn = scan.tail_torn;
+
+    let mut journal = JournalWriter::open(
+        dir,
+        partitions,
+        config.journal_bytes,
+        JournalState {
+            position: scan.end_position,
+            next_sequence: scan.next_sequence,
+            epoch: checkpoint.number,
+            file_len: journal_bytes.len() as u64,
+        },
+        &config.faults,
+        counters.clone(),
+    )?;
+    drop(journal_bytes);
+    // Everything replayed becomes synced, and a new checkpoint starts a new epoch.
+    let mut marks = Vec::with_capacity(lanes.len());
+    for lane in &mut lanes {
+        marks.push(lane.checkpoint(last_timestamp_ms).map_err(fault_error)?);
+    }
+    for (lane, partition_report) in lanes.iter_mut().zip(&mut report.partitions) {
+        lane.publish();
+        if let Some(cut) = &mut partition_report.cut {
+            if cut.last_offset < lane.written_end() {
+                partition_report.cut = None;
+            } else {
+                cut.first_offset = cut.first_offset.max(lane.written_end());
+            }
+        }
+    }
+    journal.checkpoint(
+        Checkpoint {
+            number: 0,
+            journal_sequence: 0,
+            journal_position: 0,
+            global_position: global,
+            last_timestamp_ms,
+            partitions: marks,
+        },
+        false,
+    )?;
+    let start = Start {
+        next_offsets: lanes.iter().map(Lane::written_end).collect(),
+        next_global: global,
+        last_timestamp_ms,
+    };
+    Ok(Recovered {
+        partitions: partition_list,
+        lanes,
+        journal,
+        start,
+        report,
+    })
+}
+
+fn fault_error(fault: Fault) -> Error {
+    match fault {
+        Fault::Clean(error) | Fault::Poison(error) => error,
+    }
+}
+
+fn replay_frame(lane: &mut Lane, frame: &QueuedFrame, record: &[u8], last_timestamp_ms: u64) -> Result<()> {
+    let mut demand = Demand::default();
+    let admitted = lane.admit(&mut demand, frame);
+    debug_assert!(admitted, "one frame never needs two rolls");
+    lane.reserve(&demand, last_timestamp_ms)?;
+    lane.write(std::iter::once(frame), record, &demand)
+        .map_err(fault_error)
+}
+
+/// The records to replay, and where the journal continues.
+struct Scan {
+    /// Each record with its byte position in the journal.
+    records: Vec<(u64, RecordInfo)>,
+    end_position: u64,
+    next_sequence: u64,
+    tail_torn: bool,
+    /// Whether records were skipped over damage (salvage mode).
+    salvaged: bool,
+}
+
+fn scan_journal(
+    bytes: &[u8],
+    partitions: u32,
+    checkpoint: &Checkpoint,
+    path: &Path,
+    mode: RecoveryMode,
+) -> Result<Scan> {
+    let epoch = checkpoint.number;
+    let mut records = Vec::new();
+    let mut position = checkpoint.journal_position;
+    let mut expected = checkpoint.journal_sequence;
+    let mut salvaged = false;
+    let mut tail_torn = false;
+    // The chain ends at the first position that does not hold the next record. Then it is a
+    // torn tail, unless a later valid record proves that the missing one had been durable.
+    while let Some((bad_at, reason)) =
+        chain(bytes, partitions, epoch, &mut position, &mut expected, &mut records)
+    {
+        let Some((evidence_at, evidence)) =
+            later_durable_record(bytes, partitions, epoch, position, expected)
+        else {
+            tail_torn = true;
+            break;
+        };
+        match mode {
+            RecoveryMode::TolerateTornTail => return Err(Error::corrupt(path, bad_at, reason)),
+            RecoveryMode::SalvageAfterCorruption => {
+                salvaged = true;
+                position = evidence_at;
+                expected = evidence.sequence;
+            }
+        }
+    }
+    Ok(Scan {
+        records,
+        end_position: position,
+        next_sequence: expected,
+        tail_torn,
+        salvaged,
+    })
+}
+
+/// Follows the chain of records from `position`; returns where and why it stopped, or `None`
+/// when it stopped at a clean end (zeros, or a record of an older epoch or sequence).
+fn chain(
+    bytes: &[u8],
+    partitions: u32,
+    epoch: u64,
+    position: &mut u64,
+    expected: &mut u64,
+    records: &mut Vec<(u64, RecordInfo)>,
+) -> Option<(u64, &'static str)> {
+    loop {
+        let rest = bytes.get(*position as usize..).unwrap_or(&[]);
+        match probe_record(rest, partitions) {
+            RecordProbe::Record(info) if info.epoch == epoch && info.sequence == *expected => {
+                let next = *position + info.padded_len();
+                records.push((*position, info));
+                *position = next;
+                *expected += 1;
+            }
+            RecordProbe::Record(_) | RecordProbe::Empty => return None,
+            RecordProbe::Invalid(at, reason) => return Some((*position + at as u64, reason)),
+        }
+    }
+}
+
+/// A valid record after `from`, of this epoch, later in the chain than `expected`, whose
+/// writer knew record `expected` to be durable: proof that the damage at `from` hit data that
+/// had been synced.
+fn later_durable_record(
+    bytes: &[u8],
+    partitions: u32,
+    epoch: u64,
+    from: u64,
+    expected: u64,
+) -> Option<(u64, RecordInfo)> {
+    let mut at = from + JOURNAL_ALIGN;
+    while (at as usize) < bytes.len() {
+        let rest = &bytes[at as usize..];
+        // Cheap rejection first: most pages are zeros or hold the middle of a record.
+        if rest.len() > journal::RECORD_MAGIC_OFFSET && rest[journal::RECORD_MAGIC_OFFSET] == journal::RECORD_MAGIC {
+            if let RecordProbe::Record(info) = probe_record(rest, partitions) {
+                if info.epoch == epoch && info.sequence > expected && info.durable_before > expected {
+                    return Some((at, info));
+                }
+            }
+        }
+        at += JOURNAL_ALIGN;
+    }
+    None
+}
+
+/// Opens one partition at its checkpoint mark: cuts what lies past the mark, deletes segments
+/// created after it, and loads the active segment's index.
+fn prepare_partition(
+    dir: &Path,
+    id: u32,
+    mark: PartitionMark,
+    config: &Arc<Config>,
+    counters: &Arc<Counters>,
+) -> Result<(Lane, PartitionRecovery)> {
+    let path = partition_dir(dir, id);
+    let mut report = PartitionRecovery {
+        partition: id,
+        ..PartitionRecovery::default()
+    };
+    let policy = config.index_policy;
+    let listing = list(&path)?;
+    // Offsets that the segment files hold past the mark, for the report.
+    let mut file_end = mark.end_offset;
+    for &base in listing.segments.iter().filter(|&&base| mark.segment_base == NO_SEGMENT || base > mark.segment_base) {
+        let seg_path = segment::segment_path(&path, base);
+        if let Ok(bytes) = std::fs::read(&seg_path) {
+            let (end, len) = chained_end(&bytes, SEGMENT_HEADER_LEN as u64, base);
+            file_end = file_end.max(end);
+            report.cut_bytes += len;
+        }
+        io::remove_file(&seg_path)?;
+        io::remove_file(&segment::index_path(&path, base))?;
+    }
+    for &base in &listing.indexes {
+        if listing.segments.binary_search(&base).is_err() {
+            io::remove_file(&segment::index_path(&path, base))?;
+        }
+    }
+    let partition_path = path.clone();
+    if mark.segment_base == NO_SEGMENT {
+        if file_end > mark.end_offset {
+            report.cut = Some(LostRange {
+                partition: id,
+                first_offset: mark.end_offset,
+                last_offset: file_end - 1,
+            });
+        }
+        let partition = Arc::new(Partition::new(id, partition_path, policy, Vec::new(), mark.end_offset));
+        return Ok((Lane::new(partition, config.clone(), counters.clone(), None, mark.end_offset), report));
+    }
+    let base = mark.segment_base;
+    if listing.segments.binary_search(&base).is_err() {
+        return Err(Error::corrupt(
+            segment::segment_path(&path, base),
+            0,
+            "the segment named by the checkpoint is missing",
+        ));
+    }
+    let mut segments: Vec<Arc<Segment>> = Vec::new();
+    let sealed: Vec<u64> = listing.segments.iter().copied().filter(|&b| b < base).collect();
+    for (i, &sealed_base) in sealed.iter().enumerate() {
+        let next = sealed.get(i + 1).copied().unwrap_or(base);
+        segments.push(Arc::new(Segment::sealed(&path, id, sealed_base, next)));
+    }
+
+    let seg_path = segment::segment_path(&path, base);
+    let data = io::File::open(&seg_path, &config.faults)?;
+    let map = segment::map_file(data.std(), &seg_path)?;
+    let header = SegmentHeader::decode(&map, &seg_path)?;
+    if header.base_offset != base || header.partition != id {
+        return Err(Error::corrupt(
+            &seg_path,
+            0,
+            "segment header does not match its file name or partition",
+        ));
+    }
+    let synced = mark.synced_position;
+    if (map.len() as u64) < synced || synced < SEGMENT_HEADER_LEN as u64 {
+        return Err(Error::corrupt(
+            &seg_path,
+            map.len() as u64,
+            "segment is shorter than the data its checkpoint says was synced",
+        ));
+    }
+    let (end, len) = chained_end(&map, synced, mark.end_offset);
+    file_end = file_end.max(end);
+    report.cut_bytes += len;
+    if file_end > mark.end_offset {
+        report.cut = Some(LostRange {
+            partition: id,
+            first_offset: mark.end_offset,
+            last_offset: file_end - 1,
+        });
+    }
+    drop(map);
+    let file_len = data
+        .std()
+        .metadata()
+        .map_err(|e| Error::io("stat", &seg_path, e))?
+        .len();
+    if file_len > synced {
+        data.set_len(synced)?;
+    }
+    let map = segment::map_file(data.std(), &seg_path)?;
+    let index_path = segment::index_path(&path, base);
+    let (entries, index_file, index_rebuilt) =
+        load_index(&index_path, base, &map[..synced as usize], mark.end_offset, policy)?;
+    report.index_rebuilt = index_rebuilt;
+    let last_entry_position = entries.last().map(|e| e.position);
+    let index_entries = entries.len();
+    let segment = Arc::new(Segment::active(&path, id, base, synced, map, entries));
+    segments.push(segment.clone());
+    let partition = Arc::new(Partition::new(
+        id,
+        partition_path,
+        policy,
+        segments,
+        mark.end_offset,
+    ));
+    let active = Active::resume(Resumed {
+        segment,
+        data,
+        index: index_file,
+        created_ms: header.created_ms,
+        allocated: synced,
+        position: synced,
+        end: mark.end_offset,
+        index_entries,
+        last_entry_position,
+    });
+    Ok((Lane::new(partition, config.clone(), counters.clone(), Some(active), mark.end_offset), report))
+}
+
+/// Loads the active segment's index: the valid prefix of its file (entries point at synced
+/// data only), extended by scanning the synced data after its last entry. The file is rewritten
+/// when it held anything else; normally the scan covers less than one index interval.
+fn load_index(
+    path: &Path,
+    base: u64,
+    synced: &[u8],
+    end_offset: u64,
+    policy: IndexPolicy,
+) -> Result<(Vec<IndexEntry>, io::File, bool)> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    let header_len = SEGMENT_HEADER_LEN as u64;
+    let (mut entries, damage) = index::decode(&bytes, base, header_len, synced.len() as u64);
+    let kept = entries.len();
+    let (mut position, mut offset) = entries
+        .last()
+        .map_or((header_len, base), |e| (e.position, e.offset));
+    let mut last_entry_position = entries.last().map(|e| e.position);
+    while offset < end_offset {
+        let Some(Probe::Frame(info)) = synced.get(position as usize..).map(frame::probe) else {
+            break;
+        };
+        if info.base_offset != offset {
+            break;
+        }
+        if policy.wants_entry(last_entry_position, position) {
+            entries.push(IndexEntry {
+                offset,
+                position,
+                timestamp_ms: info.timestamp_ms,
+            });
+            last_entry_position = Some(position);
+        }
+        position += u64::from(info.frame_len);
+        offset = info.end_offset();
+    }
+    let rebuilt = damage.is_some() || entries.len() != kept;
+    let file = if rebuilt {
+        rewrite_index(path, base, &entries)?
+    } else {
+        io::File::open(path, &io::INDEX_FAULTS)?
+    };
+    Ok((entries, file, rebuilt))
+}
+
+/// Follows valid frames from `position` (expecting `offset`); returns the end offset they reach
+/// and the bytes they take. Used only to report what a cut removes.
+fn chained_end(bytes: &[u8], mut position: u64, mut offset: u64) -> (u64, u64) {
+    let start = position;
+    while let Some(rest) = bytes.get(position as usize..) {
+        match frame::probe(rest) {
+            Probe::Frame(info) if info.base_offset == offset => {
+                position += u64::from(info.frame_len);
+                offset = info.end_offset();
+            }
+            _ => break,
+        }
+    }
+    (offset, position - start)
+}
+
+fn rewrite_index(path: &Path, base: u64, entries: &[IndexEntry]) -> Result<io::File> {
+    let file = io::File::create_truncate(path, &io::INDEX_FAULTS)?;
+    file.write_all_at(&index::encode_file(base, entries), 0)?;
+    file.sync_data()?;
+    Ok(file)
 }
 
 struct Listing {
@@ -55,38 +560,18 @@ struct Listing {
     indexes: Vec<u64>,
 }
 
-pub(crate) fn recover_partition(dir: &Path, id: u32, config: &Config) -> Result<Recovered> {
-    io::create_dir_all(dir)?;
-    let listing = list(dir)?;
-    for base in &listing.indexes {
-        if listing.segments.binary_search(base).is_err() {
-            io::remove_file(&segment::index_path(dir, *base))?;
-        }
-    }
-    let Some((&last, sealed)) = listing.segments.split_last() else {
-        return fresh(dir, id, 0, config, 0, RecoveryReport::default());
-    };
-    // A sealed segment ends where the next one begins.
-    let mut segments: Vec<Arc<Segment>> = sealed
-        .iter()
-        .zip(&listing.segments[1..])
-        .map(|(&base, &next)| Arc::new(Segment::sealed(dir, id, base, next)))
-        .collect();
-    let recovered = recover_active(dir, id, last, config)?;
-    segments.extend(recovered.segments);
-    Ok(Recovered {
-        segments,
-        ..recovered
-    })
-}
-
-/// Lists segment and index files, removing temporary files of interrupted creations.
+/// Lists segment and index files of a partition directory (none if it does not exist yet),
+/// removing temporary files of interrupted creations.
 fn list(dir: &Path) -> Result<Listing> {
     let mut listing = Listing {
         segments: Vec::new(),
         indexes: Vec::new(),
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(listing),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
         let name = entry.file_name();
@@ -102,192 +587,4 @@ fn list(dir: &Path) -> Result<Listing> {
     listing.segments.sort_unstable();
     listing.indexes.sort_unstable();
     Ok(listing)
-}
-
-/// Creates an empty active segment at `base`.
-fn fresh(
-    dir: &Path,
-    id: u32,
-    base: u64,
-    config: &Config,
-    last_timestamp_ms: u64,
-    report: RecoveryReport,
-) -> Result<Recovered> {
-    let created_ms = crate::write::partition::now_ms();
-    let created = segment::create(
-        dir,
-        SegmentHeader {
-            partition: id,
-            base_offset: base,
-            created_ms,
-        },
-        config.segment_bytes,
-        &config.faults,
-    )?;
-    Ok(Recovered {
-        segments: vec![created.segment.clone()],
-        active: Active::new(
-            created.segment,
-            created.data,
-            created.index,
-            created_ms,
-            SEGMENT_HEADER_LEN as u64,
-            base,
-            0,
-            None,
-        ),
-        end_offset: base,
-        last_timestamp_ms,
-        report,
-    })
-}
-
-fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Recovered> {
-    let path = segment::segment_path(dir, base);
-    let index_path = segment::index_path(dir, base);
-    let data = io::File::open(&path, &config.faults)?;
-    let map = segment::map_file(data.std(), &path)?;
-    let header = match SegmentHeader::decode(&map, &path) {
-        Ok(header) => header,
-        Err(error) => {
-            if map.iter().all(|&b| b == 0) {
-                // Only reachable if the file system lost the header despite the sync before the
-                // rename; nothing can have been acknowledged in such a segment.
-                drop(map);
-                drop(data);
-                io::remove_file(&path)?;
-                io::remove_file(&index_path)?;
-                let report = RecoveryReport {
-                    segment_recreated: true,
-                    ..RecoveryReport::default()
-                };
-                return fresh(dir, id, base, config, 0, report);
-            }
-            return Err(error);
-        }
-    };
-    if header.base_offset != base || header.partition != id {
-        return Err(Error::corrupt(
-            &path,
-            0,
-            "segment header does not match its file name or partition",
-        ));
-    }
-    let index_bytes = match std::fs::read(&index_path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io("read", &index_path, e)),
-    };
-    let (mut entries, damage) = index::decode(
-        &index_bytes,
-        base,
-        SEGMENT_HEADER_LEN as u64,
-        map.len() as u64,
-    );
-    let decoded = entries.len();
-
-    // The scan starts at the last entry that points at a valid frame with the promised offset.
-    let mut start = (SEGMENT_HEADER_LEN as u64, base);
-    while let Some(entry) = entries.last() {
-        if frame_at(&map, entry.position, entry.offset).is_some() {
-            start = (entry.position, entry.offset);
-            break;
-        }
-        entries.pop();
-    }
-    let kept = entries.len();
-    let mut last_timestamp_ms = entries
-        .last()
-        .map_or(header.created_ms, |e| e.timestamp_ms.max(header.created_ms));
-    let (mut position, mut offset) = start;
-    let mut last_entry_position = entries.last().map(|e| e.position);
-    while let Some(info) = frame_at(&map, position, offset) {
-        if config
-            .index_policy
-            .wants_entry(last_entry_position, position)
-        {
-            entries.push(IndexEntry {
-                offset,
-                position,
-                timestamp_ms: info.timestamp_ms,
-            });
-            last_entry_position = Some(position);
-        }
-        last_timestamp_ms = last_timestamp_ms.max(info.timestamp_ms);
-        position += u64::from(info.frame_len);
-        offset = info.end_offset();
-    }
-    drop(map);
-
-    // Cut everything after the last valid frame, so that no torn or stale bytes can ever be
-    // mistaken for a frame once new frames are written up to them, then reserve space again.
-    data.set_len(position)?;
-    // On a full disk the log still opens; appends then grow the file and report a full disk
-    // themselves.
-    let _ = data.preallocate(config.segment_bytes.max(position));
-    data.sync_all()?;
-
-    let index_rewritten = damage.is_some() || kept != decoded || entries.len() != kept;
-    let mut index_entries = entries.len();
-    let index_file = if index_rewritten {
-        match rewrite_index(&index_path, base, &entries) {
-            Ok(file) => file,
-            // The index is derived data: a log on a full disk must still open. What the file
-            // holds now is at worst a valid prefix; the next open rebuilds the rest.
-            Err(_) => {
-                index_entries = 0;
-                open_or_create(&index_path)?
-            }
-        }
-    } else {
-        io::File::open(&index_path, &io::INDEX_FAULTS)?
-    };
-    let map = segment::map_file(data.std(), &path)?;
-    let segment = Arc::new(Segment::active(dir, id, base, position, map, entries));
-    Ok(Recovered {
-        segments: vec![segment.clone()],
-        active: Active::new(
-            segment,
-            data,
-            index_file,
-            header.created_ms,
-            position,
-            offset,
-            index_entries,
-            last_entry_position,
-        ),
-        end_offset: offset,
-        last_timestamp_ms,
-        report: RecoveryReport {
-            scanned_bytes: position - start.0,
-            index_rewritten,
-            segment_recreated: false,
-        },
-    })
-}
-
-fn rewrite_index(path: &Path, base: u64, entries: &[IndexEntry]) -> Result<io::File> {
-    let file = io::File::create_truncate(path, &io::INDEX_FAULTS)?;
-    file.write_all_at(&index::encode_file(base, entries), 0)?;
-    file.sync_data()?;
-    Ok(file)
-}
-
-fn open_or_create(path: &Path) -> Result<io::File> {
-    match io::File::open(path, &io::INDEX_FAULTS) {
-        Ok(file) => Ok(file),
-        Err(_) => io::File::create_truncate(path, &io::INDEX_FAULTS),
-    }
-}
-
-/// The frame at `position` if it is whole, checks out and starts at `offset`.
-fn frame_at(map: &[u8], position: u64, offset: u64) -> Option<frame::FrameInfo> {
-    let rest = map.get(usize::try_from(position).ok()?..)?;
-    match frame::probe(rest) {
-        Probe::Frame(info) if info.base_offset == offset => {
-            let bytes = &rest[..info.frame_len as usize];
-            frame::validate_records(bytes, &info).ok().map(|()| info)
-        }
-        _ => None,
-    }
 }

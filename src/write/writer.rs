@@ -1,41 +1,40 @@
-//! The writer thread of one partition: group commit.
+//! The writer thread: one for the whole log, whatever the partition count.
 //!
-//! Each round takes everything appenders queued since the last round, writes it with one
-//! `pwrite` (two across a segment roll), syncs once if the durability mode asks for it, and
-//! publishes the new visible end, which releases every waiting ticket at once. While a round
-//! syncs, appenders fill the next one; so N concurrent appenders share one fsync instead of
-//! doing N.
+//! Each round takes everything the sequencer queued since the last round and writes it as one
+//! journal record (more when a round is very large or rolls a partition twice), syncs the
+//! journal once if the durability mode asks for it, writes the frames to their partitions'
+//! segments, and then publishes: readers see the new records, tickets resolve. While a round
+//! syncs, appenders fill the next one, so N concurrent appenders on any partitions share one
+//! fsync.
 //!
-//! Failures: a failed fsync poisons the partition (the kernel may have dropped the dirty pages,
-//! so what is on disk is unknown until recovery reads it). A failed write or segment creation
-//! is repaired when possible by cutting the file back to where the round began (and syncing
-//! that cut); the appends of the round fail, earlier ones stay, later appends proceed.
+//! Failures (the table is in `docs/design.md`):
+//! - before the journal record is written (a segment or the journal cannot grow, the journal
+//!   write fails): nothing of the round is on disk. Under `Sync` the round's appends and
+//!   everything queued fail and offsets continue where the written data ends: none of those
+//!   offsets was acknowledged. Otherwise the appends were acknowledged already, so the round is
+//!   kept and retried with backoff while new appends are refused: offsets handed out are final.
+//! - a failed fsync, or a failed write after the journal record: the log is poisoned.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, LostRange};
 use crate::options::Durability;
-use crate::storage::index::IndexEntry;
-use crate::storage::segment::{self, SegmentHeader};
-use crate::write::active::{make_visible, persist_index, Active};
-use crate::write::partition::{self, now_ms, Partition, QueuedFrame};
+use crate::storage::journal::{Checkpoint, ENTRY_TAG_LEN, RECORD_HEADER_LEN};
+use crate::write::active::{Demand, Fault, Lane};
+use crate::write::journal::{record_too_large, JournalWriter};
+use crate::write::sequencer::{QueuedFrame, Refusal};
+use crate::write::Shared;
 
 /// The longest a `Sync` round waits to gather the appenders of the previous round.
 pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);
-/// Gathering starts only after a round of at least this many frames: with fewer appenders per
-/// partition, waiting for them costs more than the fsyncs it saves (measured: 8 partitions, 16
-/// producers).
+/// Gathering starts only after a round of at least this many frames: with fewer appenders,
+/// waiting for them costs more than the fsyncs it saves.
 pub const GATHER_FRAMES_MIN: usize = 4;
-
-/// How bad a failure is.
-enum Fault {
-    /// The files are as the visible end says, or can be cut back to it.
-    Repairable(Error),
-    /// An fsync failed: nothing about unsynced data can be trusted any more.
-    Poison(Error),
-}
+/// A stalled round is retried after this long at first...
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// ... doubling up to this.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What one round was asked to do.
 struct Round {
@@ -44,124 +43,142 @@ struct Round {
     interval_due: bool,
 }
 
+/// A round whose write failed cleanly and is retried (outside `Sync`).
+struct Stall {
+    source: Arc<Error>,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
 pub(crate) struct Writer {
-    partition: Arc<Partition>,
-    /// `None` after a failed segment creation; the next round creates it again.
-    active: Option<Active>,
-    /// The base offset of the next segment to create.
-    next_base: u64,
+    shared: Arc<Shared>,
+    lanes: Vec<Lane>,
+    journal: JournalWriter,
+    /// The round being written: room for a record header, then its entries.
     bytes: Vec<u8>,
     frames: Vec<QueuedFrame>,
-    next_interval_sync: Option<Instant>,
+    /// Frames of the round already written; a stalled round resumes after them.
+    written_frames: usize,
+    /// A record copied out of `bytes`, for rounds written as several records.
+    record: Vec<u8>,
+    demands: Vec<Demand>,
+    touched: Vec<u32>,
+    /// Lanes written since they last published.
+    unpublished: Vec<u32>,
+    written_global: u64,
+    durable_global: u64,
+    last_timestamp_ms: u64,
     flush_done: u64,
-    /// Frames in the last `Sync` round, and how long its fdatasync took: the next round waits
-    /// a little for that many appenders to come back (see `take_round`).
+    next_interval_sync: Option<Instant>,
     last_round_frames: usize,
     last_sync: Duration,
-    /// Timestamp of the last frame written. A new segment's `created_ms` is at least this, so
-    /// that recovery of an empty segment never restarts timestamps below an earlier frame's.
-    last_timestamp_ms: u64,
+    stall: Option<Stall>,
+}
+
+/// Where the writer starts: what recovery left.
+pub(crate) struct WriterStart {
+    pub lanes: Vec<Lane>,
+    pub journal: JournalWriter,
+    pub global_end: u64,
+    pub last_timestamp_ms: u64,
 }
 
 impl Writer {
-    pub fn new(partition: Arc<Partition>, active: Active, last_timestamp_ms: u64) -> Writer {
-        let next_base = active.written_end_offset;
+    pub fn new(shared: Arc<Shared>, start: WriterStart) -> Writer {
+        let partitions = start.lanes.len();
         Writer {
-            partition,
-            active: Some(active),
-            next_base,
+            shared,
+            lanes: start.lanes,
+            journal: start.journal,
             bytes: Vec::new(),
             frames: Vec::new(),
-            next_interval_sync: None,
+            written_frames: 0,
+            record: Vec::new(),
+            demands: vec![Demand::default(); partitions],
+            touched: Vec::new(),
+            unpublished: Vec::new(),
+            written_global: start.global_end,
+            durable_global: start.global_end,
+            last_timestamp_ms: start.last_timestamp_ms,
             flush_done: 0,
+            next_interval_sync: None,
             last_round_frames: 0,
             last_sync: Duration::ZERO,
-            last_timestamp_ms,
+            stall: None,
         }
     }
 
-    /// Runs rounds until the log closes or the partition is poisoned.
+    /// Runs rounds until the log closes or is poisoned.
     pub fn run(mut self) {
-        let _exit = ExitGuard(self.partition.clone());
+        let _exit = ExitGuard(self.shared.clone());
         loop {
             let round = self.take_round();
-            let sync = self.wants_sync(&round);
-            match self.commit_round(sync) {
-                Ok(()) => {
-                    if sync {
-                        self.flush_done = round.flush_seq;
-                    }
-                    self.publish(sync, round.flush_seq);
-                }
-                Err(Fault::Repairable(error)) => match self.repair() {
-                    Ok(()) => {
-                        self.partition.fail(error, false);
-                        // The repair synced what survives and the rest is reported lost, so a
-                        // flush that asked for this round is done; waiting for a later round
-                        // could wait forever while writes keep failing.
-                        self.flush_done = self.flush_done.max(round.flush_seq);
-                        self.partition.flush_completed(round.flush_seq);
-                    }
-                    Err(_) => self.partition.fail(error, true),
-                },
-                Err(Fault::Poison(error)) => self.partition.fail(error, true),
+            let poisoned = self.commit_round(&round).is_err();
+            if poisoned {
+                break;
             }
-            let stop = round.closing || self.partition.queue.lock().poisoned.is_some();
-            if stop {
+            if round.closing {
+                self.close();
                 break;
             }
         }
     }
 
-    /// Waits for work and takes the whole queue.
+    /// Waits for work and takes everything pending (unless a stalled round is held).
     fn take_round(&mut self) -> Round {
-        let partition = self.partition.clone();
-        let mut queue = partition.queue.lock();
-        let sync_mode = partition.config.durability == Durability::Sync;
+        let shared = self.shared.clone();
+        let mut pending = shared.sequencer.pending.lock();
+        let sync_mode = shared.config.durability == Durability::Sync;
         // Group commit under Sync: the appenders released by the last round come back within
         // microseconds, but on few cores not all before the next round starts, and rounds would
         // settle into alternating halves. So when the last round carried several appends, wait
-        // for as many more (bounded by half the last fsync's duration) before writing. A lone
-        // appender, or a few per partition, never wait (GATHER_FRAMES_MIN).
+        // for as many more (bounded by half the last fsync's duration) before writing.
         let mut gather = (sync_mode && self.last_round_frames >= GATHER_FRAMES_MIN).then(|| {
             let window = (self.last_sync / 2).min(GATHER_WINDOW_MAX);
             (
-                queue.frames.len() + self.last_round_frames,
+                pending.frames.len() + self.last_round_frames,
                 Instant::now() + window,
             )
         });
-        queue.gather_target = gather.map_or(1, |(target, _)| target);
+        pending.gather_target = gather.map_or(1, |(target, _)| target);
         let mut interval_due = false;
         loop {
-            if queue.flush_requested > self.flush_done || queue.closing {
+            if pending.flush_requested > self.flush_done || pending.closing {
                 break;
             }
             let now = Instant::now();
-            if gather.is_some_and(|(_, until)| now >= until) {
-                gather = None;
-                queue.gather_target = 1;
-            }
-            // Under Sync every appender is waiting: write at once. Otherwise nobody waits, so
-            // let small rounds linger until they are worth a write call.
-            // While gathering, the writer must wake at the window's end even with an empty
-            // queue: appenders do not wake it before the target is reached.
-            let mut deadline = gather.map(|(_, until)| until);
-            if !queue.frames.is_empty() {
-                if sync_mode {
-                    match gather {
-                        Some((target, until)) if queue.frames.len() < target => {
-                            deadline = Some(until);
-                        }
-                        _ => break,
-                    }
-                } else if queue.bytes.len() >= partition.write_batch_bytes() {
+            let mut deadline;
+            if let Some(stall) = &self.stall {
+                if now >= stall.retry_at {
                     break;
-                } else {
-                    let linger_end = queue.first_queued_at.unwrap_or(now) + partition::LINGER;
-                    if now >= linger_end {
+                }
+                deadline = Some(stall.retry_at);
+            } else {
+                if gather.is_some_and(|(_, until)| now >= until) {
+                    gather = None;
+                    pending.gather_target = 1;
+                }
+                // While gathering, the writer must wake at the window's end even with an empty
+                // queue: appenders do not wake it before the target is reached.
+                deadline = gather.map(|(_, until)| until);
+                if !pending.frames.is_empty() {
+                    if sync_mode {
+                        match gather {
+                            Some((target, until)) if pending.frames.len() < target => {
+                                deadline = Some(until);
+                            }
+                            _ => break,
+                        }
+                    } else if pending.frame_bytes() >= shared.config.write_batch_bytes() {
                         break;
+                    } else {
+                        let linger_end =
+                            pending.first_queued_at.unwrap_or(now) + crate::write::LINGER;
+                        if now >= linger_end {
+                            break;
+                        }
+                        deadline = Some(linger_end);
                     }
-                    deadline = Some(linger_end);
                 }
             }
             if let Some(sync_at) = self.next_interval_sync {
@@ -171,35 +188,39 @@ impl Writer {
                 }
                 deadline = Some(deadline.map_or(sync_at, |d: Instant| d.min(sync_at)));
             }
-            queue.writer_waiting = true;
+            pending.writer_waiting = true;
             match deadline {
                 Some(deadline) => {
-                    partition.work.wait_until(&mut queue, deadline);
+                    shared.sequencer.work.wait_until(&mut pending, deadline);
                 }
-                None => partition.work.wait(&mut queue),
+                None => shared.sequencer.work.wait(&mut pending),
             }
-            queue.writer_waiting = false;
+            pending.writer_waiting = false;
         }
-        queue.first_queued_at = None;
-        queue.gather_target = 1;
-        queue.writer_waiting = false;
-        debug_assert!(self.bytes.is_empty() && self.frames.is_empty());
-        std::mem::swap(&mut queue.bytes, &mut self.bytes);
-        std::mem::swap(&mut queue.frames, &mut self.frames);
+        pending.gather_target = 1;
+        pending.writer_waiting = false;
+        if self.stall.is_none() {
+            debug_assert!(self.frames.is_empty());
+            pending.first_queued_at = None;
+            self.bytes.clear();
+            std::mem::swap(&mut pending.bytes, &mut self.bytes);
+            std::mem::swap(&mut pending.frames, &mut self.frames);
+            self.written_frames = 0;
+        }
         let round = Round {
-            flush_seq: queue.flush_requested,
-            closing: queue.closing,
+            flush_seq: pending.flush_requested,
+            closing: pending.closing,
             interval_due,
         };
-        drop(queue);
-        partition.space.notify_all();
+        drop(pending);
+        shared.sequencer.space.notify_all();
         round
     }
 
     fn wants_sync(&mut self, round: &Round) -> bool {
         let flush = round.flush_seq > self.flush_done || round.closing;
-        match self.partition.config.durability {
-            Durability::Sync => flush || !self.frames.is_empty(),
+        match self.shared.config.durability {
+            Durability::Sync => true,
             Durability::Interval(interval) => {
                 if !self.frames.is_empty() && self.next_interval_sync.is_none() {
                     // Options bound the interval; checked all the same, as an overflow here
@@ -221,234 +242,329 @@ impl Writer {
         }
     }
 
-    /// Writes the taken frames and syncs if asked. On success the frames are written (and
-    /// synced if `sync`), not yet published.
-    fn commit_round(&mut self, sync: bool) -> Result<(), Fault> {
-        let bytes = std::mem::take(&mut self.bytes);
-        let mut frames = std::mem::take(&mut self.frames);
-        self.last_round_frames = frames.len();
-        if let Some(active) = &mut self.active {
-            active.mark_round_start();
+    /// Writes the round, syncs if asked, publishes. `Err` means the log is poisoned.
+    fn commit_round(&mut self, round: &Round) -> Result<(), ()> {
+        let sync = self.wants_sync(round);
+        self.last_round_frames = self.frames.len() - self.written_frames;
+        match self.write_frames() {
+            Ok(()) => {
+                if self.stall.take().is_some() {
+                    self.shared.sequencer.pending.lock().refusal = None;
+                }
+            }
+            Err(Fault::Clean(error)) => self.clean_failure(error),
+            Err(Fault::Poison(error)) => {
+                self.poison(error);
+                return Err(());
+            }
         }
-        let result = self.write_frames(&bytes, &frames);
-        self.bytes = bytes;
-        self.bytes.clear();
-        frames.clear();
-        self.frames = frames;
-        result?;
+        if self.stall.is_none() {
+            self.frames.clear();
+            self.written_frames = 0;
+        }
         if sync {
-            if let Some(active) = &self.active {
-                if active.written_position > active.visible_position
-                    || self.partition.config.durability != Durability::Sync
-                {
-                    let started = Instant::now();
-                    active.data.sync_data().map_err(Fault::Poison)?;
-                    self.last_sync = started.elapsed();
-                    self.partition.counters.data_syncs.fetch_add(1, Relaxed);
+            let started = Instant::now();
+            if let Err(error) = self.journal.sync() {
+                self.poison(error);
+                return Err(());
+            }
+            self.last_sync = started.elapsed();
+            self.durable_global = self.written_global;
+            for lane in &mut self.lanes {
+                lane.durable_end = lane.written_end();
+            }
+        }
+        self.publish(sync, round.flush_seq);
+        Ok(())
+    }
+
+    /// Writes the round's frames that are not written yet, as journal records and then to
+    /// their segments.
+    fn write_frames(&mut self) -> Result<(), Fault> {
+        while self.written_frames < self.frames.len() {
+            let start = self.written_frames;
+            let end = self.plan(start);
+            if let Err(error) = self.reserve() {
+                self.clear_demands();
+                return Err(Fault::Clean(error));
+            }
+            let result = self.write_chunk(start, end);
+            self.clear_demands();
+            result?;
+            self.written_frames = end;
+            let last = &self.frames[end - 1];
+            self.written_global = last.global_end();
+            self.last_timestamp_ms = self.last_timestamp_ms.max(last.timestamp_ms);
+        }
+        Ok(())
+    }
+
+    /// Chooses the frames of the next record, from `start`: as many as fit one record, and
+    /// none that would roll a partition a second time. Returns the end of the chunk.
+    fn plan(&mut self, start: usize) -> usize {
+        let record_max = self.journal.record_bytes_max();
+        let mut record_len = RECORD_HEADER_LEN as u64;
+        let mut end = start;
+        for frame in &self.frames[start..] {
+            let entry_len = (ENTRY_TAG_LEN as u64) + u64::from(frame.frame_len);
+            if end > start && record_len + entry_len > record_max {
+                break;
+            }
+            let p = frame.partition as usize;
+            let demand = &mut self.demands[p];
+            if demand.is_empty() {
+                self.touched.push(frame.partition);
+            }
+            if !self.lanes[p].admit(demand, frame) {
+                break;
+            }
+            record_len += entry_len;
+            end += 1;
+        }
+        end
+    }
+
+    fn reserve(&mut self) -> crate::error::Result<()> {
+        for &p in &self.touched {
+            self.lanes[p as usize].reserve(&self.demands[p as usize], self.last_timestamp_ms)?;
+        }
+        Ok(())
+    }
+
+    fn clear_demands(&mut self) {
+        for &p in &self.touched {
+            self.demands[p as usize] = Demand::default();
+        }
+        self.touched.clear();
+    }
+
+    /// Writes frames `start..end` as one journal record, then to their segments.
+    fn write_chunk(&mut self, start: usize, end: usize) -> Result<(), Fault> {
+        let first = self.frames[start];
+        let last = self.frames[end - 1];
+        let entries = first.entry_start..last.entry_start + ENTRY_TAG_LEN + last.frame_len as usize;
+        let in_place = start == 0 && end == self.frames.len();
+        let record_len = RECORD_HEADER_LEN + entries.len();
+        if !self.journal.fits(record_len) {
+            if !self.journal.can_wrap() {
+                let max = self.journal.record_bytes_max();
+                return Err(Fault::Clean(record_too_large(record_len, max)));
+            }
+            self.checkpoint(true)?;
+        }
+        if let Err(error) = self.journal.reserve(record_len) {
+            if !(error.is_disk_full() && self.journal.can_wrap()) {
+                return Err(Fault::Clean(error));
+            }
+            // The journal cannot grow: wrap within what it has.
+            self.journal.stop_growing();
+            self.checkpoint(true)?;
+            self.journal.reserve(record_len).map_err(Fault::Clean)?;
+        }
+        let count = (end - start) as u32;
+        let written = if in_place {
+            self.journal
+                .write(&mut self.bytes, count, first.global_position)
+        } else {
+            self.record.clear();
+            self.record.resize(RECORD_HEADER_LEN, 0);
+            self.record.extend_from_slice(&self.bytes[entries]);
+            self.journal
+                .write(&mut self.record, count, first.global_position)
+        };
+        written.map_err(Fault::Clean)?;
+        for &p in &self.touched {
+            let lane = &mut self.lanes[p as usize];
+            let frames = self.frames[start..end]
+                .iter()
+                .filter(|frame| frame.partition == p);
+            lane.write(frames, &self.bytes, &self.demands[p as usize])?;
+            if !self.unpublished.contains(&p) {
+                self.unpublished.push(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes what the round made visible: everything written, if synced (or under
+    /// `Buffered`, where written is visible).
+    fn publish(&mut self, synced: bool, flush_seq: u64) {
+        let visible = synced || self.shared.config.durability == Durability::Buffered;
+        if visible {
+            for p in self.unpublished.drain(..) {
+                self.lanes[p as usize].publish();
+            }
+            let flush_done = synced.then_some(flush_seq);
+            if synced {
+                self.flush_done = flush_seq;
+            }
+            self.shared.progress.publish(self.written_global, flush_done);
+        }
+        if let Some(stall) = &self.stall {
+            // A flush cannot complete while writes fail; it is told so instead of waiting.
+            if flush_seq > self.flush_done {
+                self.flush_done = flush_seq;
+                self.shared.progress.report_later(Error::WritesStalled {
+                    source: stall.source.clone(),
+                });
+                self.shared.progress.publish(self.written_global, Some(flush_seq));
+            }
+        }
+    }
+
+    /// A write failed before anything of the chunk reached the disk.
+    fn clean_failure(&mut self, error: Error) {
+        let source = Arc::new(error);
+        if self.shared.config.durability == Durability::Sync {
+            // Nothing of the failed appends was acknowledged: fail them and everything queued
+            // behind them, and continue at the written end.
+            let shared = self.shared.clone();
+            let mut pending = shared.sequencer.pending.lock();
+            pending.bytes.clear();
+            pending.frames.clear();
+            for lane in &mut self.lanes {
+                pending.next_offsets[lane.partition.id as usize] = lane.written_end();
+                lane.rewind();
+            }
+            pending.next_global = self.written_global;
+            let ended = std::mem::take(&mut pending.generation);
+            shared
+                .progress
+                .fail(&ended, self.written_global, source, None, false);
+            drop(pending);
+            shared.sequencer.space.notify_all();
+            self.frames.clear();
+            self.written_frames = 0;
+            return;
+        }
+        // The appends were acknowledged when queued: keep them and retry.
+        let backoff = match &self.stall {
+            Some(stall) => (stall.backoff * 2).min(RETRY_BACKOFF_MAX),
+            None => RETRY_BACKOFF_MIN,
+        };
+        self.shared.sequencer.pending.lock().refusal = Some(Refusal::Stalled(source.clone()));
+        self.stall = Some(Stall {
+            source,
+            retry_at: Instant::now() + backoff,
+            backoff,
+        });
+    }
+
+    /// A failed fsync, or a failed write after a journal record: nothing unsynced can be
+    /// trusted. Every later append is refused until the log is reopened.
+    fn poison(&mut self, error: Error) {
+        let source = Arc::new(error);
+        let shared = self.shared.clone();
+        let mut pending = shared.sequencer.pending.lock();
+        let lost = self.lost_ranges(&pending.next_offsets);
+        pending.bytes.clear();
+        pending.frames.clear();
+        pending.refusal = Some(Refusal::Poisoned(source.clone()));
+        let ended = std::mem::take(&mut pending.generation);
+        let unreported = (shared.config.durability != Durability::Sync && !lost.is_empty())
+            .then(|| Error::AppendsLost {
+                lost: lost.into(),
+                source: source.clone(),
+            });
+        // Tickets already told "done" stay done; every other one fails.
+        let done = shared.progress.done_global();
+        shared.progress.fail(&ended, done, source, unreported, true);
+        drop(pending);
+        shared.sequencer.space.notify_all();
+    }
+
+    /// The offsets handed out but not known durable, per partition.
+    fn lost_ranges(&self, next_offsets: &[u64]) -> Vec<LostRange> {
+        self.lanes
+            .iter()
+            .filter(|lane| next_offsets[lane.partition.id as usize] > lane.durable_end)
+            .map(|lane| LostRange {
+                partition: lane.partition.id,
+                first_offset: lane.durable_end,
+                last_offset: next_offsets[lane.partition.id as usize] - 1,
+            })
+            .collect()
+    }
+
+    /// Syncs every partition's segment and records a checkpoint; with `wrap`, the journal
+    /// continues at its start. Everything written is durable and visible afterwards.
+    fn checkpoint(&mut self, wrap: bool) -> Result<(), Fault> {
+        let mut marks = Vec::with_capacity(self.lanes.len());
+        for lane in &mut self.lanes {
+            marks.push(lane.checkpoint(self.last_timestamp_ms)?);
+        }
+        let checkpoint = Checkpoint {
+            number: 0,
+            journal_sequence: 0,
+            journal_position: 0,
+            global_position: self.written_global,
+            last_timestamp_ms: self.last_timestamp_ms,
+            partitions: marks,
+        };
+        self.journal
+            .checkpoint(checkpoint, wrap)
+            .map_err(Fault::Poison)?;
+        for lane in &mut self.lanes {
+            lane.publish();
+            lane.durable_end = lane.written_end();
+        }
+        self.unpublished.clear();
+        self.durable_global = self.written_global;
+        self.shared.progress.publish(self.written_global, None);
+        Ok(())
+    }
+
+    /// The last round of a closing log: give a stalled round one more try, then checkpoint so
+    /// that the next open replays nothing.
+    fn close(&mut self) {
+        if self.stall.is_some() {
+            match self.write_frames() {
+                Ok(()) => self.stall = None,
+                Err(Fault::Clean(error)) | Err(Fault::Poison(error)) => {
+                    let next_offsets = self.shared.sequencer.pending.lock().next_offsets.clone();
+                    let lost = self
+                        .lanes
+                        .iter()
+                        .filter(|l| next_offsets[l.partition.id as usize] > l.written_end())
+                        .map(|l| LostRange {
+                            partition: l.partition.id,
+                            first_offset: l.written_end(),
+                            last_offset: next_offsets[l.partition.id as usize] - 1,
+                        })
+                        .collect::<Vec<_>>();
+                    self.shared.progress.report_later(Error::AppendsLost {
+                        lost: lost.into(),
+                        source: Arc::new(error),
+                    });
                 }
             }
         }
-        Ok(())
-    }
-
-    fn write_frames(&mut self, bytes: &[u8], frames: &[QueuedFrame]) -> Result<(), Fault> {
-        let config = self.partition.config.clone();
-        let mut chunk_start = 0usize;
-        let mut cursor = 0usize;
-        for frame in frames {
-            let len = u64::from(frame.len);
-            let active = self.ensure_active().map_err(Fault::Repairable)?;
-            let position = active.written_position + (cursor - chunk_start) as u64;
-            let full = position + len > config.segment_bytes;
-            let old = config
-                .segment_age_max_ms
-                .is_some_and(|age_ms| now_ms().saturating_sub(active.created_ms) >= age_ms);
-            if (full || old) && (active.has_data() || cursor > chunk_start) {
-                // The frames before this one end where it begins.
-                self.write_chunk(&bytes[chunk_start..cursor], frame.base_offset)?;
-                chunk_start = cursor;
-                self.roll()?;
-                continue_after_roll(self)?;
-            }
-            let active = self.active.as_mut().expect("ensured above");
-            let position = active.written_position + (cursor - chunk_start) as u64;
-            if config
-                .index_policy
-                .wants_entry(active.last_entry_position, position)
-            {
-                active.new_entries.push(IndexEntry {
-                    offset: frame.base_offset,
-                    position,
-                    timestamp_ms: frame.timestamp_ms,
-                });
-                active.last_entry_position = Some(position);
-            }
-            cursor += frame.len as usize;
-            self.last_timestamp_ms = frame.timestamp_ms;
+        if let Err(Fault::Poison(error) | Fault::Clean(error)) = self.checkpoint(false) {
+            self.poison(error);
         }
-        let end_offset = frames.last().map(QueuedFrame::end_offset);
-        if let Some(end_offset) = end_offset {
-            self.write_chunk(&bytes[chunk_start..cursor], end_offset)?;
-        }
-        Ok(())
-    }
-
-    /// Writes contiguous frames at the active segment's written end.
-    fn write_chunk(&mut self, chunk: &[u8], end_offset: u64) -> Result<(), Fault> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        let active = self.active.as_mut().expect("a chunk always has a segment");
-        active
-            .data
-            .write_all_at(chunk, active.written_position)
-            .map_err(Fault::Repairable)?;
-        active.written_position += chunk.len() as u64;
-        if active.written_position > active.segment.mapped_len() as u64 {
-            // Only when the segment could not be preallocated: readers must be able to reach
-            // what becomes visible.
-            active
-                .segment
-                .remap(active.data.std())
-                .map_err(Fault::Repairable)?;
-        }
-        let counters = &self.partition.counters;
-        counters
-            .written_bytes
-            .fetch_add(chunk.len() as u64, Relaxed);
-        counters.writes.fetch_add(1, Relaxed);
-        active.written_end_offset = end_offset;
-        Ok(())
-    }
-
-    /// Creates the segment to write into, if the last one was sealed.
-    fn ensure_active(&mut self) -> Result<&mut Active> {
-        if self.active.is_none() {
-            let partition = &self.partition;
-            let created_ms = now_ms().max(self.last_timestamp_ms);
-            let created = segment::create(
-                &partition.dir,
-                SegmentHeader {
-                    partition: partition.id,
-                    base_offset: self.next_base,
-                    created_ms,
-                },
-                partition.config.segment_bytes,
-                &partition.config.faults,
-            )?;
-            partition.segments.write().push(created.segment.clone());
-            self.active = Some(Active::new(
-                created.segment,
-                created.data,
-                created.index,
-                created_ms,
-                segment::SEGMENT_HEADER_LEN as u64,
-                self.next_base,
-                0,
-                None,
-            ));
-        }
-        Ok(self.active.as_mut().expect("just created"))
-    }
-
-    /// Seals the active segment: syncs its data (in every durability mode, so that a later
-    /// segment never exists on disk while an earlier one misses data), publishes it, completes
-    /// and syncs its index, and cuts its preallocated tail.
-    fn roll(&mut self) -> Result<(), Fault> {
-        let mut active = self.active.take().expect("roll needs a segment");
-        if let Err(error) = active.data.sync_data() {
-            self.active = Some(active);
-            return Err(Fault::Poison(error));
-        }
-        let counters = &self.partition.counters;
-        counters.data_syncs.fetch_add(1, Relaxed);
-        counters.segments_rolled.fetch_add(1, Relaxed);
-        self.next_base = active.written_end_offset;
-        active.synced_position = active.written_position;
-        make_visible(&self.partition, &mut active, None);
-        active
-            .segment
-            .seal(active.written_end_offset, active.written_position);
-        persist_index(&mut active);
-        // The index is derived data: failing to complete it costs a rebuild on the first read
-        // of this segment, not correctness. So its errors do not fail the appends.
-        let _ = active.index.sync_data();
-        let _ = active.data.set_len(active.written_position);
-        Ok(())
-    }
-
-    /// Publishes what the round made visible.
-    fn publish(&mut self, synced: bool, flush_seq: u64) {
-        let visible = synced || self.partition.config.durability == Durability::Buffered;
-        let flush_done = synced.then_some(flush_seq);
-        let mut published = false;
-        if let Some(active) = &mut self.active {
-            if synced {
-                active.synced_position = active.written_position;
-            }
-            if visible {
-                make_visible(&self.partition, active, flush_done);
-                published = true;
-            }
-            if synced {
-                persist_index(active);
-            }
-        }
-        if let (false, Some(seq)) = (published, flush_done) {
-            let end = self.partition.status.lock().visible_end;
-            self.partition.publish(end, Some(seq));
-        }
-    }
-
-    /// After a failed write: cut the file back to where the round began (so that no torn bytes
-    /// stay behind the last good frame), sync the cut, and publish the earlier rounds it kept.
-    fn repair(&mut self) -> Result<()> {
-        let Some(active) = &mut self.active else {
-            return Ok(());
-        };
-        let start = active.round_start;
-        active.data.set_len(start.position)?;
-        // Best effort: without preallocation, appends still work, as a growing file.
-        let _ = active.data.preallocate(self.partition.config.segment_bytes);
-        // The cut must be durable before new frames are written over the old positions:
-        // otherwise a power loss could bring back dropped frames behind them. The same sync
-        // makes the earlier rounds durable, so they are published: they are not lost, and
-        // their offsets are never given to other events.
-        active.data.sync_all()?;
-        active.written_position = start.position;
-        active.written_end_offset = start.end_offset;
-        active.new_entries.truncate(start.new_entries);
-        active.last_entry_position = start.last_entry_position;
-        active.synced_position = start.position;
-        make_visible(&self.partition, active, None);
-        persist_index(active);
-        Ok(())
     }
 }
 
-/// Tells waiters that the writer stopped, however it stopped. If it panicked (a bug), the
-/// partition is poisoned first, so that no ticket waits forever and no append is reported
-/// durable.
-struct ExitGuard(Arc<Partition>);
+/// Tells waiters that the writer stopped, however it stopped. If it panicked (a bug), the log
+/// is poisoned first, so that no ticket waits forever and no append is reported durable.
+struct ExitGuard(Arc<Shared>);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let error = Error::Io {
+            let source = Arc::new(Error::Io {
                 op: "writer thread",
                 path: self.0.dir.clone(),
-                source: std::io::Error::other("the partition's writer thread panicked"),
-            };
-            self.0.fail(error, true);
+                source: std::io::Error::other("the log's writer thread panicked"),
+            });
+            let mut pending = self.0.sequencer.pending.lock();
+            pending.refusal = Some(Refusal::Poisoned(source.clone()));
+            let ended = std::mem::take(&mut pending.generation);
+            drop(pending);
+            let done = self.0.progress.done_global();
+            self.0.progress.fail(&ended, done, source, None, true);
+            self.0.sequencer.space.notify_all();
         }
-        self.0.writer_exited();
+        self.0.progress.writer_exited();
     }
-}
-
-/// After a roll, the next frame needs a fresh segment; creating it can fail like a write.
-fn continue_after_roll(writer: &mut Writer) -> Result<(), Fault> {
-    writer
-        .ensure_active()
-        .map(|_| ())
-        .map_err(Fault::Repairable)
 }
