@@ -233,7 +233,10 @@ impl Log {
 
     /// The partition that `key`'s events go to: `hash(key) % partitions` (`docs/format.md`).
     pub fn partition_for(&self, key: &[u8]) -> u32 {
-        hash::partition_for(key, self.partitions.len() as u32)
+        // Meta::decode and Options::validate both refuse a count of zero.
+        let partitions = std::num::NonZeroU32::new(self.partitions.len() as u32)
+            .expect("a log has at least one partition");
+        hash::partition_for(key, partitions)
     }
 
     /// Number of partitions, fixed when the log was created.
