@@ -38,6 +38,12 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 32 << 20;
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Largest allowed segment size. Byte positions inside a segment are `u32` on disk.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Shortest allowed `segment_age_max`: 10 ms. The age is checked once per write round, so an
+/// age of zero (or below the millisecond the age is kept in) sealed a segment on every round and
+/// turned each append into a new pair of files. Ten milliseconds bounds that to 100 segments a
+/// second per partition while leaving room for tests that roll by age quickly; ages meant for
+/// retention are minutes or hours.
+pub const SEGMENT_AGE_MIN: Duration = Duration::from_millis(10);
 /// Default distance in bytes between two entries of the sparse offset index.
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 /// Default limit on one event: payload plus headers, 1 MiB.
@@ -113,7 +119,8 @@ impl Options {
         self
     }
 
-    /// Also seal a non-empty segment once it is this old (default: never by age).
+    /// Also seal a non-empty segment once it is this old (default: never by age). At least
+    /// [`SEGMENT_AGE_MIN`].
     pub fn segment_age_max(mut self, age: Duration) -> Self {
         self.segment_age_max = Some(age);
         self
@@ -192,6 +199,13 @@ impl Options {
                 frame::KEY_BYTES_LIMIT,
                 self.key_bytes_max
             ));
+        }
+        if let Some(age) = self.segment_age_max {
+            if age < SEGMENT_AGE_MIN {
+                return invalid(format!(
+                    "segment_age_max must be at least {SEGMENT_AGE_MIN:?}, got {age:?}"
+                ));
+            }
         }
         if self.batch_events_max == 0 {
             return invalid("batch_events_max must be at least 1".into());
