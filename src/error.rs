@@ -3,6 +3,10 @@
 //! Every variant names what went wrong in terms a caller can act on. I/O failures keep their
 //! `io::Error` as `source()`, together with the operation and the path, so that nothing about the
 //! cause is thrown away.
+//!
+//! A message says only its own part; the cause is reached through `source()`, never repeated in
+//! the message (Rust API guidelines, C-GOOD-ERR). A reporter that walks the chain, as the CLI
+//! does, then prints every cause exactly once.
 
 use std::fmt;
 use std::io;
@@ -119,9 +123,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { op, path, source } => {
-                write!(f, "{op} failed on {}: {source}", path.display())
-            }
+            Error::Io { op, path, .. } => write!(f, "{op} failed on {}", path.display()),
             Error::DiskFull { op, path, .. } => {
                 write!(f, "disk full: {op} failed on {}", path.display())
             }
@@ -195,13 +197,12 @@ impl fmt::Display for Error {
                 "partition {partition} does not exist; the log has {partitions} partitions"
             ),
             Error::InvalidOptions(message) => write!(f, "invalid options: {message}"),
-            Error::AppendFailed { partition, source } => {
-                write!(f, "append to partition {partition} failed: {source}")
+            Error::AppendFailed { partition, .. } => {
+                write!(f, "append to partition {partition} failed")
             }
-            Error::Poisoned { partition, source } => write!(
+            Error::Poisoned { partition, .. } => write!(
                 f,
-                "partition {partition} refuses writes after a failed fsync ({source}); \
-                 reopen the log"
+                "partition {partition} refuses writes after a failed fsync; reopen the log"
             ),
             Error::Closed => write!(f, "the log is closed"),
         }
