@@ -407,7 +407,9 @@ pub fn create(
     let result = (|| {
         let mut data = io::File::create_truncate(&tmp, faults)?;
         data.write_all_at(&header.encode(), 0)?;
-        data.preallocate(capacity)?;
+        // Without reserved blocks (a file system lacking fallocate) the segment grows with its
+        // writes; a full disk is then reported by the append that meets it.
+        let _: io::Preallocation = data.preallocate(capacity)?;
         data.sync_all()?;
         data.rename_to(&path)?;
         Ok(data)
