@@ -36,6 +36,7 @@ pub(crate) struct Config {
 
 impl Config {
     pub fn new(options: &Options) -> Config {
+        let byte_limits = options.byte_limits();
         Config {
             durability: options.durability,
             segment_bytes: options.segment_bytes,
@@ -46,11 +47,11 @@ impl Config {
                 interval_bytes: u64::from(options.index_interval_bytes),
             },
             limits: EncodeLimits {
-                event_bytes_max: u64::from(options.event_bytes_max),
+                event_bytes_max: u64::from(byte_limits.event_bytes_max),
                 batch_events_max: u64::from(options.batch_events_max),
-                batch_bytes_max: u64::from(options.batch_bytes_max),
+                batch_bytes_max: u64::from(byte_limits.batch_bytes_max),
             },
-            queue_bytes_max: options.queue_bytes_max,
+            queue_bytes_max: byte_limits.queue_bytes_max,
             faults: options.fail_points.clone(),
         }
     }
