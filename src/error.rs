@@ -95,11 +95,18 @@ impl Error {
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, reason: &'static str) -> Self {
+    /// Data at `position` of `path` failed validation. `damage` is a reason, or a [`Damage`]
+    /// that says where inside the structure starting at `position` the wrong byte is.
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        position: u64,
+        damage: impl Into<Damage>,
+    ) -> Self {
+        let damage = damage.into();
         Error::Corrupt {
             path: path.into(),
-            position,
-            reason,
+            position: position.saturating_add(damage.relative_position),
+            reason: damage.reason,
         }
     }
 
@@ -117,6 +124,31 @@ impl Error {
     /// True when the error reports data on disk that failed validation.
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Corrupt { .. })
+    }
+}
+
+/// What is wrong inside a structure (a frame, a record) and where: `relative_position` counts
+/// from the structure's start, which only its caller knows in the file. So a decoder that sees
+/// the structure alone still names the exact byte, and [`Error::corrupt`] adds the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub relative_position: u64,
+    pub reason: &'static str,
+}
+
+impl Damage {
+    pub(crate) fn at(relative_position: usize, reason: &'static str) -> Self {
+        Damage {
+            relative_position: relative_position as u64,
+            reason,
+        }
+    }
+}
+
+/// A bare reason is damage at the position the caller gives.
+impl From<&'static str> for Damage {
+    fn from(reason: &'static str) -> Self {
+        Damage::at(0, reason)
     }
 }
 
