@@ -44,7 +44,7 @@ impl Config {
                 .segment_age_max
                 .map(|age| age.as_millis().min(u128::from(u64::MAX)) as u64),
             index_policy: IndexPolicy {
-                interval_bytes: u64::from(options.index_interval_bytes),
+                interval_bytes: options.index_interval_bytes,
             },
             limits: EncodeLimits {
                 event_bytes_max: u64::from(byte_limits.event_bytes_max),

@@ -122,6 +122,7 @@ fn fresh(
             created_ms,
         },
         config.segment_bytes,
+        config.index_policy,
         &config.faults,
     )?;
     Ok(Recovered {
@@ -178,7 +179,11 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::io("read", &index_path, e)),
     };
-    let (mut entries, damage) = index::decode(
+    let index::DecodedIndex {
+        mut entries,
+        damage,
+        ..
+    } = index::decode(
         &index_bytes,
         base,
         SEGMENT_HEADER_LEN as u64,
@@ -230,7 +235,7 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
     let index_rewritten = damage.is_some() || kept != decoded || entries.len() != kept;
     let mut index_entries = entries.len();
     let index_file = if index_rewritten {
-        match rewrite_index(&index_path, base, &entries) {
+        match rewrite_index(&index_path, base, config, &entries) {
             Ok(file) => file,
             // The index is derived data: a log on a full disk must still open. What the file
             // holds now is at worst a valid prefix; the next open rebuilds the rest.
@@ -266,9 +271,15 @@ fn recover_active(dir: &Path, id: u32, base: u64, config: &Config) -> Result<Rec
     })
 }
 
-fn rewrite_index(path: &Path, base: u64, entries: &[IndexEntry]) -> Result<io::File> {
+fn rewrite_index(
+    path: &Path,
+    base: u64,
+    config: &Config,
+    entries: &[IndexEntry],
+) -> Result<io::File> {
+    let interval_bytes = config.index_policy.interval_bytes;
     let file = io::File::create_truncate(path, &io::INDEX_FAULTS)?;
-    file.write_all_at(&index::encode_file(base, entries), 0)?;
+    file.write_all_at(&index::encode_file(base, interval_bytes, entries), 0)?;
     file.sync_data()?;
     Ok(file)
 }

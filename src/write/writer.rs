@@ -334,6 +334,7 @@ impl Writer {
                     created_ms,
                 },
                 partition.config.segment_bytes,
+                partition.config.index_policy,
                 &partition.config.faults,
             )?;
             partition.segments.write().push(created.segment.clone());
