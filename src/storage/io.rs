@@ -130,6 +130,9 @@ pub(crate) type Faults = Option<Arc<FailPoints>>;
 pub(crate) const INDEX_FAULTS: Faults = None;
 
 /// An open file together with its path (for error messages) and the log's fail points.
+///
+/// Opened with `O_CLOEXEC` (`std::fs::OpenOptions` sets it on every file on Unix), so a child
+/// process the application starts never inherits a segment or index descriptor.
 #[derive(Debug)]
 pub(crate) struct File {
     file: fs::File,
@@ -389,6 +392,19 @@ mod tests {
 
     fn len_of(file: &File) -> u64 {
         file.std().metadata().unwrap().len()
+    }
+
+    #[test]
+    fn files_are_closed_on_exec() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let created = new_file(&dir, &None);
+        let opened = File::open(&dir.path().join("f"), &None).unwrap();
+        for file in [&created, &opened] {
+            // SAFETY: F_GETFD only reads the flags of a descriptor that `file` owns.
+            let flags = unsafe { libc::fcntl(file.std().as_raw_fd(), libc::F_GETFD) };
+            assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "flags {flags}");
+        }
     }
 
     #[test]

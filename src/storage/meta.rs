@@ -127,6 +127,12 @@ impl Meta {
 /// Takes the exclusive lock on the directory. The lock is an `flock` on `annal.lock`, held for
 /// as long as the returned file is open; the kernel releases it when the process dies, so a
 /// crash never leaves a stale lock behind.
+///
+/// An `flock` belongs to the open file description, which a child process shares through any
+/// descriptor it inherits: a child started while the log is open would keep the log locked
+/// after this process closed it or died. The descriptor is therefore opened with `O_CLOEXEC`,
+/// which `std::fs::OpenOptions` sets on every file it opens on Unix, so an `exec` closes it
+/// (tested below and in `tests/files_not_inherited_by_child_processes.rs`).
 pub fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
@@ -198,6 +204,16 @@ mod tests {
         assert_eq!(corrupt_at(&[&bytes[..], &[0]].concat()), META_LEN as u64);
         assert_eq!(corrupt_at(&rewritten(12, &0u32.to_le_bytes())), 12);
         assert_eq!(corrupt_at(&rewritten(16, &2u32.to_le_bytes())), 16);
+    }
+
+    #[test]
+    fn the_lock_file_is_closed_on_exec() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let file = lock(dir.path()).unwrap();
+        // SAFETY: F_GETFD only reads the flags of a descriptor that `file` owns.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "flags {flags}");
     }
 
     #[test]
