@@ -158,7 +158,7 @@ fn frame_flags_and_frame_reserved_bytes_are_told_apart() {
     let dir = log_with_a_sealed_segment();
     let sealed = segment_path(dir.path(), 0, 0);
     let original = std::fs::read(&sealed).unwrap();
-    edit_first_frame(&sealed, |frame| frame[9] = 0x01);
+    edit_first_frame(&sealed, |frame| frame[9] = 0x80);
     let reason = assert_corrupt_at(open_and_read(dir.path()), &sealed, 64);
     assert_eq!(reason, "unknown frame flags");
 

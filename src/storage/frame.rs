@@ -521,7 +521,7 @@ mod tests {
 
     #[test]
     fn flags_and_reserved_bytes_are_refused_with_their_own_reasons() {
-        let flags = edited(|buf| buf[FLAGS_OFFSET] = 1);
+        let flags = edited(|buf| buf[FLAGS_OFFSET] = 0x80);
         assert_eq!(probe(&flags), Probe::Invalid("unknown frame flags"));
         for at in RESERVED_OFFSET..COUNT_OFFSET {
             let reserved = edited(|buf| buf[at] = 1);
