@@ -3,6 +3,10 @@
 //! Every variant names what went wrong in terms a caller can act on. I/O failures keep their
 //! `io::Error` as `source()`, together with the operation and the path, so that nothing about the
 //! cause is thrown away.
+//!
+//! A message says only its own part; the cause is reached through `source()`, never repeated in
+//! the message (Rust API guidelines, C-GOOD-ERR). A reporter that walks the chain, as the CLI
+//! does, then prints every cause exactly once.
 
 use std::fmt;
 use std::io;
@@ -19,6 +23,16 @@ pub struct LostRange {
     pub partition: u32,
     pub first_offset: u64,
     pub last_offset: u64,
+}
+
+impl LostRange {
+    pub fn new(partition: u32, first_offset: u64, last_offset: u64) -> LostRange {
+        LostRange {
+            partition,
+            first_offset,
+            last_offset,
+        }
+    }
 }
 
 impl fmt::Display for LostRange {
@@ -125,11 +139,18 @@ impl Error {
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, reason: &'static str) -> Self {
+    /// Data at `position` of `path` failed validation. `damage` is a reason, or a [`Damage`]
+    /// that says where inside the structure starting at `position` the wrong byte is.
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        position: u64,
+        damage: impl Into<Damage>,
+    ) -> Self {
+        let damage = damage.into();
         Error::Corrupt {
             path: path.into(),
-            position,
-            reason,
+            position: position.saturating_add(damage.relative_position),
+            reason: damage.reason,
         }
     }
 
@@ -151,12 +172,35 @@ impl Error {
     }
 }
 
+/// What is wrong inside a structure (a frame, a record) and where: `relative_position` counts
+/// from the structure's start, which only its caller knows in the file. So a decoder that sees
+/// the structure alone still names the exact byte, and [`Error::corrupt`] adds the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub relative_position: u64,
+    pub reason: &'static str,
+}
+
+impl Damage {
+    pub(crate) fn at(relative_position: usize, reason: &'static str) -> Self {
+        Damage {
+            relative_position: relative_position as u64,
+            reason,
+        }
+    }
+}
+
+/// A bare reason is damage at the position the caller gives.
+impl From<&'static str> for Damage {
+    fn from(reason: &'static str) -> Self {
+        Damage::at(0, reason)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { op, path, source } => {
-                write!(f, "{op} failed on {}: {source}", path.display())
-            }
+            Error::Io { op, path, .. } => write!(f, "{op} failed on {}", path.display()),
             Error::DiskFull { op, path, .. } => {
                 write!(f, "disk full: {op} failed on {}", path.display())
             }
@@ -231,7 +275,10 @@ impl fmt::Display for Error {
             ),
             Error::InvalidOptions(message) => write!(f, "invalid options: {message}"),
             Error::AppendFailed { partition, .. } => {
-                write!(f, "append to partition {partition} failed and was not written")
+                write!(
+                    f,
+                    "append to partition {partition} failed and was not written"
+                )
             }
             Error::WritesStalled { .. } => write!(
                 f,
@@ -239,7 +286,10 @@ impl fmt::Display for Error {
                  new appends are refused until a retry succeeds"
             ),
             Error::AppendsLost { lost, .. } => {
-                write!(f, "acknowledged appends were lost or are not known durable:")?;
+                write!(
+                    f,
+                    "acknowledged appends were lost or are not known durable:"
+                )?;
                 for (i, range) in lost.iter().enumerate() {
                     write!(f, "{} {range}", if i == 0 { "" } else { "," })?;
                 }

@@ -52,18 +52,27 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 32 << 20;
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Largest allowed segment size. Byte positions inside a segment are `u32` on disk.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Shortest allowed `segment_age_max`: 10 ms. The age is checked once per write round, so an
+/// age of zero (or below the millisecond the age is kept in) sealed a segment on every round and
+/// turned each append into a new pair of files. Ten milliseconds bounds that to 100 segments a
+/// second per partition while leaving room for tests that roll by age quickly; ages meant for
+/// retention are minutes or hours.
+pub const SEGMENT_AGE_MIN: Duration = Duration::from_millis(10);
 /// Default distance in bytes between two entries of the sparse offset index.
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
-/// Default limit on one event: payload plus headers, 1 MiB.
+/// Default limit on one event: payload plus headers, 1 MiB, or less when the segment is too
+/// small for it (see [`Options::event_bytes_max`]).
 pub const EVENT_BYTES_MAX_DEFAULT: u32 = 1 << 20;
 /// Default limit on a key: 1 KiB.
 pub const KEY_BYTES_MAX_DEFAULT: u32 = 1024;
 /// Default limit on the number of events in one batch.
 pub const BATCH_EVENTS_MAX_DEFAULT: u32 = 10_000;
-/// Default limit on the encoded size of one batch: 4 MiB.
+/// Default limit on the encoded size of one batch: 4 MiB, or less when the segment is too small
+/// for it (see [`Options::batch_bytes_max`]).
 pub const BATCH_BYTES_MAX_DEFAULT: u32 = 4 << 20;
-/// Default bound on the bytes queued per partition and not yet written: 16 MiB.
-/// An append that would exceed it waits for the writer thread (backpressure).
+/// Default bound on the bytes queued per partition and not yet written: 16 MiB, or one largest
+/// batch when that is more. An append that would exceed it waits for the writer thread
+/// (backpressure).
 pub const QUEUE_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 
 /// Default size of the journal's records area: 64 MiB. It is written with zeros as it grows
@@ -71,6 +80,8 @@ pub const QUEUE_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 pub const JOURNAL_BYTES_DEFAULT: u64 = 64 << 20;
 /// Smallest journal: 1 MiB.
 pub const JOURNAL_BYTES_MIN: u64 = 1 << 20;
+const _: () = assert!(EVENT_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX_DEFAULT);
+const _: () = assert!(BATCH_BYTES_MAX_DEFAULT as u64 <= QUEUE_BYTES_MAX_DEFAULT);
 
 /// How to open a [`Log`](crate::Log). Built with chained setters:
 ///
@@ -78,6 +89,12 @@ pub const JOURNAL_BYTES_MIN: u64 = 1 << 20;
 /// use annal::{Durability, Options};
 /// let options = Options::default().partitions(4).durability(Durability::Sync);
 /// ```
+///
+/// The batch, event and queue limits depend on the segment size: the largest batch must fit
+/// into one segment. Left unset, they follow [`segment_bytes`](Self::segment_bytes) (their
+/// defaults, lowered to what fits), so `Options::default().segment_bytes(64 << 10)` is valid;
+/// set explicitly, a value that does not fit is refused with an error that names the option and
+/// the largest (or smallest) value that would fit.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub(crate) partitions: Option<u32>,
@@ -85,11 +102,13 @@ pub struct Options {
     pub(crate) segment_bytes: u64,
     pub(crate) segment_age_max: Option<Duration>,
     pub(crate) index_interval_bytes: u32,
-    pub(crate) event_bytes_max: u32,
+    /// `None` until set: then derived from the segment size by [`Options::byte_limits`], like
+    /// the next two.
+    event_bytes_max: Option<u32>,
     pub(crate) key_bytes_max: u32,
     pub(crate) batch_events_max: u32,
-    pub(crate) batch_bytes_max: u32,
-    pub(crate) queue_bytes_max: u64,
+    batch_bytes_max: Option<u32>,
+    queue_bytes_max: Option<u64>,
     pub(crate) journal_bytes: u64,
     pub(crate) recovery: RecoveryMode,
     pub(crate) fail_points: Option<std::sync::Arc<crate::storage::io::FailPoints>>,
@@ -103,11 +122,11 @@ impl Default for Options {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             segment_age_max: None,
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
-            event_bytes_max: EVENT_BYTES_MAX_DEFAULT,
+            event_bytes_max: None,
             key_bytes_max: KEY_BYTES_MAX_DEFAULT,
             batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
-            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
-            queue_bytes_max: QUEUE_BYTES_MAX_DEFAULT,
+            batch_bytes_max: None,
+            queue_bytes_max: None,
             journal_bytes: JOURNAL_BYTES_DEFAULT,
             recovery: RecoveryMode::TolerateTornTail,
             fail_points: None,
@@ -131,13 +150,14 @@ impl Options {
     }
 
     /// Size at which a segment is sealed (default [`SEGMENT_BYTES_DEFAULT`]). Segments are
-    /// preallocated to this size.
+    /// preallocated to this size. The batch, event and queue limits that are not set follow it.
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;
         self
     }
 
-    /// Also seal a non-empty segment once it is this old (default: never by age).
+    /// Also seal a non-empty segment once it is this old (default: never by age). At least
+    /// [`SEGMENT_AGE_MIN`].
     pub fn segment_age_max(mut self, age: Duration) -> Self {
         self.segment_age_max = Some(age);
         self
@@ -149,13 +169,16 @@ impl Options {
         self
     }
 
-    /// Largest payload plus headers of one event (default [`EVENT_BYTES_MAX_DEFAULT`]).
+    /// Largest payload plus headers of one event. At most the largest batch. Default
+    /// [`EVENT_BYTES_MAX_DEFAULT`], lowered when needed so that one such event without headers
+    /// fits into the largest batch.
     pub fn event_bytes_max(mut self, bytes: u32) -> Self {
-        self.event_bytes_max = bytes;
+        self.event_bytes_max = Some(bytes);
         self
     }
 
-    /// Longest key (default [`KEY_BYTES_MAX_DEFAULT`], at most 65,535).
+    /// Longest key (default [`KEY_BYTES_MAX_DEFAULT`], at most 65,535). A segment must hold the
+    /// longest key with a batch, so a longer key leaves less room for the derived batch limit.
     pub fn key_bytes_max(mut self, bytes: u32) -> Self {
         self.key_bytes_max = bytes;
         self
@@ -167,15 +190,18 @@ impl Options {
         self
     }
 
-    /// Largest encoded batch (default [`BATCH_BYTES_MAX_DEFAULT`]).
+    /// Largest encoded batch: its records, without the frame header and key. A frame of this
+    /// size, with the longest key, must fit into one segment after the segment header. Default
+    /// [`BATCH_BYTES_MAX_DEFAULT`], lowered when needed to the largest batch that fits.
     pub fn batch_bytes_max(mut self, bytes: u32) -> Self {
-        self.batch_bytes_max = bytes;
+        self.batch_bytes_max = Some(bytes);
         self
     }
 
-    /// Most bytes queued per partition before appends wait (default [`QUEUE_BYTES_MAX_DEFAULT`]).
+    /// Most bytes queued per partition before appends wait. At least one largest frame.
+    /// Default [`QUEUE_BYTES_MAX_DEFAULT`], raised when needed to one largest frame.
     pub fn queue_bytes_max(mut self, bytes: u64) -> Self {
-        self.queue_bytes_max = bytes;
+        self.queue_bytes_max = Some(bytes);
         self
     }
 
@@ -231,6 +257,13 @@ impl Options {
                 self.key_bytes_max
             ));
         }
+        if let Some(age) = self.segment_age_max {
+            if age < SEGMENT_AGE_MIN {
+                return invalid(format!(
+                    "segment_age_max must be at least {SEGMENT_AGE_MIN:?}, got {age:?}"
+                ));
+            }
+        }
         if self.batch_events_max == 0 {
             return invalid("batch_events_max must be at least 1".into());
         }
@@ -246,22 +279,88 @@ impl Options {
                 ));
             }
         }
-        // The largest frame must fit into an empty segment, or it could never be written.
-        let frame_bytes_max = frame::FRAME_HEADER_LEN as u64
+        self.validate_byte_limits()
+    }
+
+    /// The byte limits in effect: those set explicitly, and for the others their defaults,
+    /// lowered (batch, event) or raised (queue) to fit the segment size and each other. Meaningful
+    /// once [`validate`](Self::validate) passed.
+    pub(crate) fn byte_limits(&self) -> ByteLimits {
+        let batch_bytes_max = self.batch_bytes_max.unwrap_or_else(|| {
+            let fits = self.batch_room_bytes();
+            BATCH_BYTES_MAX_DEFAULT.min(u32::try_from(fits).unwrap_or(u32::MAX))
+        });
+        // One event of the largest size, without headers, must make a batch that fits.
+        let event_bytes_max = self.event_bytes_max.unwrap_or_else(|| {
+            let fits = batch_bytes_max.saturating_sub(frame::RECORD_FIXED_LEN as u32);
+            EVENT_BYTES_MAX_DEFAULT.min(fits)
+        });
+        let frame_bytes_max = self.frame_overhead_bytes() + u64::from(batch_bytes_max);
+        let queue_bytes_max = self
+            .queue_bytes_max
+            .unwrap_or(QUEUE_BYTES_MAX_DEFAULT.max(frame_bytes_max));
+        ByteLimits {
+            event_bytes_max,
+            batch_bytes_max,
+            queue_bytes_max,
+            frame_bytes_max,
+        }
+    }
+
+    /// A frame's bytes besides its batch, with the longest key.
+    fn frame_overhead_bytes(&self) -> u64 {
+        frame::FRAME_HEADER_LEN as u64
             + frame::KEY_PREFIX_LEN as u64
             + u64::from(self.key_bytes_max)
-            + u64::from(self.batch_bytes_max);
-        if frame_bytes_max > self.segment_bytes - segment::SEGMENT_HEADER_LEN as u64 {
+    }
+
+    /// The largest batch that fits, with the longest key, into an empty segment.
+    fn batch_room_bytes(&self) -> u64 {
+        self.segment_bytes
+            .saturating_sub(segment::SEGMENT_HEADER_LEN as u64)
+            .saturating_sub(self.frame_overhead_bytes())
+    }
+
+    /// Checks the limits that depend on the segment size and on each other. The error names
+    /// the option that was set and cannot be kept, with the value that would fit.
+    fn validate_byte_limits(&self) -> Result<()> {
+        let invalid = |message: String| Err(Error::InvalidOptions(message));
+        let room = self.batch_room_bytes();
+        // The longest key with one empty record must fit, or no frame could ever be written.
+        if room < frame::RECORD_FIXED_LEN as u64 {
+            let key_fits = self.segment_bytes.saturating_sub(
+                (segment::SEGMENT_HEADER_LEN + frame::FRAME_HEADER_LEN + frame::KEY_PREFIX_LEN)
+                    as u64
+                    + frame::RECORD_FIXED_LEN as u64,
+            );
             return invalid(format!(
-                "batch_bytes_max ({}) plus the largest key and the frame header must fit into \
-                 one segment of segment_bytes ({})",
-                self.batch_bytes_max, self.segment_bytes
+                "key_bytes_max ({}) leaves no room for a record in a segment of segment_bytes \
+                 ({}): set key_bytes_max to at most {key_fits} or raise segment_bytes",
+                self.key_bytes_max, self.segment_bytes
             ));
         }
-        if u64::from(self.event_bytes_max) > u64::from(self.batch_bytes_max) {
+        let limits = self.byte_limits();
+        if limits.batch_bytes_max < frame::RECORD_FIXED_LEN as u32 {
             return invalid(format!(
-                "event_bytes_max ({}) must not exceed batch_bytes_max ({})",
-                self.event_bytes_max, self.batch_bytes_max
+                "batch_bytes_max ({}) must hold one empty record: set batch_bytes_max to at \
+                 least {}",
+                limits.batch_bytes_max,
+                frame::RECORD_FIXED_LEN
+            ));
+        }
+        if u64::from(limits.batch_bytes_max) > room {
+            return invalid(format!(
+                "batch_bytes_max ({}) plus the largest key and the frame header must fit into \
+                 one segment of segment_bytes ({}): set batch_bytes_max to at most {room} \
+                 (or leave it unset), or raise segment_bytes",
+                limits.batch_bytes_max, self.segment_bytes
+            ));
+        }
+        if limits.event_bytes_max > limits.batch_bytes_max {
+            return invalid(format!(
+                "event_bytes_max ({}) must not exceed batch_bytes_max ({}): set event_bytes_max \
+                 to at most {}",
+                limits.event_bytes_max, limits.batch_bytes_max, limits.batch_bytes_max
             ));
         }
         if self.journal_bytes < JOURNAL_BYTES_MIN || !self.journal_bytes.is_multiple_of(4096) {
@@ -272,19 +371,145 @@ impl Options {
         }
         // A write round is at most the queue bound plus one batch; two must fit the journal so
         // that a round never waits for a checkpoint that cannot make room.
-        if 2 * (self.queue_bytes_max + frame_bytes_max + 4096) > self.journal_bytes {
+        if 2 * (limits.queue_bytes_max + limits.frame_bytes_max + 4096) > self.journal_bytes {
             return invalid(format!(
                 "journal_bytes ({}) must hold two write rounds: at least twice queue_bytes_max ({}) \
                  plus the largest batch",
-                self.journal_bytes, self.queue_bytes_max
+                self.journal_bytes, limits.queue_bytes_max
             ));
         }
-        if self.queue_bytes_max < frame_bytes_max {
+        if limits.queue_bytes_max < limits.frame_bytes_max {
             return invalid(format!(
-                "queue_bytes_max ({}) must hold at least one largest batch ({frame_bytes_max})",
-                self.queue_bytes_max
+                "queue_bytes_max ({}) must hold at least one largest batch with its key and \
+                 frame header: set queue_bytes_max to at least {} (or leave it unset)",
+                limits.queue_bytes_max, limits.frame_bytes_max
             ));
         }
         Ok(())
+    }
+}
+
+/// The byte limits in effect for a log (see [`Options::byte_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ByteLimits {
+    pub event_bytes_max: u32,
+    pub batch_bytes_max: u32,
+    pub queue_bytes_max: u64,
+    /// The largest frame: the largest batch with the longest key and the frame header.
+    pub frame_bytes_max: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batch bytes that fit into a segment of `SEGMENT_BYTES_MIN` with the default key limit.
+    const ROOM_IN_SMALLEST_SEGMENT: u32 = SEGMENT_BYTES_MIN as u32
+        - segment::SEGMENT_HEADER_LEN as u32
+        - frame::FRAME_HEADER_LEN as u32
+        - frame::KEY_PREFIX_LEN as u32
+        - KEY_BYTES_MAX_DEFAULT;
+
+    #[test]
+    fn defaults_are_kept_where_they_fit() {
+        let options = Options::default();
+        options.validate().unwrap();
+        let limits = options.byte_limits();
+        assert_eq!(limits.event_bytes_max, EVENT_BYTES_MAX_DEFAULT);
+        assert_eq!(limits.batch_bytes_max, BATCH_BYTES_MAX_DEFAULT);
+        assert_eq!(limits.queue_bytes_max, QUEUE_BYTES_MAX_DEFAULT);
+    }
+
+    #[test]
+    fn unset_limits_follow_the_segment_size_in_any_order() {
+        let options = Options::default().segment_bytes(SEGMENT_BYTES_MIN);
+        options.validate().unwrap();
+        let limits = options.byte_limits();
+        assert_eq!(limits.batch_bytes_max, ROOM_IN_SMALLEST_SEGMENT);
+        assert_eq!(
+            limits.event_bytes_max,
+            ROOM_IN_SMALLEST_SEGMENT - frame::RECORD_FIXED_LEN as u32
+        );
+        assert_eq!(limits.queue_bytes_max, QUEUE_BYTES_MAX_DEFAULT);
+        assert_eq!(
+            limits.frame_bytes_max,
+            SEGMENT_BYTES_MIN - segment::SEGMENT_HEADER_LEN as u64
+        );
+
+        // An explicit batch limit is kept, and the event limit follows it, whatever the order.
+        let a = Options::default()
+            .batch_bytes_max(4096)
+            .segment_bytes(SEGMENT_BYTES_MIN);
+        let b = Options::default()
+            .segment_bytes(SEGMENT_BYTES_MIN)
+            .batch_bytes_max(4096);
+        assert_eq!(a.byte_limits(), b.byte_limits());
+        assert_eq!(a.byte_limits().event_bytes_max, 4096 - 7);
+
+        // A longer key leaves less room for the batch.
+        let options = Options::default()
+            .segment_bytes(SEGMENT_BYTES_MIN)
+            .key_bytes_max(KEY_BYTES_MAX_DEFAULT + 100);
+        assert_eq!(
+            options.byte_limits().batch_bytes_max,
+            ROOM_IN_SMALLEST_SEGMENT - 100
+        );
+    }
+
+    #[test]
+    fn an_explicit_batch_above_the_queue_default_raises_the_unset_queue_limit() {
+        let options = Options::default()
+            .segment_bytes(64 << 20)
+            .batch_bytes_max(20 << 20);
+        options.validate().unwrap();
+        let limits = options.byte_limits();
+        assert_eq!(limits.queue_bytes_max, limits.frame_bytes_max);
+        assert!(limits.queue_bytes_max > QUEUE_BYTES_MAX_DEFAULT);
+    }
+
+    #[track_caller]
+    fn assert_refused(options: Options, needles: &[&str]) {
+        let message = match options.validate() {
+            Err(Error::InvalidOptions(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        for needle in needles {
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_limits_that_do_not_fit_name_the_option_and_the_value_that_fits() {
+        let small = || Options::default().segment_bytes(SEGMENT_BYTES_MIN);
+        let room = ROOM_IN_SMALLEST_SEGMENT.to_string();
+        assert_refused(
+            small().batch_bytes_max(ROOM_IN_SMALLEST_SEGMENT + 1),
+            &["batch_bytes_max", &room],
+        );
+        small()
+            .batch_bytes_max(ROOM_IN_SMALLEST_SEGMENT)
+            .validate()
+            .unwrap();
+        assert_refused(
+            small().event_bytes_max(ROOM_IN_SMALLEST_SEGMENT + 1),
+            &["event_bytes_max", &room],
+        );
+        let frame_bytes_max = SEGMENT_BYTES_MIN - segment::SEGMENT_HEADER_LEN as u64;
+        assert_refused(
+            small().queue_bytes_max(frame_bytes_max - 1),
+            &["queue_bytes_max", &frame_bytes_max.to_string()],
+        );
+        small().queue_bytes_max(frame_bytes_max).validate().unwrap();
+        assert_refused(small().batch_bytes_max(6), &["batch_bytes_max", "7"]);
+        let key_fits = SEGMENT_BYTES_MIN as u32 - 64 - 32 - 2 - 7;
+        assert_refused(
+            small().key_bytes_max(key_fits + 1),
+            &["key_bytes_max", &key_fits.to_string()],
+        );
+        small()
+            .key_bytes_max(key_fits)
+            .batch_bytes_max(7)
+            .validate()
+            .unwrap();
     }
 }

@@ -8,8 +8,8 @@
 //!   0  u32 crc           CRC-32 (IEEE) of bytes [4, frame_len)
 //!   4  u32 frame_len     the whole frame, header included
 //!   8  u8  magic         FRAME_MAGIC
-//!   9  u8  flags         0 in version 1
-//!  10  u16 reserved      0
+//!   9  u8  flags         0 in version 1: anything else is "unknown frame flags"
+//!  10  u16 reserved      0: anything else is refused too, with its own reason
 //!  12  u32 record_count  at least 1
 //!  16  u64 base_offset   offset of the first record
 //!  24  u64 timestamp_ms  shared by all records of the frame
@@ -23,10 +23,12 @@
 //!
 //! Decoding fails closed: a frame is returned only when its magic, length bounds and checksum
 //! hold, and every length inside it is checked against the frame's end before it is used.
+//! Damage inside the records is reported at the byte that is wrong, relative to the frame's
+//! start ([`Damage`]).
 
 use std::ops::Range;
 
-use crate::error::Error;
+use crate::error::{Damage, Error};
 use crate::record::Event;
 use crate::storage::codec::{read_u16, read_u32, read_u64};
 
@@ -279,7 +281,7 @@ pub fn probe(bytes: &[u8]) -> Probe {
         return Probe::Invalid("frame checksum mismatch");
     }
     if read_u16(header, RESERVED_OFFSET) != 0 {
-        return Probe::Invalid("non-zero reserved frame bytes");
+        return Probe::Invalid("non-zero reserved bytes in a frame header");
     }
     let record_count = read_u32(header, COUNT_OFFSET);
     let base_offset = read_u64(header, BASE_OFFSET_OFFSET);
@@ -351,11 +353,15 @@ impl RecordCursor {
     }
 
     /// The next record's ranges, or `Ok(None)` after the last one. `frame` is the whole frame.
-    /// An `Err` carries the reason; the caller adds the file and position.
-    pub fn next_record(&mut self, frame: &[u8]) -> Result<Option<RecordRanges>, &'static str> {
+    /// An `Err` names the wrong byte relative to the frame's start; the caller adds the file and
+    /// the frame's position ([`Error::corrupt`]).
+    pub fn next_record(&mut self, frame: &[u8]) -> Result<Option<RecordRanges>, Damage> {
         if self.remaining == 0 {
             if self.position != frame.len() {
-                return Err("bytes after the last record of a frame");
+                return Err(Damage::at(
+                    self.position,
+                    "bytes after the last record of a frame",
+                ));
             }
             return Ok(None);
         }
@@ -363,44 +369,73 @@ impl RecordCursor {
         let mut at = self.position;
         let attributes = take(frame, &mut at, 1)?[0];
         if attributes != 0 {
-            return Err("unknown record attributes");
+            return Err(Damage::at(self.position, "unknown record attributes"));
         }
         let header_count = read_u16(take(frame, &mut at, 2)?, 0) as usize;
         let mut headers = Vec::with_capacity(header_count.min(64));
         for _ in 0..header_count {
-            let name_len = read_u16(take(frame, &mut at, 2)?, 0) as usize;
-            let name = range(frame, &mut at, name_len)?;
-            let value_len = read_u32(take(frame, &mut at, 4)?, 0) as usize;
-            let value = range(frame, &mut at, value_len)?;
+            let name = length_prefixed(frame, &mut at, LengthPrefix::U16)?;
+            let value = length_prefixed(frame, &mut at, LengthPrefix::U32)?;
             headers.push((name, value));
         }
-        let payload_len = read_u32(take(frame, &mut at, 4)?, 0) as usize;
-        let payload = range(frame, &mut at, payload_len)?;
+        let payload = length_prefixed(frame, &mut at, LengthPrefix::U32)?;
         self.position = at;
         Ok(Some(RecordRanges { headers, payload }))
     }
 }
 
 /// Checks every record of a frame, as recovery does before it accepts a frame as the log's end.
-pub fn validate_records(frame: &[u8], info: &FrameInfo) -> Result<(), &'static str> {
+pub fn validate_records(frame: &[u8], info: &FrameInfo) -> Result<(), Damage> {
     let mut cursor = RecordCursor::new(info);
     while cursor.next_record(frame)?.is_some() {}
     Ok(())
 }
 
-fn take<'b>(bytes: &'b [u8], at: &mut usize, len: usize) -> Result<&'b [u8], &'static str> {
-    let r = range(bytes, at, len)?;
-    Ok(&bytes[r])
-}
-
-fn range(bytes: &[u8], at: &mut usize, len: usize) -> Result<Range<usize>, &'static str> {
-    let end = at
+/// The `len` bytes at `at`, which moves past them. Damage is reported at `at`: the field cut
+/// by the end of the frame.
+fn take<'b>(bytes: &'b [u8], at: &mut usize, len: usize) -> Result<&'b [u8], Damage> {
+    let start = *at;
+    let end = start
         .checked_add(len)
         .filter(|&end| end <= bytes.len())
-        .ok_or("record field extends past the end of its frame")?;
-    let r = *at..end;
+        .ok_or(Damage::at(
+            start,
+            "record field extends past the end of its frame",
+        ))?;
     *at = end;
-    Ok(r)
+    Ok(&bytes[start..end])
+}
+
+/// The width of the little-endian length before a variable-length record field.
+#[derive(Clone, Copy)]
+enum LengthPrefix {
+    U16,
+    U32,
+}
+
+/// A field stored as its length and then that many bytes: returns their range, and moves `at`
+/// past them. Damage is reported at the length: the bytes that promise more than the frame
+/// holds.
+fn length_prefixed(
+    bytes: &[u8],
+    at: &mut usize,
+    prefix: LengthPrefix,
+) -> Result<Range<usize>, Damage> {
+    let length_position = *at;
+    let len = match prefix {
+        LengthPrefix::U16 => usize::from(read_u16(take(bytes, at, 2)?, 0)),
+        LengthPrefix::U32 => read_u32(take(bytes, at, 4)?, 0) as usize,
+    };
+    let start = *at;
+    let end = start
+        .checked_add(len)
+        .filter(|&end| end <= bytes.len())
+        .ok_or(Damage::at(
+            length_position,
+            "record field length runs past the end of its frame",
+        ))?;
+    *at = end;
+    Ok(start..end)
 }
 
 #[cfg(test)]
@@ -508,10 +543,106 @@ mod tests {
     }
 
     #[test]
+    fn smallest_frame_annal_writes_is_42_bytes_and_the_format_accepts_41() {
+        // docs/format.md gives both: keys are never empty when written, but may be when read.
+        let mut buf = Vec::new();
+        encode(&mut buf, stamp(), b"k", &[Event::new(b"")], &LIMITS).unwrap();
+        assert_eq!(buf.len(), 42);
+        assert_eq!(buf.len(), FRAME_LEN_MIN + 1);
+        let mut empty_key = Vec::new();
+        encode(&mut empty_key, stamp(), b"", &[Event::new(b"")], &LIMITS).unwrap();
+        assert_eq!(empty_key.len(), FRAME_LEN_MIN);
+        assert!(matches!(probe(&empty_key), Probe::Frame(_)));
+    }
+
+    #[test]
     fn zeros_are_empty_not_invalid() {
         assert_eq!(probe(&[0u8; 100]), Probe::Empty);
         assert_eq!(probe(&[0u8; 3]), Probe::Empty);
         assert_eq!(probe(&[]), Probe::Empty);
+    }
+
+    /// A frame of one record (`b"payload"` under key `b"k"`) with `edit` applied and its
+    /// checksum made valid again, so that only the edited rule can refuse it.
+    fn edited(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(&mut buf, stamp(), b"k", &[Event::new(b"payload")], &LIMITS).unwrap();
+        edit(&mut buf);
+        let crc = crc32fast::hash(&buf[LEN_OFFSET..]);
+        buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        buf
+    }
+
+    /// Where the first record of a frame under a 1-byte key starts.
+    const RECORD_START: usize = FRAME_HEADER_LEN + KEY_PREFIX_LEN + 1;
+
+    #[test]
+    fn flags_and_reserved_bytes_are_refused_with_their_own_reasons() {
+        let flags = edited(|buf| buf[FLAGS_OFFSET] = 0x80);
+        assert_eq!(probe(&flags), Probe::Invalid("unknown frame flags"));
+        for at in RESERVED_OFFSET..COUNT_OFFSET {
+            let reserved = edited(|buf| buf[at] = 1);
+            assert_eq!(
+                probe(&reserved),
+                Probe::Invalid("non-zero reserved bytes in a frame header"),
+                "byte {at}"
+            );
+        }
+    }
+
+    /// The damage `validate_records` finds in `frame`, whose header must check out.
+    #[track_caller]
+    fn record_damage(frame: &[u8]) -> Damage {
+        let Probe::Frame(info) = probe(frame) else {
+            panic!("frame header refused: {:?}", probe(frame))
+        };
+        validate_records(frame, &info).unwrap_err()
+    }
+
+    #[test]
+    fn record_damage_is_reported_at_the_byte_that_is_wrong() {
+        let attributes = edited(|buf| buf[RECORD_START] = 0x01);
+        assert_eq!(
+            record_damage(&attributes),
+            Damage::at(RECORD_START, "unknown record attributes")
+        );
+
+        // A payload length one past the frame's end: reported at the length.
+        let payload_len_at = RECORD_START + 1 + 2;
+        let too_long = edited(|buf| {
+            let len = (b"payload".len() + 1) as u32;
+            buf[payload_len_at..payload_len_at + 4].copy_from_slice(&len.to_le_bytes());
+        });
+        assert_eq!(
+            record_damage(&too_long),
+            Damage::at(
+                payload_len_at,
+                "record field length runs past the end of its frame"
+            )
+        );
+
+        // A header count that promises a header the frame does not hold: the name length is
+        // read from the payload length (7), the name from the payload, and the value length
+        // after it is cut by the frame's end: reported where that field starts.
+        let header_count_at = RECORD_START + 1;
+        let headers = edited(|buf| buf[header_count_at] = 1);
+        assert_eq!(
+            record_damage(&headers),
+            Damage::at(
+                payload_len_at + 2 + b"payload".len(),
+                "record field extends past the end of its frame"
+            )
+        );
+
+        // A shorter payload leaves bytes after the last record.
+        let short = edited(|buf| {
+            let len = (b"payload".len() - 2) as u32;
+            buf[payload_len_at..payload_len_at + 4].copy_from_slice(&len.to_le_bytes());
+        });
+        assert_eq!(
+            record_damage(&short),
+            Damage::at(short.len() - 2, "bytes after the last record of a frame")
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The key-to-partition hash. It is part of the on-disk contract (`docs/format.md`): changing it
 //! would send a key's new events to another partition than its old ones.
 
+use std::num::NonZeroU32;
+
 /// FNV-1a 64-bit offset basis.
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 /// FNV-1a 64-bit prime.
@@ -15,10 +17,27 @@ pub fn key_hash(key: &[u8]) -> u64 {
     fmix64(fnv1a64(key))
 }
 
-/// The partition that owns `key` in a log of `partitions` partitions.
-pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
-    debug_assert!(partitions > 0);
-    (key_hash(key) % u64::from(partitions)) as u32
+/// The partition that owns `key` in a log of `partitions` partitions: `key_hash(key) %
+/// partitions` (`docs/format.md`).
+///
+/// The count is a [`NonZeroU32`] because a log always has at least one partition: a zero count
+/// is a caller's bug, so the type rules it out instead of a division by zero at run time or an
+/// error that every caller would have to handle for nothing.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// let partitions = NonZeroU32::new(8).unwrap();
+/// assert_eq!(annal::partition_for(b"order-42", partitions), 6);
+/// ```
+///
+/// A count of zero does not compile:
+///
+/// ```compile_fail
+/// annal::partition_for(b"order-42", 0);
+/// ```
+pub fn partition_for(key: &[u8], partitions: NonZeroU32) -> u32 {
+    // The remainder is below `partitions`, a u32, so the cast never truncates.
+    (key_hash(key) % u64::from(partitions.get())) as u32
 }
 
 fn fnv1a64(key: &[u8]) -> u64 {
@@ -43,6 +62,10 @@ fn fmix64(mut hash: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn of(partitions: u32) -> NonZeroU32 {
+        NonZeroU32::new(partitions).unwrap()
+    }
+
     #[test]
     fn fnv1a64_matches_published_vectors() {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
@@ -56,16 +79,23 @@ mod tests {
         assert_eq!(key_hash(b""), 0xefd0_1f60_ba99_2926);
         assert_eq!(key_hash(b"a"), 0x82a2_a958_a9be_ce5b);
         assert_eq!(key_hash(b"order-42"), 0x8e47_543c_313c_6386);
-        assert_eq!(partition_for(b"order-42", 8), 6);
-        assert_eq!(partition_for(b"foobar", 8), 3);
+        assert_eq!(partition_for(b"order-42", of(8)), 6);
+        assert_eq!(partition_for(b"foobar", of(8)), 3);
     }
 
     #[test]
     fn high_bit_differences_spread_over_partitions() {
         // "a" and "q" differ only in bit 4; FNV-1a alone would put them in one partition of 8.
         let partitions: std::collections::HashSet<u32> = (b'a'..=b'z')
-            .map(|c| partition_for(&[b'k', c], 8))
+            .map(|c| partition_for(&[b'k', c], of(8)))
             .collect();
         assert!(partitions.len() >= 6, "{partitions:?}");
+    }
+
+    #[test]
+    fn a_single_partition_owns_every_key() {
+        for key in [&b""[..], b"a", b"order-42"] {
+            assert_eq!(partition_for(key, of(1)), 0);
+        }
     }
 }

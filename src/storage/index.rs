@@ -11,9 +11,9 @@
 //! header (32 bytes)
 //!   0  [u8; 8] magic "ANNALIDX"
 //!   8  u32     format version
-//!  12  u32     reserved, 0
+//!  12  u32     index_interval_bytes the entries were placed with; 0 = not recorded
 //!  16  u64     base offset of the segment
-//!  24  u32     reserved, 0
+//!  24  u32     reserved, 0; anything else makes the header unusable
 //!  28  u32     CRC-32 of bytes [0, 28)
 //! entries (16 bytes each)
 //!   0  u32     offset - base offset
@@ -21,14 +21,19 @@
 //!   8  u64     timestamp_ms of the frame
 //! ```
 
-use crate::storage::codec::{self, read_u32, read_u64, HeaderCheck};
+use crate::storage::codec::{self, read_u32, read_u64, HeaderDamage};
 
 pub const INDEX_MAGIC: [u8; 8] = *b"ANNALIDX";
-pub const INDEX_HEADER_CRC_OFFSET: usize = 28;
-pub const INDEX_HEADER_LEN: usize = INDEX_HEADER_CRC_OFFSET + 4;
+pub const INDEX_INTERVAL_OFFSET: usize = codec::HEADER_PREFIX_LEN;
+pub const INDEX_BASE_OFFSET_OFFSET: usize = INDEX_INTERVAL_OFFSET + 4;
+pub const INDEX_RESERVED_OFFSET: usize = INDEX_BASE_OFFSET_OFFSET + 8;
+pub const INDEX_RESERVED_LEN: usize = 4;
+pub const INDEX_HEADER_CRC_OFFSET: usize = INDEX_RESERVED_OFFSET + INDEX_RESERVED_LEN;
+pub const INDEX_HEADER_LEN: usize = INDEX_HEADER_CRC_OFFSET + codec::CRC_LEN;
 pub const INDEX_ENTRY_LEN: usize = 16;
 
-const _: () = assert!(INDEX_HEADER_LEN == 32);
+const _: () = assert!(INDEX_INTERVAL_OFFSET == 12 && INDEX_RESERVED_OFFSET == 24);
+const _: () = assert!(INDEX_HEADER_CRC_OFFSET == 28 && INDEX_HEADER_LEN == 32);
 
 /// One index entry, with the offset made absolute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,9 +43,14 @@ pub struct IndexEntry {
     pub timestamp_ms: u64,
 }
 
-pub fn encode_header(base_offset: u64) -> [u8; INDEX_HEADER_LEN] {
+/// The header of the index of the segment at `base_offset`, whose entries are placed every
+/// `interval_bytes` ([`IndexPolicy`]).
+pub fn encode_header(base_offset: u64, interval_bytes: u32) -> [u8; INDEX_HEADER_LEN] {
     let mut header = codec::new_header::<INDEX_HEADER_LEN>(&INDEX_MAGIC);
-    header[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    header[INDEX_INTERVAL_OFFSET..INDEX_BASE_OFFSET_OFFSET]
+        .copy_from_slice(&interval_bytes.to_le_bytes());
+    header[INDEX_BASE_OFFSET_OFFSET..INDEX_RESERVED_OFFSET]
+        .copy_from_slice(&base_offset.to_le_bytes());
     codec::seal_header(&mut header);
     header
 }
@@ -59,8 +69,9 @@ pub fn encode_entry(buf: &mut Vec<u8>, base_offset: u64, entry: &IndexEntry) {
 /// Why an index file was not (fully) used.
 #[derive(Debug, PartialEq, Eq)]
 pub enum IndexDamage {
-    /// The header is missing, torn or for another segment: nothing in the file is usable.
-    BadHeader,
+    /// The header is missing, torn, for another segment or has a non-zero reserved byte:
+    /// nothing in the file is usable. `position` is the byte that is wrong.
+    BadHeader { position: u64, reason: &'static str },
     /// The file's format version is not ours.
     Version(u32),
     /// Entries after the first `usize` are out of order or out of bounds.
@@ -69,33 +80,77 @@ pub enum IndexDamage {
     TornTail,
 }
 
-/// Parses an index file. Returns the longest prefix of entries that are in strictly increasing
-/// offset and position order, inside `[header_len, data_len)`, and what was wrong, if anything.
-pub fn decode(
-    bytes: &[u8],
-    base_offset: u64,
-    first_position: u64,
-    data_len: u64,
-) -> (Vec<IndexEntry>, Option<IndexDamage>) {
-    match codec::check_header(bytes, INDEX_HEADER_LEN, &INDEX_MAGIC) {
-        HeaderCheck::Valid => {}
-        HeaderCheck::Version(found) => return (Vec::new(), Some(IndexDamage::Version(found))),
-        HeaderCheck::Short | HeaderCheck::BadMagic | HeaderCheck::BadChecksum => {
-            return (Vec::new(), Some(IndexDamage::BadHeader));
+/// What [`decode`] found in an index file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodedIndex {
+    /// The longest usable prefix of the entries.
+    pub entries: Vec<IndexEntry>,
+    /// What was wrong, if anything.
+    pub damage: Option<IndexDamage>,
+    /// The `index_interval_bytes` the entries were placed with, from a usable header that
+    /// records it; `None` for a header written before the field existed (0 there).
+    pub interval_bytes: Option<u32>,
+}
+
+impl DecodedIndex {
+    fn unusable(damage: IndexDamage) -> DecodedIndex {
+        DecodedIndex {
+            entries: Vec::new(),
+            damage: Some(damage),
+            interval_bytes: None,
         }
     }
-    if read_u64(bytes, 16) != base_offset {
-        return (Vec::new(), Some(IndexDamage::BadHeader));
+}
+
+/// Checks an index header against the segment it belongs to; returns the interval it records.
+fn decode_header(bytes: &[u8], base_offset: u64) -> Result<Option<u32>, IndexDamage> {
+    if let Err(damage) = codec::check_header(bytes, INDEX_HEADER_LEN, &INDEX_MAGIC) {
+        let reason = match damage {
+            HeaderDamage::Short { .. } => "index shorter than its header",
+            HeaderDamage::BadMagic => "bad index magic",
+            HeaderDamage::BadChecksum { .. } => "index header checksum mismatch",
+            HeaderDamage::Version(found) => return Err(IndexDamage::Version(found)),
+        };
+        let position = damage.position();
+        return Err(IndexDamage::BadHeader { position, reason });
     }
+    if read_u64(bytes, INDEX_BASE_OFFSET_OFFSET) != base_offset {
+        return Err(IndexDamage::BadHeader {
+            position: INDEX_BASE_OFFSET_OFFSET as u64,
+            reason: "index header is for another segment",
+        });
+    }
+    let reserved = INDEX_RESERVED_OFFSET..INDEX_HEADER_CRC_OFFSET;
+    if let Some(position) = codec::first_nonzero(bytes, reserved) {
+        return Err(IndexDamage::BadHeader {
+            position: position as u64,
+            reason: "non-zero reserved byte in the index header",
+        });
+    }
+    let interval_bytes = read_u32(bytes, INDEX_INTERVAL_OFFSET);
+    Ok((interval_bytes != 0).then_some(interval_bytes))
+}
+
+/// Parses an index file. Returns the longest prefix of entries that are in strictly increasing
+/// offset and position order, inside `[header_len, data_len)`, what was wrong, if anything, and
+/// the interval the header records.
+pub fn decode(bytes: &[u8], base_offset: u64, first_position: u64, data_len: u64) -> DecodedIndex {
+    let interval_bytes = match decode_header(bytes, base_offset) {
+        Ok(interval_bytes) => interval_bytes,
+        Err(damage) => return DecodedIndex::unusable(damage),
+    };
     let body = &bytes[INDEX_HEADER_LEN..];
     let mut entries: Vec<IndexEntry> = Vec::with_capacity(body.len() / INDEX_ENTRY_LEN);
+    let mut damage = None;
     for (i, raw) in body.chunks(INDEX_ENTRY_LEN).enumerate() {
         if raw.len() < INDEX_ENTRY_LEN {
-            return (entries, Some(IndexDamage::TornTail));
+            damage = Some(IndexDamage::TornTail);
+            break;
         }
         // The base offset comes from a file name; a crafted one must not overflow here.
         let Some(offset) = base_offset.checked_add(u64::from(read_u32(raw, 0))) else {
-            return (entries, Some(IndexDamage::BadEntries(i)));
+            damage = Some(IndexDamage::BadEntries(i));
+            break;
         };
         let entry = IndexEntry {
             offset,
@@ -114,11 +169,16 @@ pub fn decode(
         // offset: a reader trusts an entry there without checking it further.
         let first_ok = entry.position != first_position || entry.offset == base_offset;
         if !ordered || !first_ok || entry.position < first_position || entry.position >= data_len {
-            return (entries, Some(IndexDamage::BadEntries(i)));
+            damage = Some(IndexDamage::BadEntries(i));
+            break;
         }
         entries.push(entry);
     }
-    (entries, None)
+    DecodedIndex {
+        entries,
+        damage,
+        interval_bytes,
+    }
 }
 
 /// The entry to start a scan for `offset` from: the last one at or before it.
@@ -133,22 +193,23 @@ pub fn lookup(entries: &[IndexEntry], offset: u64) -> Option<&IndexEntry> {
 /// the offset) from its entry.
 #[derive(Clone, Copy, Debug)]
 pub struct IndexPolicy {
-    pub interval_bytes: u64,
+    /// `Options::index_interval_bytes`, recorded in each index header.
+    pub interval_bytes: u32,
 }
 
 impl IndexPolicy {
     pub fn wants_entry(&self, last_entry_position: Option<u64>, frame_position: u64) -> bool {
         match last_entry_position {
             None => true,
-            Some(last) => frame_position >= last + self.interval_bytes,
+            Some(last) => frame_position >= last + u64::from(self.interval_bytes),
         }
     }
 }
 
-/// Serialises a whole index file.
-pub fn encode_file(base_offset: u64, entries: &[IndexEntry]) -> Vec<u8> {
+/// Serialises a whole index file whose entries were placed every `interval_bytes`.
+pub fn encode_file(base_offset: u64, interval_bytes: u32, entries: &[IndexEntry]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(INDEX_HEADER_LEN + entries.len() * INDEX_ENTRY_LEN);
-    bytes.extend_from_slice(&encode_header(base_offset));
+    bytes.extend_from_slice(&encode_header(base_offset, interval_bytes));
     for entry in entries {
         encode_entry(&mut bytes, base_offset, entry);
     }
@@ -169,51 +230,96 @@ mod tests {
             .collect()
     }
 
+    const INTERVAL: u32 = 4096;
+
+    fn file(base_offset: u64, entries: &[IndexEntry]) -> Vec<u8> {
+        encode_file(base_offset, INTERVAL, entries)
+    }
+
+    /// Decodes an index of the segment at 100 with 1 MiB of data.
+    fn decoded(bytes: &[u8]) -> DecodedIndex {
+        decode(bytes, 100, 64, 1 << 20)
+    }
+
     #[test]
-    fn round_trip() {
-        let bytes = encode_file(100, &entries());
-        let (decoded, damage) = decode(&bytes, 100, 64, 1 << 20);
-        assert_eq!(damage, None);
-        assert_eq!(decoded, entries());
+    fn round_trip_with_the_interval() {
+        let decoded = decoded(&file(100, &entries()));
+        assert_eq!(decoded.damage, None);
+        assert_eq!(decoded.entries, entries());
+        assert_eq!(decoded.interval_bytes, Some(INTERVAL));
+    }
+
+    #[test]
+    fn an_interval_of_zero_is_an_index_that_does_not_record_it() {
+        let decoded = decoded(&encode_file(100, 0, &entries()));
+        assert_eq!(decoded.damage, None);
+        assert_eq!(decoded.entries, entries());
+        assert_eq!(decoded.interval_bytes, None);
     }
 
     #[test]
     fn torn_and_disordered_tails_keep_the_valid_prefix() {
-        let bytes = encode_file(100, &entries());
-        let (decoded, damage) = decode(&bytes[..bytes.len() - 3], 100, 64, 1 << 20);
-        assert_eq!(damage, Some(IndexDamage::TornTail));
-        assert_eq!(decoded.len(), 4);
+        let bytes = file(100, &entries());
+        let torn = decoded(&bytes[..bytes.len() - 3]);
+        assert_eq!(torn.damage, Some(IndexDamage::TornTail));
+        assert_eq!(torn.entries.len(), 4);
+        assert_eq!(torn.interval_bytes, Some(INTERVAL));
 
         let mut disordered = entries();
         disordered[3].position = 1;
-        let bytes = encode_file(100, &disordered);
-        let (decoded, damage) = decode(&bytes, 100, 64, 1 << 20);
-        assert_eq!(damage, Some(IndexDamage::BadEntries(3)));
-        assert_eq!(decoded.len(), 3);
+        let disordered = decoded(&file(100, &disordered));
+        assert_eq!(disordered.damage, Some(IndexDamage::BadEntries(3)));
+        assert_eq!(disordered.entries.len(), 3);
 
         // An entry past the end of the data is out of bounds.
-        let (decoded, damage) = decode(&encode_file(100, &entries()), 100, 64, 8192);
-        assert_eq!(damage, Some(IndexDamage::BadEntries(2)));
-        assert_eq!(decoded.len(), 2);
+        let bounded = decode(&file(100, &entries()), 100, 64, 8192);
+        assert_eq!(bounded.damage, Some(IndexDamage::BadEntries(2)));
+        assert_eq!(bounded.entries.len(), 2);
+    }
+
+    /// The position of the header damage decoding `bytes` finds.
+    #[track_caller]
+    fn bad_header_at(bytes: &[u8]) -> u64 {
+        let decoded = decoded(bytes);
+        assert!(decoded.entries.is_empty());
+        assert_eq!(decoded.interval_bytes, None);
+        match decoded.damage {
+            Some(IndexDamage::BadHeader { position, .. }) => position,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn garbage_header_yields_nothing() {
-        let mut bytes = encode_file(100, &entries());
+    fn garbage_header_yields_nothing_and_names_the_byte() {
+        let mut bytes = file(100, &entries());
         bytes[3] ^= 0xff;
-        assert_eq!(
-            decode(&bytes, 100, 64, 1 << 20).1,
-            Some(IndexDamage::BadHeader)
-        );
-        let bytes = encode_file(99, &entries());
-        assert_eq!(
-            decode(&bytes, 100, 64, 1 << 20).1,
-            Some(IndexDamage::BadHeader)
-        );
-        assert_eq!(
-            decode(&[], 100, 64, 1 << 20).1,
-            Some(IndexDamage::BadHeader)
-        );
+        assert_eq!(bad_header_at(&bytes), 0);
+        let mut bytes = file(100, &entries());
+        bytes[13] ^= 0x01;
+        assert_eq!(bad_header_at(&bytes), INDEX_HEADER_CRC_OFFSET as u64);
+        assert_eq!(bad_header_at(&file(99, &entries())), 16);
+        assert_eq!(bad_header_at(&[]), 0);
+        assert_eq!(bad_header_at(&file(100, &[])[..20]), 20);
+    }
+
+    #[test]
+    fn a_non_zero_reserved_byte_with_a_valid_checksum_makes_the_header_unusable() {
+        for at in INDEX_RESERVED_OFFSET..INDEX_HEADER_CRC_OFFSET {
+            let mut bytes = file(100, &entries());
+            bytes[at] = 0x01;
+            codec::seal_header(&mut bytes[..INDEX_HEADER_LEN]);
+            assert_eq!(bad_header_at(&bytes), at as u64, "byte {at}");
+        }
+    }
+
+    #[test]
+    fn another_version_is_reported_as_such() {
+        let mut bytes = file(100, &entries());
+        bytes[codec::VERSION_OFFSET] = 9;
+        codec::seal_header(&mut bytes[..INDEX_HEADER_LEN]);
+        let decoded = decoded(&bytes);
+        assert_eq!(decoded.damage, Some(IndexDamage::Version(9)));
+        assert!(decoded.entries.is_empty());
     }
 
     #[test]

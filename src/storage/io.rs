@@ -17,13 +17,16 @@ use crate::error::{Error, Result};
 /// Failures to inject into the file operations of one log. For tests of error handling.
 ///
 /// Each counter makes the next `n` calls of that operation fail; `disk_full` makes every write
-/// and preallocation fail with `ENOSPC` until it is cleared, as a full file system would.
+/// and preallocation fail with `ENOSPC` until it is cleared, as a full file system would;
+/// `preallocation_unsupported` makes preallocations fail with `EOPNOTSUPP`, as on file systems
+/// without `fallocate` (FUSE, NFS before 4.2).
 #[doc(hidden)]
 #[derive(Debug, Default)]
 pub struct FailPoints {
     sync_failures: AtomicU32,
     write_failures: AtomicU32,
     disk_full: AtomicBool,
+    preallocation_unsupported: AtomicBool,
     /// While true, syncs wait: lets a test look at the log between a write and its sync.
     syncs_held: parking_lot::Mutex<bool>,
     syncs_released: parking_lot::Condvar,
@@ -60,6 +63,12 @@ impl FailPoints {
         self.disk_full.store(full, Ordering::SeqCst);
     }
 
+    /// While set, preallocations fail with `EOPNOTSUPP` (a full disk still takes precedence).
+    pub fn set_preallocation_unsupported(&self, unsupported: bool) {
+        self.preallocation_unsupported
+            .store(unsupported, Ordering::SeqCst);
+    }
+
     fn take(counter: &AtomicU32) -> bool {
         counter
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -92,8 +101,24 @@ impl FailPoints {
         if self.disk_full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
+        if self.preallocation_unsupported.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
         Ok(())
     }
+}
+
+/// What a preallocation achieved. Not an error either way: without reserved blocks the file grows
+/// with its writes, and a full disk is reported by the write that meets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Preallocation {
+    /// The blocks of the range are reserved and read as zeros; the file is at least as long as
+    /// the range's end.
+    Reserved,
+    /// The file system cannot reserve blocks (`fallocate` fails with `EOPNOTSUPP` or `ENOSYS`).
+    /// Nothing was done: the file keeps its length.
+    Unsupported,
 }
 
 /// Where failures are injected from: nothing in production.
@@ -105,6 +130,9 @@ pub(crate) type Faults = Option<Arc<FailPoints>>;
 pub(crate) const INDEX_FAULTS: Faults = None;
 
 /// An open file together with its path (for error messages) and the log's fail points.
+///
+/// Opened with `O_CLOEXEC` (`std::fs::OpenOptions` sets it on every file on Unix), so a child
+/// process the application starts never inherits a segment or index descriptor.
 #[derive(Debug)]
 pub(crate) struct File {
     file: fs::File,
@@ -198,45 +226,79 @@ impl File {
     }
 
     /// Reserves disk blocks for the first `len` bytes, so that a full disk is reported here and
-    /// not in the middle of a later append. The file's length becomes at least `len`; the
-    /// reserved space reads as zeros.
-    pub fn preallocate(&self, len: u64) -> Result<()> {
-        if let Some(faults) = &self.faults {
-            faults
-                .check_preallocate()
-                .map_err(|e| Error::io("fallocate", &self.path, e))?;
+    /// not in the middle of a later append. See [`preallocate_range`](Self::preallocate_range).
+    pub fn preallocate(&self, len: u64) -> Result<Preallocation> {
+        self.preallocate_range(0, len)
+    }
+
+    /// Reserves disk blocks for the bytes `[offset, offset + len)`: `fallocate(2)` with mode 0.
+    /// The file's length becomes at least `offset + len`; reserved bytes read as zeros. Lets a
+    /// file grow in steps, each step reserved before anything is written into it.
+    ///
+    /// On a file system that cannot reserve blocks this returns [`Preallocation::Unsupported`]
+    /// and changes nothing. It never emulates the reservation by writing into each block, as
+    /// glibc's `posix_fallocate` does there: on FUSE or NFS that turned creating one 32 MiB
+    /// segment into tens of seconds of small writes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DiskFull`] when the space is not available, [`Error::Io`] for other failures.
+    pub fn preallocate_range(&self, offset: u64, len: u64) -> Result<Preallocation> {
+        let result = match &self.faults {
+            Some(faults) => faults.check_preallocate(),
+            None => Ok(()),
         }
-        preallocate(&self.file, len).map_err(|e| Error::io("fallocate", &self.path, e))
+        .and_then(|()| fallocate(&self.file, offset, len));
+        unsupported_is_not_an_error(result).map_err(|e| Error::io("fallocate", &self.path, e))
+    }
+}
+
+/// Turns the errors by which a file system says it cannot reserve blocks into
+/// [`Preallocation::Unsupported`].
+fn unsupported_is_not_an_error(result: io::Result<()>) -> io::Result<Preallocation> {
+    match result {
+        Ok(()) => Ok(Preallocation::Reserved),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
+            Ok(Preallocation::Unsupported)
+        }
+        Err(e) => Err(e),
     }
 }
 
 #[cfg(target_os = "linux")]
-fn preallocate(file: &fs::File, len: u64) -> io::Result<()> {
+fn fallocate(file: &fs::File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len_signed = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
-    // SAFETY: posix_fallocate only reads its integer arguments; the descriptor is owned by
-    // `file`, which outlives the call.
-    let errno = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_signed) };
-    match errno {
-        0 => Ok(()),
-        // File systems without fallocate support: extend the file instead; space is then
-        // claimed at write time.
-        libc::EOPNOTSUPP | libc::EINVAL => extend(file, len),
-        _ => Err(io::Error::from_raw_os_error(errno)),
+    if len == 0 {
+        // fallocate(2) refuses an empty range with EINVAL; there is nothing to reserve.
+        return Ok(());
+    }
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "range too large");
+    let end = offset.checked_add(len).ok_or_else(too_large)?;
+    libc::off_t::try_from(end).map_err(|_| too_large())?;
+    // Both fit because their sum does.
+    let (offset, len) = (offset as libc::off_t, len as libc::off_t);
+    // A signal can interrupt the reservation of a large range; it is retried, a bounded number
+    // of times.
+    const INTERRUPTS_MAX: u32 = 16;
+    let mut interrupts = 0;
+    loop {
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `file`,
+        // which outlives the call.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted || interrupts == INTERRUPTS_MAX {
+            return Err(error);
+        }
+        interrupts += 1;
     }
 }
 
+/// Other systems have no `fallocate(2)`; their `posix_fallocate` may emulate it by writing.
 #[cfg(not(target_os = "linux"))]
-fn preallocate(file: &fs::File, len: u64) -> io::Result<()> {
-    extend(file, len)
-}
-
-fn extend(file: &fs::File, len: u64) -> io::Result<()> {
-    if file.metadata()?.len() < len {
-        file.set_len(len)?;
-    }
-    Ok(())
+fn fallocate(_file: &fs::File, _offset: u64, _len: u64) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
 }
 
 /// Renames `from` to `to`, replacing `to`. Durable only after [`sync_dir`] of the parent.
@@ -311,4 +373,121 @@ pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn new_file(dir: &tempfile::TempDir, faults: &Faults) -> File {
+        File::create_truncate(&dir.path().join("f"), faults).unwrap()
+    }
+
+    fn len_of(file: &File) -> u64 {
+        file.std().metadata().unwrap().len()
+    }
+
+    #[test]
+    fn files_are_closed_on_exec() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let created = new_file(&dir, &None);
+        let opened = File::open(&dir.path().join("f"), &None).unwrap();
+        for file in [&created, &opened] {
+            // SAFETY: F_GETFD only reads the flags of a descriptor that `file` owns.
+            let flags = unsafe { libc::fcntl(file.std().as_raw_fd(), libc::F_GETFD) };
+            assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "flags {flags}");
+        }
+    }
+
+    #[test]
+    fn preallocation_reserves_blocks_or_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = new_file(&dir, &None);
+        let len = 1 << 20;
+        match file.preallocate(len).unwrap() {
+            Preallocation::Reserved => {
+                let metadata = file.std().metadata().unwrap();
+                assert_eq!(metadata.len(), len);
+                // Reserved, not a sparse file: the blocks (of 512 bytes) are allocated.
+                assert!(
+                    metadata.blocks() * 512 >= len,
+                    "{} blocks",
+                    metadata.blocks()
+                );
+            }
+            Preallocation::Unsupported => assert_eq!(len_of(&file), 0),
+        }
+    }
+
+    #[test]
+    fn preallocating_a_range_grows_the_file_to_its_end_and_reads_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = new_file(&dir, &None);
+        file.write_all_at(&[7u8; 64], 0).unwrap();
+        if file.preallocate_range(64, 4096).unwrap() == Preallocation::Unsupported {
+            assert_eq!(len_of(&file), 64);
+            return;
+        }
+        assert_eq!(len_of(&file), 64 + 4096);
+        assert_eq!(
+            file.preallocate_range(8192, 4096).unwrap(),
+            Preallocation::Reserved
+        );
+        assert_eq!(len_of(&file), 8192 + 4096);
+        // A range inside the file neither shrinks it nor touches its bytes.
+        assert_eq!(
+            file.preallocate_range(0, 16).unwrap(),
+            Preallocation::Reserved
+        );
+        assert_eq!(file.preallocate(0).unwrap(), Preallocation::Reserved);
+        let bytes = std::fs::read(dir.path().join("f")).unwrap();
+        assert_eq!(bytes.len(), 8192 + 4096);
+        assert!(bytes[..64].iter().all(|&b| b == 7));
+        assert!(bytes[64..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_range_past_the_largest_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = new_file(&dir, &None);
+        assert!(file.preallocate_range(u64::MAX - 10, 100).is_err());
+        assert!(file.preallocate_range(i64::MAX as u64, 1).is_err());
+    }
+
+    #[test]
+    fn unsupported_preallocation_is_reported_and_not_emulated() {
+        for errno in [libc::EOPNOTSUPP, libc::ENOSYS] {
+            let result = unsupported_is_not_an_error(Err(io::Error::from_raw_os_error(errno)));
+            assert_eq!(result.unwrap(), Preallocation::Unsupported, "errno {errno}");
+        }
+        // glibc's posix_fallocate never returns these, which is why annal calls fallocate(2);
+        // other errors stay errors.
+        for errno in [libc::EINVAL, libc::EIO, libc::ENOSPC] {
+            let result = unsupported_is_not_an_error(Err(io::Error::from_raw_os_error(errno)));
+            assert_eq!(result.unwrap_err().raw_os_error(), Some(errno));
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FailPoints::new();
+        faults.set_preallocation_unsupported(true);
+        let file = new_file(&dir, &Some(faults.clone()));
+        file.write_all_at(&[1u8; 64], 0).unwrap();
+        assert_eq!(
+            file.preallocate(1 << 20).unwrap(),
+            Preallocation::Unsupported
+        );
+        assert_eq!(
+            len_of(&file),
+            64,
+            "the file is not extended in place of a reservation"
+        );
+
+        // A full disk is an error, supported or not.
+        faults.set_disk_full(true);
+        let error = file.preallocate(1 << 20).unwrap_err();
+        assert!(error.is_disk_full(), "{error:?}");
+    }
 }

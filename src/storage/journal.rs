@@ -169,7 +169,12 @@ impl Checkpoint {
 
     /// Decodes one slot. `Ok(None)` for a slot never written (all zeros) or torn; an error for
     /// a whole slot of another version or another partition count.
-    pub fn decode(bytes: &[u8], partitions: u32, path: &Path, slot_at: u64) -> Result<Option<Self>> {
+    pub fn decode(
+        bytes: &[u8],
+        partitions: u32,
+        path: &Path,
+        slot_at: u64,
+    ) -> Result<Option<Self>> {
         let entries_end = SLOT_HEADER_LEN + SLOT_ENTRY_LEN * partitions as usize;
         if bytes.len() < entries_end || bytes[..8] != SLOT_MAGIC {
             return Ok(None);
@@ -193,7 +198,11 @@ impl Checkpoint {
             ));
         }
         if read_u32(bytes, 56) != 0 {
-            return Err(Error::corrupt(path, slot_at + 56, "non-zero reserved bytes"));
+            return Err(Error::corrupt(
+                path,
+                slot_at + 56,
+                "non-zero reserved bytes",
+            ));
         }
         let marks = (0..partitions as usize)
             .map(|i| {
@@ -369,8 +378,11 @@ pub fn probe_record(bytes: &[u8], partitions: u32) -> RecordProbe {
         if partition >= partitions || read_u32(record, at + 4) != 0 {
             return RecordProbe::Invalid(at, "journal entry names no partition of the log");
         }
-        if frame::validate_records(&record[frame_start..frame_start + info.frame_len as usize], &info)
-            .is_err()
+        if frame::validate_records(
+            &record[frame_start..frame_start + info.frame_len as usize],
+            &info,
+        )
+        .is_err()
         {
             return RecordProbe::Invalid(frame_start, "journal entry's frame has invalid records");
         }
@@ -460,7 +472,10 @@ mod tests {
             }
         }
         for len in 0..bytes.len() {
-            assert!(!matches!(probe_record(&bytes[..len], 4), RecordProbe::Record(_)));
+            assert!(!matches!(
+                probe_record(&bytes[..len], 4),
+                RecordProbe::Record(_)
+            ));
         }
         assert!(matches!(probe_record(&bytes, 3), RecordProbe::Invalid(..)));
         assert_eq!(probe_record(&[0u8; 100], 4), RecordProbe::Empty);
@@ -490,6 +505,8 @@ mod tests {
         journal[at + 30] ^= 1;
         assert_eq!(latest_checkpoint(&journal, 3, path).unwrap(), first);
         journal[0] ^= 1;
-        assert!(latest_checkpoint(&journal, 3, path).unwrap_err().is_corruption());
+        assert!(latest_checkpoint(&journal, 3, path)
+            .unwrap_err()
+            .is_corruption());
     }
 }

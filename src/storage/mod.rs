@@ -9,8 +9,8 @@ pub(crate) mod codec;
 pub(crate) mod frame;
 pub(crate) mod hash;
 pub(crate) mod index;
-pub(crate) mod journal;
 #[doc(hidden)]
 pub mod io;
+pub(crate) mod journal;
 pub(crate) mod meta;
 pub(crate) mod segment;

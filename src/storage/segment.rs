@@ -13,7 +13,7 @@
 //!  12  u32     partition
 //!  16  u64     base offset
 //!  24  u64     created, ms since the Unix epoch
-//!  32  [u8;28] reserved, 0
+//!  32  [u8;28] reserved, 0; anything else is refused
 //!  60  u32     CRC-32 of bytes [0, 60)
 //! ```
 
@@ -25,18 +25,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::storage::codec::{self, read_u32, read_u64, HeaderCheck};
+use crate::storage::codec::{self, read_u32, read_u64, HeaderDamage};
 use crate::storage::frame::{self, Probe};
 use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io::{self, Faults};
 use crate::FORMAT_VERSION;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ANNALSEG";
-pub const SEGMENT_HEADER_CRC_OFFSET: usize = 60;
-pub const SEGMENT_HEADER_LEN: usize = SEGMENT_HEADER_CRC_OFFSET + 4;
+pub const SEGMENT_PARTITION_OFFSET: usize = codec::HEADER_PREFIX_LEN;
+pub const SEGMENT_BASE_OFFSET_OFFSET: usize = SEGMENT_PARTITION_OFFSET + 4;
+pub const SEGMENT_CREATED_OFFSET: usize = SEGMENT_BASE_OFFSET_OFFSET + 8;
+pub const SEGMENT_RESERVED_OFFSET: usize = SEGMENT_CREATED_OFFSET + 8;
+pub const SEGMENT_RESERVED_LEN: usize = 28;
+pub const SEGMENT_HEADER_CRC_OFFSET: usize = SEGMENT_RESERVED_OFFSET + SEGMENT_RESERVED_LEN;
+pub const SEGMENT_HEADER_LEN: usize = SEGMENT_HEADER_CRC_OFFSET + codec::CRC_LEN;
 pub const SEGMENT_SUFFIX: &str = "seg";
 pub const INDEX_SUFFIX: &str = "idx";
 
+const _: () = assert!(SEGMENT_RESERVED_OFFSET == 32 && SEGMENT_HEADER_CRC_OFFSET == 60);
 const _: () = assert!(SEGMENT_HEADER_LEN == 64);
 
 /// The decoded fixed header of a segment file.
@@ -50,36 +56,46 @@ pub struct SegmentHeader {
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut bytes = codec::new_header::<SEGMENT_HEADER_LEN>(&SEGMENT_MAGIC);
-        bytes[12..16].copy_from_slice(&self.partition.to_le_bytes());
-        bytes[16..24].copy_from_slice(&self.base_offset.to_le_bytes());
-        bytes[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
+        bytes[SEGMENT_PARTITION_OFFSET..SEGMENT_BASE_OFFSET_OFFSET]
+            .copy_from_slice(&self.partition.to_le_bytes());
+        bytes[SEGMENT_BASE_OFFSET_OFFSET..SEGMENT_CREATED_OFFSET]
+            .copy_from_slice(&self.base_offset.to_le_bytes());
+        bytes[SEGMENT_CREATED_OFFSET..SEGMENT_RESERVED_OFFSET]
+            .copy_from_slice(&self.created_ms.to_le_bytes());
         codec::seal_header(&mut bytes);
         bytes
     }
 
-    /// Decodes and checks a header. The caller compares partition and base offset with what the
-    /// file's place and name say.
+    /// Decodes and checks a header; damage is reported at the byte that is wrong. The caller
+    /// compares partition and base offset with what the file's place and name say.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<SegmentHeader> {
-        let reason = match codec::check_header(bytes, SEGMENT_HEADER_LEN, &SEGMENT_MAGIC) {
-            HeaderCheck::Valid => None,
-            HeaderCheck::Short => Some("segment shorter than its header"),
-            HeaderCheck::BadMagic => Some("bad segment magic"),
-            HeaderCheck::BadChecksum => Some("segment header checksum mismatch"),
-            HeaderCheck::Version(found) => {
-                return Err(Error::IncompatibleFormat {
-                    path: path.to_owned(),
-                    found,
-                    supported: FORMAT_VERSION,
-                });
-            }
-        };
-        if let Some(reason) = reason {
-            return Err(Error::corrupt(path, 0, reason));
+        if let Err(damage) = codec::check_header(bytes, SEGMENT_HEADER_LEN, &SEGMENT_MAGIC) {
+            let reason = match damage {
+                HeaderDamage::Short { .. } => "segment shorter than its header",
+                HeaderDamage::BadMagic => "bad segment magic",
+                HeaderDamage::BadChecksum { .. } => "segment header checksum mismatch",
+                HeaderDamage::Version(found) => {
+                    return Err(Error::IncompatibleFormat {
+                        path: path.to_owned(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            };
+            return Err(Error::corrupt(path, damage.position(), reason));
+        }
+        let reserved = SEGMENT_RESERVED_OFFSET..SEGMENT_HEADER_CRC_OFFSET;
+        if let Some(position) = codec::first_nonzero(bytes, reserved) {
+            return Err(Error::corrupt(
+                path,
+                position as u64,
+                "non-zero reserved byte in the segment header",
+            ));
         }
         Ok(SegmentHeader {
-            partition: read_u32(bytes, 12),
-            base_offset: read_u64(bytes, 16),
-            created_ms: read_u64(bytes, 24),
+            partition: read_u32(bytes, SEGMENT_PARTITION_OFFSET),
+            base_offset: read_u64(bytes, SEGMENT_BASE_OFFSET_OFFSET),
+            created_ms: read_u64(bytes, SEGMENT_CREATED_OFFSET),
         })
     }
 }
@@ -279,17 +295,23 @@ impl Segment {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("read", &self.index_path, e)),
         };
-        let (entries, damage) = index::decode(
+        let decoded = index::decode(
             &bytes,
             self.base_offset,
             SEGMENT_HEADER_LEN as u64,
             self.data(&map).len() as u64,
         );
-        match damage {
-            None => Ok(entries),
-            // A sealed segment's index was synced when it was sealed; damage (or another
-            // version's index) means the file was replaced or hurt afterwards. The segment is
-            // the truth: rebuild from it.
+        match decoded.damage {
+            None => Ok(decoded.entries),
+            // Another version's index beside a segment of ours was not written by this format:
+            // refuse it as the segment header's version is refused, never guess.
+            Some(index::IndexDamage::Version(found)) => Err(Error::IncompatibleFormat {
+                path: self.index_path.clone(),
+                found,
+                supported: FORMAT_VERSION,
+            }),
+            // A sealed segment's index was synced when it was sealed; damage means the file was
+            // replaced or hurt afterwards. The segment is the truth: rebuild from it.
             Some(_) => {
                 let end_offset = end_offset.min(self.end_offset());
                 Ok(rebuild_index(
@@ -394,12 +416,14 @@ pub struct CreatedSegment {
 }
 
 /// Creates a segment durably: write the header into `<name>.tmp`, preallocate `capacity` bytes,
-/// sync, rename into place, create the index file, sync the directory. After a crash at any
-/// point either no `.seg` file exists for `base_offset` or it has a complete header.
+/// sync, rename into place, create the index file (its header records `index_policy`), sync the
+/// directory. After a crash at any point either no `.seg` file exists for `base_offset` or it
+/// has a complete header.
 pub fn create(
     dir: &Path,
     header: SegmentHeader,
     capacity: u64,
+    index_policy: IndexPolicy,
     faults: &Faults,
 ) -> Result<CreatedSegment> {
     let path = segment_path(dir, header.base_offset);
@@ -407,7 +431,9 @@ pub fn create(
     let result = (|| {
         let mut data = io::File::create_truncate(&tmp, faults)?;
         data.write_all_at(&header.encode(), 0)?;
-        data.preallocate(capacity)?;
+        // Without reserved blocks (a file system lacking fallocate) the segment grows with its
+        // writes; a full disk is then reported by the append that meets it.
+        let _: io::Preallocation = data.preallocate(capacity)?;
         data.sync_all()?;
         data.rename_to(&path)?;
         Ok(data)
@@ -422,7 +448,8 @@ pub fn create(
     };
     let index_path = index_path(dir, header.base_offset);
     let index = io::File::create_truncate(&index_path, &io::INDEX_FAULTS)?;
-    index.write_all_at(&index::encode_header(header.base_offset), 0)?;
+    let index_header = index::encode_header(header.base_offset, index_policy.interval_bytes);
+    index.write_all_at(&index_header, 0)?;
     io::sync_dir(dir, faults)?;
     let map = map_file(data.std(), &path)?;
     let segment = Segment::active(
@@ -459,21 +486,55 @@ mod tests {
         assert_eq!(parse_name("0000000000000000004x.seg", SEGMENT_SUFFIX), None);
     }
 
-    #[test]
-    fn header_round_trip_and_damage() {
-        let header = SegmentHeader {
+    fn header() -> SegmentHeader {
+        SegmentHeader {
             partition: 3,
             base_offset: 77,
             created_ms: 123,
-        };
-        let bytes = header.encode();
+        }
+    }
+
+    /// The position of the `Error::Corrupt` that decoding `bytes` fails with.
+    #[track_caller]
+    fn corrupt_at(bytes: &[u8]) -> u64 {
+        match SegmentHeader::decode(bytes, Path::new("s")) {
+            Err(Error::Corrupt { position, .. }) => position,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn header_round_trip_and_damage() {
+        let bytes = header().encode();
         let path = Path::new("s");
-        assert_eq!(SegmentHeader::decode(&bytes, path).unwrap(), header);
+        assert_eq!(SegmentHeader::decode(&bytes, path).unwrap(), header());
         for i in 0..SEGMENT_HEADER_LEN {
             let mut damaged = bytes;
             damaged[i] ^= 0x10;
             assert!(SegmentHeader::decode(&damaged, path).is_err(), "byte {i}");
         }
         assert!(SegmentHeader::decode(&bytes[..10], path).is_err());
+    }
+
+    #[test]
+    fn header_damage_is_reported_at_the_byte_that_is_wrong() {
+        let bytes = header().encode();
+        let mut magic = bytes;
+        magic[5] ^= 1;
+        assert_eq!(corrupt_at(&magic), 0);
+        let mut field = bytes;
+        field[20] ^= 1;
+        assert_eq!(corrupt_at(&field), SEGMENT_HEADER_CRC_OFFSET as u64);
+        assert_eq!(corrupt_at(&bytes[..10]), 10);
+    }
+
+    #[test]
+    fn a_non_zero_reserved_byte_with_a_valid_checksum_is_refused_at_its_position() {
+        for at in SEGMENT_RESERVED_OFFSET..SEGMENT_HEADER_CRC_OFFSET {
+            let mut bytes = header().encode();
+            bytes[at] = 0x01;
+            codec::seal_header(&mut bytes);
+            assert_eq!(corrupt_at(&bytes), at as u64, "byte {at}");
+        }
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct Active {
     created_ms: u64,
     /// File length reserved by preallocation (or written, where preallocation is unsupported).
     allocated: u64,
+    /// False once the file system said it cannot preallocate: the file then grows with writes.
+    preallocates: bool,
     written_position: u64,
     written_end: u64,
     visible_position: u64,
@@ -79,6 +81,7 @@ impl Active {
             index: resumed.index,
             created_ms: resumed.created_ms,
             allocated: resumed.allocated,
+            preallocates: true,
             written_position: resumed.position,
             written_end: resumed.end,
             visible_position: resumed.position,
@@ -88,7 +91,8 @@ impl Active {
             unpersisted_entries: Vec::new(),
             last_entry_position: resumed.last_entry_position,
             index_file_len: (index::INDEX_HEADER_LEN
-                + resumed.index_entries * index::INDEX_ENTRY_LEN) as u64,
+                + resumed.index_entries * index::INDEX_ENTRY_LEN)
+                as u64,
         }
     }
 }
@@ -208,7 +212,11 @@ impl Lane {
         if let Some((base, bytes)) = demand.roll {
             match &mut self.next {
                 Some(next) if next.segment.base_offset == base => {
-                    grow(next, SEGMENT_HEADER_LEN as u64 + bytes + PADDING_ROOM, self.config.segment_bytes)?;
+                    grow(
+                        next,
+                        SEGMENT_HEADER_LEN as u64 + bytes + PADDING_ROOM,
+                        self.config.segment_bytes,
+                    )?;
                 }
                 _ => {
                     self.discard_next();
@@ -244,7 +252,10 @@ impl Lane {
         let policy = self.partition.index_policy;
         for frame in frames {
             debug_assert_eq!(frame.base_offset, self.written_end);
-            if demand.roll.is_some_and(|(base, _)| base == frame.base_offset) {
+            if demand
+                .roll
+                .is_some_and(|(base, _)| base == frame.base_offset)
+            {
                 self.write_scratch(scratch)?;
                 self.roll()?;
             }
@@ -270,7 +281,7 @@ impl Lane {
         }
         let active = self.active.as_mut().expect("reserved before writing");
         let end = active.written_position + scratch.len() as u64;
-        debug_assert!(end + PADDING_ROOM <= active.allocated || active.allocated == 0);
+        debug_assert!(end + PADDING_ROOM <= active.allocated);
         active
             .data
             .write_all_at(scratch, active.written_position)
@@ -338,7 +349,12 @@ impl Lane {
             }
             if pad != 0 {
                 let mut bytes = Vec::with_capacity(pad as usize);
-                frame::encode_padding(&mut bytes, pad as usize, active.written_end, last_timestamp_ms);
+                frame::encode_padding(
+                    &mut bytes,
+                    pad as usize,
+                    active.written_end,
+                    last_timestamp_ms,
+                );
                 active
                     .data
                     .write_all_at(&bytes, active.written_position)
@@ -395,6 +411,7 @@ impl Lane {
                 created_ms,
             },
             capacity,
+            self.partition.index_policy,
             &self.config.faults,
         )?;
         let allocated = created
@@ -421,16 +438,28 @@ impl Lane {
 /// double, in steps of `PREALLOCATE_STEP_MIN ..= PREALLOCATE_STEP_MAX`, never past the segment.
 fn step(allocated: u64, needed: u64, segment_bytes: u64) -> u64 {
     let growth = allocated.clamp(PREALLOCATE_STEP_MIN, PREALLOCATE_STEP_MAX);
-    needed.max(allocated + growth).min(segment_bytes).max(needed)
+    needed
+        .max(allocated + growth)
+        .min(segment_bytes)
+        .max(needed)
 }
 
 fn grow(active: &mut Active, needed: u64, segment_bytes: u64) -> Result<()> {
     if needed <= active.allocated {
         return Ok(());
     }
+    if !active.preallocates {
+        active.allocated = needed;
+        return Ok(());
+    }
     let target = step(active.allocated, needed, segment_bytes);
-    active.data.preallocate(target)?;
-    active.allocated = target;
+    match active.data.preallocate(target)? {
+        io::Preallocation::Reserved => active.allocated = target,
+        io::Preallocation::Unsupported => {
+            active.preallocates = false;
+            active.allocated = needed;
+        }
+    }
     Ok(())
 }
 

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::write::Counters;
 use crate::storage::io::{self, Faults};
 use crate::storage::journal::{
     align_up, records_start, seal_record, Checkpoint, RecordStamp, JOURNAL_ALIGN, JOURNAL_FILE,
 };
+use crate::write::Counters;
 
 /// The journal grows by writing zeros in steps: at least this much...
 pub const ZERO_STEP_MIN: u64 = 1 << 20;
@@ -176,8 +176,7 @@ impl JournalWriter {
             self.position
         };
         let bytes = checkpoint.encode();
-        self.file
-            .write_all_at(&bytes, checkpoint.slot_position())?;
+        self.file.write_all_at(&bytes, checkpoint.slot_position())?;
         self.file.sync_data()?;
         self.epoch = checkpoint.number;
         Counters::add(&self.counters.checkpoints, 1);

@@ -51,6 +51,7 @@ pub(crate) struct Config {
 
 impl Config {
     pub fn new(options: &Options) -> Config {
+        let byte_limits = options.byte_limits();
         Config {
             durability: options.durability,
             segment_bytes: options.segment_bytes,
@@ -58,14 +59,14 @@ impl Config {
                 .segment_age_max
                 .map(|age| age.as_millis().min(u128::from(u64::MAX)) as u64),
             index_policy: IndexPolicy {
-                interval_bytes: u64::from(options.index_interval_bytes),
+                interval_bytes: options.index_interval_bytes,
             },
             limits: EncodeLimits {
-                event_bytes_max: u64::from(options.event_bytes_max),
+                event_bytes_max: u64::from(byte_limits.event_bytes_max),
                 batch_events_max: u64::from(options.batch_events_max),
-                batch_bytes_max: u64::from(options.batch_bytes_max),
+                batch_bytes_max: u64::from(byte_limits.batch_bytes_max),
             },
-            queue_bytes_max: options.queue_bytes_max,
+            queue_bytes_max: byte_limits.queue_bytes_max,
             journal_bytes: options.journal_bytes,
             recovery: options.recovery,
             faults: options.fail_points.clone(),

@@ -104,7 +104,13 @@ pub(crate) fn recover(
     let journal_bytes = segment::map_file(journal_file.std(), &journal_path)?;
     drop(journal_file);
     let checkpoint = latest_checkpoint(&journal_bytes, partitions, &journal_path)?;
-    let scan = scan_journal(&journal_bytes, partitions, &checkpoint, &journal_path, config.recovery)?;
+    let scan = scan_journal(
+        &journal_bytes,
+        partitions,
+        &checkpoint,
+        &journal_path,
+        config.recovery,
+    )?;
 
     let mut report = RecoveryReport::default();
     let mut lanes = Vec::with_capacity(partitions as usize);
@@ -128,7 +134,8 @@ pub(crate) fn recover(
                 "journal record's global position does not continue the log",
             ));
         }
-        let record_bytes = &journal_bytes[*position as usize..(*position + u64::from(record.len)) as usize];
+        let record_bytes =
+            &journal_bytes[*position as usize..(*position + u64::from(record.len)) as usize];
         for entry in &record.entries {
             let p = entry.partition as usize;
             let lane = &mut lanes[p];
@@ -242,7 +249,12 @@ fn fault_error(fault: Fault) -> Error {
     }
 }
 
-fn replay_frame(lane: &mut Lane, frame: &QueuedFrame, record: &[u8], last_timestamp_ms: u64) -> Result<()> {
+fn replay_frame(
+    lane: &mut Lane,
+    frame: &QueuedFrame,
+    record: &[u8],
+    last_timestamp_ms: u64,
+) -> Result<()> {
     let mut demand = Demand::default();
     let admitted = lane.admit(&mut demand, frame);
     debug_assert!(admitted, "one frame never needs two rolls");
@@ -277,9 +289,14 @@ fn scan_journal(
     let mut tail_torn = false;
     // The chain ends at the first position that does not hold the next record. Then it is a
     // torn tail, unless a later valid record proves that the missing one had been durable.
-    while let Some((bad_at, reason)) =
-        chain(bytes, partitions, epoch, &mut position, &mut expected, &mut records)
-    {
+    while let Some((bad_at, reason)) = chain(
+        bytes,
+        partitions,
+        epoch,
+        &mut position,
+        &mut expected,
+        &mut records,
+    ) {
         let Some((evidence_at, evidence)) =
             later_durable_record(bytes, partitions, epoch, position, expected)
         else {
@@ -343,9 +360,12 @@ fn later_durable_record(
     while (at as usize) < bytes.len() {
         let rest = &bytes[at as usize..];
         // Cheap rejection first: most pages are zeros or hold the middle of a record.
-        if rest.len() > journal::RECORD_MAGIC_OFFSET && rest[journal::RECORD_MAGIC_OFFSET] == journal::RECORD_MAGIC {
+        if rest.len() > journal::RECORD_MAGIC_OFFSET
+            && rest[journal::RECORD_MAGIC_OFFSET] == journal::RECORD_MAGIC
+        {
             if let RecordProbe::Record(info) = probe_record(rest, partitions) {
-                if info.epoch == epoch && info.sequence > expected && info.durable_before > expected {
+                if info.epoch == epoch && info.sequence > expected && info.durable_before > expected
+                {
                     return Some((at, info));
                 }
             }
@@ -373,7 +393,11 @@ fn prepare_partition(
     let listing = list(&path)?;
     // Offsets that the segment files hold past the mark, for the report.
     let mut file_end = mark.end_offset;
-    for &base in listing.segments.iter().filter(|&&base| mark.segment_base == NO_SEGMENT || base > mark.segment_base) {
+    for &base in listing
+        .segments
+        .iter()
+        .filter(|&&base| mark.segment_base == NO_SEGMENT || base > mark.segment_base)
+    {
         let seg_path = segment::segment_path(&path, base);
         if let Ok(bytes) = std::fs::read(&seg_path) {
             let (end, len) = chained_end(&bytes, SEGMENT_HEADER_LEN as u64, base);
@@ -397,8 +421,23 @@ fn prepare_partition(
                 last_offset: file_end - 1,
             });
         }
-        let partition = Arc::new(Partition::new(id, partition_path, policy, Vec::new(), mark.end_offset));
-        return Ok((Lane::new(partition, config.clone(), counters.clone(), None, mark.end_offset), report));
+        let partition = Arc::new(Partition::new(
+            id,
+            partition_path,
+            policy,
+            Vec::new(),
+            mark.end_offset,
+        ));
+        return Ok((
+            Lane::new(
+                partition,
+                config.clone(),
+                counters.clone(),
+                None,
+                mark.end_offset,
+            ),
+            report,
+        ));
     }
     let base = mark.segment_base;
     if listing.segments.binary_search(&base).is_err() {
@@ -409,7 +448,12 @@ fn prepare_partition(
         ));
     }
     let mut segments: Vec<Arc<Segment>> = Vec::new();
-    let sealed: Vec<u64> = listing.segments.iter().copied().filter(|&b| b < base).collect();
+    let sealed: Vec<u64> = listing
+        .segments
+        .iter()
+        .copied()
+        .filter(|&b| b < base)
+        .collect();
     for (i, &sealed_base) in sealed.iter().enumerate() {
         let next = sealed.get(i + 1).copied().unwrap_or(base);
         segments.push(Arc::new(Segment::sealed(&path, id, sealed_base, next)));
@@ -419,11 +463,18 @@ fn prepare_partition(
     let data = io::File::open(&seg_path, &config.faults)?;
     let map = segment::map_file(data.std(), &seg_path)?;
     let header = SegmentHeader::decode(&map, &seg_path)?;
-    if header.base_offset != base || header.partition != id {
+    if header.partition != id {
         return Err(Error::corrupt(
             &seg_path,
-            0,
-            "segment header does not match its file name or partition",
+            segment::SEGMENT_PARTITION_OFFSET as u64,
+            "segment header names another partition than its directory",
+        ));
+    }
+    if header.base_offset != base {
+        return Err(Error::corrupt(
+            &seg_path,
+            segment::SEGMENT_BASE_OFFSET_OFFSET as u64,
+            "segment header names another base offset than its file name",
         ));
     }
     let synced = mark.synced_position;
@@ -455,8 +506,13 @@ fn prepare_partition(
     }
     let map = segment::map_file(data.std(), &seg_path)?;
     let index_path = segment::index_path(&path, base);
-    let (entries, index_file, index_rebuilt) =
-        load_index(&index_path, base, &map[..synced as usize], mark.end_offset, policy)?;
+    let (entries, index_file, index_rebuilt) = load_index(
+        &index_path,
+        base,
+        &map[..synced as usize],
+        mark.end_offset,
+        policy,
+    )?;
     report.index_rebuilt = index_rebuilt;
     let last_entry_position = entries.last().map(|e| e.position);
     let index_entries = entries.len();
@@ -480,7 +536,16 @@ fn prepare_partition(
         index_entries,
         last_entry_position,
     });
-    Ok((Lane::new(partition, config.clone(), counters.clone(), Some(active), mark.end_offset), report))
+    Ok((
+        Lane::new(
+            partition,
+            config.clone(),
+            counters.clone(),
+            Some(active),
+            mark.end_offset,
+        ),
+        report,
+    ))
 }
 
 /// Loads the active segment's index: the valid prefix of its file (entries point at synced
@@ -499,7 +564,19 @@ fn load_index(
         Err(e) => return Err(Error::io("read", path, e)),
     };
     let header_len = SEGMENT_HEADER_LEN as u64;
-    let (mut entries, damage) = index::decode(&bytes, base, header_len, synced.len() as u64);
+    let decoded = index::decode(&bytes, base, header_len, synced.len() as u64);
+    if let Some(index::IndexDamage::Version(found)) = decoded.damage {
+        return Err(Error::IncompatibleFormat {
+            path: path.to_owned(),
+            found,
+            supported: crate::FORMAT_VERSION,
+        });
+    }
+    // An index placed with another interval stays correct, but its header must say the
+    // interval that the entries appended from now on follow.
+    let other_interval = decoded.interval_bytes != Some(policy.interval_bytes);
+    let damage = decoded.damage;
+    let mut entries = decoded.entries;
     let kept = entries.len();
     let (mut position, mut offset) = entries
         .last()
@@ -524,8 +601,8 @@ fn load_index(
         offset = info.end_offset();
     }
     let rebuilt = damage.is_some() || entries.len() != kept;
-    let file = if rebuilt {
-        rewrite_index(path, base, &entries)?
+    let file = if rebuilt || other_interval {
+        rewrite_index(path, base, policy.interval_bytes, &entries)?
     } else {
         io::File::open(path, &io::INDEX_FAULTS)?
     };
@@ -548,9 +625,14 @@ fn chained_end(bytes: &[u8], mut position: u64, mut offset: u64) -> (u64, u64) {
     (offset, position - start)
 }
 
-fn rewrite_index(path: &Path, base: u64, entries: &[IndexEntry]) -> Result<io::File> {
+fn rewrite_index(
+    path: &Path,
+    base: u64,
+    interval_bytes: u32,
+    entries: &[IndexEntry],
+) -> Result<io::File> {
     let file = io::File::create_truncate(path, &io::INDEX_FAULTS)?;
-    file.write_all_at(&index::encode_file(base, entries), 0)?;
+    file.write_all_at(&index::encode_file(base, interval_bytes, entries), 0)?;
     file.sync_data()?;
     Ok(file)
 }

@@ -398,7 +398,9 @@ impl Writer {
             if synced {
                 self.flush_done = flush_seq;
             }
-            self.shared.progress.publish(self.written_global, flush_done);
+            self.shared
+                .progress
+                .publish(self.written_global, flush_done);
         }
         if let Some(stall) = &self.stall {
             // A flush cannot complete while writes fail; it is told so instead of waiting.
@@ -407,7 +409,9 @@ impl Writer {
                 self.shared.progress.report_later(Error::WritesStalled {
                     source: stall.source.clone(),
                 });
-                self.shared.progress.publish(self.written_global, Some(flush_seq));
+                self.shared
+                    .progress
+                    .publish(self.written_global, Some(flush_seq));
             }
         }
     }
@@ -461,10 +465,12 @@ impl Writer {
         pending.frames.clear();
         pending.refusal = Some(Refusal::Poisoned(source.clone()));
         let ended = std::mem::take(&mut pending.generation);
-        let unreported = (shared.config.durability != Durability::Sync && !lost.is_empty())
-            .then(|| Error::AppendsLost {
-                lost: lost.into(),
-                source: source.clone(),
+        let unreported =
+            (shared.config.durability != Durability::Sync && !lost.is_empty()).then(|| {
+                Error::AppendsLost {
+                    lost: lost.into(),
+                    source: source.clone(),
+                }
             });
         // Tickets already told "done" stay done; every other one fails.
         let done = shared.progress.done_global();
