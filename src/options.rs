@@ -369,13 +369,13 @@ impl Options {
                 self.journal_bytes
             ));
         }
-        // A write round is at most the queue bound plus one batch; two must fit the journal so
-        // that a round never waits for a checkpoint that cannot make room.
-        if 2 * (limits.queue_bytes_max + limits.frame_bytes_max + 4096) > self.journal_bytes {
+        // A round larger than the journal is written as several records, but one frame cannot
+        // be split: the largest must fit, twice, so that wrapping stays rare.
+        if 2 * (limits.frame_bytes_max + 4096) > self.journal_bytes {
             return invalid(format!(
-                "journal_bytes ({}) must hold two write rounds: at least twice queue_bytes_max ({}) \
-                 plus the largest batch",
-                self.journal_bytes, limits.queue_bytes_max
+                "journal_bytes ({}) must hold two largest batches: set it to at least {}",
+                self.journal_bytes,
+                (2 * (limits.frame_bytes_max + 4096)).next_multiple_of(4096)
             ));
         }
         if limits.queue_bytes_max < limits.frame_bytes_max {

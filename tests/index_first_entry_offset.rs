@@ -1,4 +1,4 @@
-//! Bug: an index entry at the first frame of a segment (position 64) is trusted without checking
+//! Regression test for a fixed bug: an index entry at the first frame of a segment (position 64) is trusted without checking
 //! its offset, so a damaged offset in it makes healthy records unreadable (`Error::Corrupt`
 //! "frame offset does not continue the partition") instead of the index being rebuilt.
 //!

@@ -1,4 +1,4 @@
-//! Bug: a `Reader` that was positioned in the active segment before the writer sealed it keeps
+//! Regression test for a fixed bug: a `Reader` that was positioned in the active segment before the writer sealed it keeps
 //! that segment's old mapping and `end_offset = u64::MAX`, so after the roll it probes past the
 //! sealed segment's data: it returns `Error::Corrupt` ("zeros where a frame should be") for a
 //! healthy log, or dies of `SIGBUS` when the sealed data ends on a page boundary (the file was
@@ -76,9 +76,10 @@ fn reader_at_a_page_aligned_segment_end_continues_after_a_roll() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options()).unwrap();
     // A frame is 32 header + 2 key length + 1 key + 7 record bytes + payload = 42 + payload.
-    // Eight frames of 7,672 bytes after the 64-byte segment header end at 61,440 = 15 pages;
-    // a ninth does not fit into 64 KiB, so it rolls.
-    let payload = vec![5u8; 7_630];
+    // Eight frames of 7,160 bytes after the 64-byte segment header end at 57,344 = 14 pages; a
+    // ninth does not fit into 64 KiB less the room kept for a checkpoint's padding frame
+    // (4,130 bytes), so it rolls.
+    let payload = vec![5u8; 7_118];
     for _ in 0..8 {
         log.append(b"k", &payload).unwrap();
     }
@@ -87,7 +88,7 @@ fn reader_at_a_page_aligned_segment_end_continues_after_a_roll() {
     log.append(b"k", &payload).unwrap();
     assert_eq!(segment_bases(dir.path(), 0), vec![0, 8]);
     let sealed = segment_path(dir.path(), 0, 0);
-    assert_eq!(std::fs::metadata(sealed).unwrap().len(), 61_440);
+    assert_eq!(std::fs::metadata(sealed).unwrap().len(), 57_344);
     let record = reader.next().expect("the ninth record").unwrap();
     assert_eq!(record.offset, 8);
 }

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 /// Failures to inject into the file operations of one log. For tests of error handling.
 ///
 /// Each counter makes the next `n` calls of that operation fail; `disk_full` makes every write
-/// and preallocation fail with `ENOSPC` until it is cleared, as a full file system would;
+/// and preallocation that needs new blocks (past the end of the file) fail with `ENOSPC` until
+/// it is cleared, as a full file system would (overwriting blocks a file owns still works);
 /// `preallocation_unsupported` makes preallocations fail with `EOPNOTSUPP`, as on file systems
 /// without `fallocate` (FUSE, NFS before 4.2).
 #[doc(hidden)]
@@ -87,8 +88,8 @@ impl FailPoints {
         Ok(())
     }
 
-    fn check_write(&self) -> io::Result<()> {
-        if self.disk_full.load(Ordering::SeqCst) {
+    fn check_write(&self, extends: bool) -> io::Result<()> {
+        if extends && self.disk_full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         if Self::take(&self.write_failures) {
@@ -97,8 +98,8 @@ impl FailPoints {
         Ok(())
     }
 
-    fn check_preallocate(&self) -> io::Result<()> {
-        if self.disk_full.load(Ordering::SeqCst) {
+    fn check_preallocate(&self, extends: bool) -> io::Result<()> {
+        if extends && self.disk_full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         if self.preallocation_unsupported.load(Ordering::SeqCst) {
@@ -186,13 +187,19 @@ impl File {
     /// Writes all of `bytes` at `position`.
     pub fn write_all_at(&self, bytes: &[u8], position: u64) -> Result<()> {
         if let Some(faults) = &self.faults {
+            let extends = position + bytes.len() as u64 > self.len_for_faults();
             faults
-                .check_write()
+                .check_write(extends)
                 .map_err(|e| Error::io("write", &self.path, e))?;
         }
         self.file
             .write_all_at(bytes, position)
             .map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    /// The file's length, as the fail points judge whether a write needs new blocks.
+    fn len_for_faults(&self) -> u64 {
+        self.file.metadata().map_or(0, |m| m.len())
     }
 
     /// `fdatasync`: the data, and the metadata needed to read it back, are durable.
@@ -245,7 +252,7 @@ impl File {
     /// [`Error::DiskFull`] when the space is not available, [`Error::Io`] for other failures.
     pub fn preallocate_range(&self, offset: u64, len: u64) -> Result<Preallocation> {
         let result = match &self.faults {
-            Some(faults) => faults.check_preallocate(),
+            Some(faults) => faults.check_preallocate(offset + len > self.len_for_faults()),
             None => Ok(()),
         }
         .and_then(|()| fallocate(&self.file, offset, len));

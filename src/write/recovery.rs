@@ -495,16 +495,10 @@ fn prepare_partition(
             last_offset: file_end - 1,
         });
     }
-    drop(map);
-    let file_len = data
-        .std()
-        .metadata()
-        .map_err(|e| Error::io("stat", &seg_path, e))?
-        .len();
-    if file_len > synced {
-        data.set_len(synced)?;
-    }
-    let map = segment::map_file(data.std(), &seg_path)?;
+    // What lies past the mark is not cut from the file: it is never read (readers stop at the
+    // visible end, recovery at the mark), the replay overwrites it, and the blocks it holds
+    // stay reserved, so that a log on a full disk still opens and replays.
+    let allocated = map.len() as u64;
     let index_path = segment::index_path(&path, base);
     let (entries, index_file, index_rebuilt) = load_index(
         &index_path,
@@ -530,7 +524,7 @@ fn prepare_partition(
         data,
         index: index_file,
         created_ms: header.created_ms,
-        allocated: synced,
+        allocated,
         position: synced,
         end: mark.end_offset,
         index_entries,
@@ -601,10 +595,19 @@ fn load_index(
         offset = info.end_offset();
     }
     let rebuilt = damage.is_some() || entries.len() != kept;
-    let file = if rebuilt || other_interval {
-        rewrite_index(path, base, policy.interval_bytes, &entries)?
+    let rewritten = if rebuilt || other_interval {
+        // Derived data: a log on a full disk must still open. Whatever the file holds then is
+        // at worst a valid prefix; the next open extends it again.
+        rewrite_index(path, base, policy.interval_bytes, &entries).ok()
     } else {
-        io::File::open(path, &io::INDEX_FAULTS)?
+        None
+    };
+    let file = match rewritten {
+        Some(file) => file,
+        None => match io::File::open(path, &io::INDEX_FAULTS) {
+            Ok(file) => file,
+            Err(_) => io::File::create_truncate(path, &io::INDEX_FAULTS)?,
+        },
     };
     Ok((entries, file, rebuilt))
 }

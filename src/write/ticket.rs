@@ -129,10 +129,14 @@ impl Progress {
     pub fn wait_flush(&self, seq: u64) -> Result<()> {
         let mut status = self.status.lock();
         loop {
+            // A loss is reported before the poisoning that came with it: it names the offsets.
+            if let Some(error) = status.unreported.take() {
+                return Err(error);
+            }
             if let Some(source) = &status.poisoned {
-                let source = source.clone();
-                status.unreported = None;
-                return Err(Error::Poisoned { source });
+                return Err(Error::Poisoned {
+                    source: source.clone(),
+                });
             }
             if status.flush_done >= seq {
                 break;
@@ -148,12 +152,15 @@ impl Progress {
     /// After the writer exited: the failure to report to `close`, if any.
     pub fn final_report(&self) -> Result<()> {
         let mut status = self.status.lock();
+        if let Some(error) = status.unreported.take() {
+            return Err(error);
+        }
         if let Some(source) = &status.poisoned {
             return Err(Error::Poisoned {
                 source: source.clone(),
             });
         }
-        status.unreported.take().map_or(Ok(()), Err)
+        Ok(())
     }
 
     pub fn done_global(&self) -> u64 {

@@ -394,16 +394,19 @@ impl Writer {
             for p in self.unpublished.drain(..) {
                 self.lanes[p as usize].publish();
             }
-            let flush_done = synced.then_some(flush_seq);
-            if synced {
-                self.flush_done = flush_seq;
-            }
+        }
+        // A flush is done when everything before it is written and synced: not while a stalled
+        // round still holds appends. It is told so instead of waiting for the disk.
+        let flush_done = (synced && self.stall.is_none()).then_some(flush_seq);
+        if let Some(seq) = flush_done {
+            self.flush_done = seq;
+        }
+        if visible || flush_done.is_some() {
             self.shared
                 .progress
                 .publish(self.written_global, flush_done);
         }
         if let Some(stall) = &self.stall {
-            // A flush cannot complete while writes fail; it is told so instead of waiting.
             if flush_seq > self.flush_done {
                 self.flush_done = flush_seq;
                 self.shared.progress.report_later(Error::WritesStalled {
@@ -526,23 +529,8 @@ impl Writer {
         if self.stall.is_some() {
             match self.write_frames() {
                 Ok(()) => self.stall = None,
-                Err(Fault::Clean(error)) | Err(Fault::Poison(error)) => {
-                    let next_offsets = self.shared.sequencer.pending.lock().next_offsets.clone();
-                    let lost = self
-                        .lanes
-                        .iter()
-                        .filter(|l| next_offsets[l.partition.id as usize] > l.written_end())
-                        .map(|l| LostRange {
-                            partition: l.partition.id,
-                            first_offset: l.written_end(),
-                            last_offset: next_offsets[l.partition.id as usize] - 1,
-                        })
-                        .collect::<Vec<_>>();
-                    self.shared.progress.report_later(Error::AppendsLost {
-                        lost: lost.into(),
-                        source: Arc::new(error),
-                    });
-                }
+                // The appends still waiting are lost: poisoning reports them, by offset.
+                Err(Fault::Clean(error) | Fault::Poison(error)) => return self.poison(error),
             }
         }
         if let Err(Fault::Poison(error) | Fault::Clean(error)) = self.checkpoint(false) {

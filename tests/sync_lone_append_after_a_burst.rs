@@ -1,4 +1,4 @@
-//! Regression (found in the uncommitted gather change, fixed concurrently): under `Sync`, after a round of several frames the writer sleeps without a deadline
+//! Regression test for a fixed bug: under `Sync`, after a round of several frames the writer sleeps without a deadline
 //! when the queue is empty, and `enqueue` only wakes it once `gather_target` frames are queued,
 //! so a lone append after a burst hangs forever (commit.rs take_round / partition.rs enqueue).
 

@@ -1,4 +1,4 @@
-//! Bug: `Durability::Interval(d)` with a huge `d` passes `Options::validate` but the writer
+//! Regression test for a fixed bug: `Durability::Interval(d)` with a huge `d` passes `Options::validate` but the writer
 //! computes `Instant::now() + d` (commit.rs wants_sync), which panics and kills the writer
 //! thread: `flush()` then waits forever, `writer_exited` is never set, and appended events are
 //! silently dropped while `close()` returns Ok.

@@ -1,4 +1,4 @@
-//! Bug: a panic inside the caller's event iterator, while `Partition::enqueue` encodes under
+//! Regression test for a fixed bug: a panic inside the caller's event iterator, while `Partition::enqueue` encodes under
 //! the queue lock, leaves a partial frame in `Queue::bytes` (`frame::encode` rolls back only on
 //! `Err`, not on unwind); the next append's frame is then written shifted behind those bytes:
 //! an acknowledged `Sync` append reads back as `Corrupt` and is cut away by recovery.

@@ -1,4 +1,4 @@
-//! Bug: `Partition::enqueue` runs the caller's lazy event iterator while holding the
+//! Regression test for a fixed bug: `Partition::enqueue` runs the caller's lazy event iterator while holding the
 //! partition's queue lock (a non-reentrant parking_lot mutex), so an iterator that touches the
 //! same partition (here: `Log::append_pipelined` for the same key) deadlocks the thread, and
 //! with it every other appender of that partition.

@@ -1,4 +1,4 @@
-//! Bug (API contract): under `Sync` a failed write is returned to its appender as
+//! Regression test for a fixed bug (API contract): under `Sync` a failed write is returned to its appender as
 //! `AppendFailed`, but `Partition::fail` also stores it in `Status::unreported`
 //! (partition.rs fail), so a later `flush()` or `close()` fails with that old, already
 //! reported error although everything appended since succeeded. `close()` promises "the first
