@@ -28,7 +28,7 @@ const EIO: i32 = 5;
 /// The poisoning cause is the injected fsync failure, kept as the error's source.
 fn caused_by_failed_sync(error: &Error) -> bool {
     match error {
-        Error::Poisoned { source, .. } => matches!(
+        Error::Poisoned { source, .. } | Error::AppendsLost { source, .. } => matches!(
             source.as_ref(),
             Error::Io { op, source, .. }
                 if op.contains("sync") && source.raw_os_error() == Some(EIO)
@@ -190,9 +190,22 @@ fn a_failed_fsync_on_flush_in_buffered_mode_poisons_the_partition() {
     log.append(b"k", b"written, not synced").unwrap();
 
     fail_points.fail_syncs(1);
+    // The flush names the acknowledged append whose durability is now unknown...
+    let error = log.flush().unwrap_err();
+    match &error {
+        Error::AppendsLost { lost, .. } => {
+            assert_eq!(lost.len(), 1, "{error}");
+            assert_eq!(
+                (lost[0].partition, lost[0].first_offset, lost[0].last_offset),
+                (0, 1, 1)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(caused_by_failed_sync(&error), "{error:?}");
+    // ... and from then on the log refuses writes and says why.
     let error = log.flush().unwrap_err();
     assert!(is_poisoned(&error), "{error:?}");
-    assert!(caused_by_failed_sync(&error), "{error:?}");
     let error = log.append(b"k", b"refused").unwrap_err();
     assert!(is_poisoned(&error), "{error:?}");
     assert!(log.close().is_err());

@@ -286,32 +286,36 @@ fn scan_journal(
     let mut position = checkpoint.journal_position;
     let mut expected = checkpoint.journal_sequence;
     let mut salvaged = false;
-    let mut tail_torn = false;
     // The chain ends at the first position that does not hold the next record. Then it is a
     // torn tail, unless a later valid record proves that the missing one had been durable.
-    while let Some((bad_at, reason)) = chain(
-        bytes,
-        partitions,
-        epoch,
-        &mut position,
-        &mut expected,
-        &mut records,
-    ) {
-        let Some((evidence_at, evidence)) =
-            later_durable_record(bytes, partitions, epoch, position, expected)
-        else {
-            tail_torn = true;
-            break;
+    let tail_torn = loop {
+        let stop = chain(
+            bytes,
+            partitions,
+            epoch,
+            &mut position,
+            &mut expected,
+            &mut records,
+        );
+        let later = later_records(bytes, partitions, epoch, position, expected);
+        let Some((evidence_at, evidence)) = later.durable else {
+            break matches!(stop, Stop::Invalid(..)) || later.any;
         };
         match mode {
-            RecoveryMode::TolerateTornTail => return Err(Error::corrupt(path, bad_at, reason)),
+            RecoveryMode::TolerateTornTail => {
+                let (at, reason) = match stop {
+                    Stop::Invalid(at, reason) => (at, reason),
+                    Stop::Missing => (position, "a record that was durable is missing"),
+                };
+                return Err(Error::corrupt(path, at, reason));
+            }
             RecoveryMode::SalvageAfterCorruption => {
                 salvaged = true;
                 position = evidence_at;
                 expected = evidence.sequence;
             }
         }
-    }
+    };
     Ok(Scan {
         records,
         end_position: position,
@@ -321,8 +325,15 @@ fn scan_journal(
     })
 }
 
-/// Follows the chain of records from `position`; returns where and why it stopped, or `None`
-/// when it stopped at a clean end (zeros, or a record of an older epoch or sequence).
+/// Why a chain of records stopped.
+enum Stop {
+    /// Zeros, or a record of another epoch or sequence: nothing of this chain is here.
+    Missing,
+    /// Bytes that are not a whole valid record, and where they go wrong.
+    Invalid(u64, &'static str),
+}
+
+/// Follows the chain of records from `position` to where it stops.
 fn chain(
     bytes: &[u8],
     partitions: u32,
@@ -330,7 +341,7 @@ fn chain(
     position: &mut u64,
     expected: &mut u64,
     records: &mut Vec<(u64, RecordInfo)>,
-) -> Option<(u64, &'static str)> {
+) -> Stop {
     loop {
         let rest = bytes.get(*position as usize..).unwrap_or(&[]);
         match probe_record(rest, partitions) {
@@ -340,22 +351,29 @@ fn chain(
                 *position = next;
                 *expected += 1;
             }
-            RecordProbe::Record(_) | RecordProbe::Empty => return None,
-            RecordProbe::Invalid(at, reason) => return Some((*position + at as u64, reason)),
+            RecordProbe::Record(_) | RecordProbe::Empty => return Stop::Missing,
+            RecordProbe::Invalid(at, reason) => {
+                return Stop::Invalid(*position + at as u64, reason)
+            }
         }
     }
 }
 
-/// A valid record after `from`, of this epoch, later in the chain than `expected`, whose
-/// writer knew record `expected` to be durable: proof that the damage at `from` hit data that
-/// had been synced.
-fn later_durable_record(
-    bytes: &[u8],
-    partitions: u32,
-    epoch: u64,
-    from: u64,
-    expected: u64,
-) -> Option<(u64, RecordInfo)> {
+/// What lies after the end of a chain.
+struct Later {
+    /// The first valid record of this epoch, later in the chain than `expected`, whose writer
+    /// knew record `expected` to be durable: proof that the damage hit synced data.
+    durable: Option<(u64, RecordInfo)>,
+    /// Whether any valid record of this epoch later in the chain is there at all (written, but
+    /// not known durable when it was written: a power cut may keep it and lose earlier ones).
+    any: bool,
+}
+
+fn later_records(bytes: &[u8], partitions: u32, epoch: u64, from: u64, expected: u64) -> Later {
+    let mut later = Later {
+        durable: None,
+        any: false,
+    };
     let mut at = from + JOURNAL_ALIGN;
     while (at as usize) < bytes.len() {
         let rest = &bytes[at as usize..];
@@ -364,15 +382,18 @@ fn later_durable_record(
             && rest[journal::RECORD_MAGIC_OFFSET] == journal::RECORD_MAGIC
         {
             if let RecordProbe::Record(info) = probe_record(rest, partitions) {
-                if info.epoch == epoch && info.sequence > expected && info.durable_before > expected
-                {
-                    return Some((at, info));
+                if info.epoch == epoch && info.sequence > expected {
+                    later.any = true;
+                    if info.durable_before > expected {
+                        later.durable = Some((at, info));
+                        return later;
+                    }
                 }
             }
         }
         at += JOURNAL_ALIGN;
     }
-    None
+    later
 }
 
 /// Opens one partition at its checkpoint mark: cuts what lies past the mark, deletes segments

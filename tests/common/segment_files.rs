@@ -92,3 +92,34 @@ pub fn copy_dir(from: &Path, to: &Path) -> PathBuf {
     }
     to.to_path_buf()
 }
+
+/// The journal file, relative to the log directory (`docs/format.md`).
+pub const JOURNAL_FILE: &str = "annal.journal";
+/// Records start on 4 KiB pages.
+pub const JOURNAL_PAGE: usize = 4096;
+/// Where the journal's magic byte of a record sits, and its value.
+pub const RECORD_MAGIC_OFFSET: usize = 8;
+pub const RECORD_MAGIC: u8 = 0x4A;
+
+/// Where the records of a journal start: after two checkpoint slots of
+/// `64 + 24 * partitions` bytes, each rounded up to a page.
+pub fn journal_records_start(partitions: u32) -> usize {
+    2 * (64 + 24 * partitions as usize).next_multiple_of(JOURNAL_PAGE)
+}
+
+/// The byte ranges of the records of a journal, from the start of its records area up to the
+/// first page that does not start with a record header (the records of the latest lap only).
+pub fn journal_records(journal: &[u8], partitions: u32) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut position = journal_records_start(partitions);
+    while position + RECORD_MAGIC_OFFSET < journal.len()
+        && journal[position + RECORD_MAGIC_OFFSET] == RECORD_MAGIC
+    {
+        let len_bytes = &journal[position + 4..position + 8];
+        let len = u32::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        assert!(len > 0 && position + len <= journal.len());
+        ranges.push(position..position + len);
+        position = (position + len).next_multiple_of(JOURNAL_PAGE);
+    }
+    ranges
+}
