@@ -412,7 +412,6 @@ pub fn map_file(file: &std::fs::File, path: &Path) -> Result<Bytes> {
 pub struct CreatedSegment {
     pub segment: std::sync::Arc<Segment>,
     pub data: io::File,
-    pub index: io::File,
 }
 
 /// Creates a segment durably: write the header into `<name>.tmp`, preallocate `capacity` bytes,
@@ -450,6 +449,7 @@ pub fn create(
     let index = io::File::create_truncate(&index_path, &io::INDEX_FAULTS)?;
     let index_header = index::encode_header(header.base_offset, index_policy.interval_bytes);
     index.write_all_at(&index_header, 0)?;
+    drop(index);
     io::sync_dir(dir, faults)?;
     let map = map_file(data.std(), &path)?;
     let segment = Segment::active(
@@ -463,7 +463,6 @@ pub fn create(
     Ok(CreatedSegment {
         segment: std::sync::Arc::new(segment),
         data,
-        index,
     })
 }
 

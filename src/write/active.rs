@@ -37,7 +37,6 @@ pub const PREALLOCATE_STEP_MAX: u64 = 8 << 20;
 pub(crate) struct Active {
     pub segment: Arc<Segment>,
     data: io::File,
-    index: io::File,
     created_ms: u64,
     /// File length reserved by preallocation (or written, where preallocation is unsupported).
     allocated: u64,
@@ -63,7 +62,6 @@ pub(crate) struct Active {
 pub(crate) struct Resumed {
     pub segment: Arc<Segment>,
     pub data: io::File,
-    pub index: io::File,
     pub created_ms: u64,
     pub allocated: u64,
     /// Synced data ends here, at offset `end`.
@@ -78,7 +76,6 @@ impl Active {
         Active {
             segment: resumed.segment,
             data: resumed.data,
-            index: resumed.index,
             created_ms: resumed.created_ms,
             allocated: resumed.allocated,
             preallocates: true,
@@ -310,9 +307,8 @@ impl Lane {
         flush_entries(&mut old);
         persist_index(&mut old);
         old.segment.seal(old.written_end, old.written_position);
-        // The index and the cut are tidiness: a missing entry costs a rebuild on first read,
-        // an uncut tail is never read (a sealed segment ends at the next one's base offset).
-        let _ = old.index.sync_data();
+        // The cut is tidiness: an uncut tail is never read (a sealed segment ends at the next
+        // one's base offset).
         let _ = old.data.set_len(old.written_position);
         self.partition.segments.write().push(next.segment.clone());
         self.active = Some(next);
@@ -366,8 +362,6 @@ impl Lane {
             active.synced_end = active.written_end;
             flush_entries(active);
             persist_index(active);
-            // Derived data: a lost index write costs a rebuild, never a wrong answer.
-            let _ = active.index.sync_data();
             active.visible_position = active.written_position;
             active.segment.publish_position(active.visible_position);
         }
@@ -423,7 +417,6 @@ impl Lane {
         Ok(Active::resume(Resumed {
             segment: created.segment,
             data: created.data,
-            index: created.index,
             created_ms,
             allocated,
             position: SEGMENT_HEADER_LEN as u64,
@@ -474,8 +467,10 @@ fn flush_entries(active: &mut Active) {
     }
 }
 
-/// Appends the entries of synced frames to the index file. Derived data: entries that fail to
-/// reach the file only make lookups after a reopen scan further.
+/// Appends the entries of synced frames to the index file and syncs it. The file is opened only
+/// for this, so that a partition costs one open file, its segment's. Derived data: entries that
+/// fail to reach the file only make lookups after a reopen scan further, and a lost index is
+/// rebuilt; so errors here are ignored.
 fn persist_index(active: &mut Active) {
     if active.unpersisted_entries.is_empty() {
         return;
@@ -488,11 +483,11 @@ fn persist_index(active: &mut Active) {
     for entry in &active.unpersisted_entries {
         index::encode_entry(&mut encoded, active.segment.base_offset, entry);
     }
-    if active
-        .index
-        .write_all_at(&encoded, active.index_file_len)
-        .is_ok()
-    {
+    let written = io::File::open(&active.segment.index_path, &io::INDEX_FAULTS).and_then(|file| {
+        file.write_all_at(&encoded, active.index_file_len)?;
+        file.sync_data()
+    });
+    if written.is_ok() {
         active.index_file_len += encoded.len() as u64;
     }
     active.unpersisted_entries.clear();

@@ -521,7 +521,7 @@ fn prepare_partition(
     // stay reserved, so that a log on a full disk still opens and replays.
     let allocated = map.len() as u64;
     let index_path = segment::index_path(&path, base);
-    let (entries, index_file, index_rebuilt) = load_index(
+    let (entries, index_rebuilt) = load_index(
         &index_path,
         base,
         &map[..synced as usize],
@@ -543,7 +543,6 @@ fn prepare_partition(
     let active = Active::resume(Resumed {
         segment,
         data,
-        index: index_file,
         created_ms: header.created_ms,
         allocated,
         position: synced,
@@ -572,7 +571,7 @@ fn load_index(
     synced: &[u8],
     end_offset: u64,
     policy: IndexPolicy,
-) -> Result<(Vec<IndexEntry>, io::File, bool)> {
+) -> Result<(Vec<IndexEntry>, bool)> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -616,21 +615,24 @@ fn load_index(
         offset = info.end_offset();
     }
     let rebuilt = damage.is_some() || entries.len() != kept;
-    let rewritten = if rebuilt || other_interval {
+    if rebuilt || other_interval {
         // Derived data: a log on a full disk must still open. Whatever the file holds then is
-        // at worst a valid prefix; the next open extends it again.
-        rewrite_index(path, base, policy.interval_bytes, &entries).ok()
-    } else {
-        None
-    };
-    let file = match rewritten {
-        Some(file) => file,
-        None => match io::File::open(path, &io::INDEX_FAULTS) {
-            Ok(file) => file,
-            Err(_) => io::File::create_truncate(path, &io::INDEX_FAULTS)?,
-        },
-    };
-    Ok((entries, file, rebuilt))
+        // at worst a valid prefix; the next open extends it again. The writer appends entries
+        // after the ones kept here, so a file that could not be rewritten must not be left
+        // longer than them: it is cut, or (if even that fails) appends land after stale
+        // entries, which the next open drops as out of order and rebuilds.
+        if rewrite_index(path, base, policy.interval_bytes, &entries).is_err() {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| {
+                    f.set_len(
+                        (index::INDEX_HEADER_LEN + entries.len() * index::INDEX_ENTRY_LEN) as u64,
+                    )
+                });
+        }
+    }
+    Ok((entries, rebuilt))
 }
 
 /// Follows valid frames from `position` (expecting `offset`); returns the end offset they reach
@@ -654,11 +656,10 @@ fn rewrite_index(
     base: u64,
     interval_bytes: u32,
     entries: &[IndexEntry],
-) -> Result<io::File> {
+) -> Result<()> {
     let file = io::File::create_truncate(path, &io::INDEX_FAULTS)?;
     file.write_all_at(&index::encode_file(base, interval_bytes, entries), 0)?;
-    file.sync_data()?;
-    Ok(file)
+    file.sync_data()
 }
 
 struct Listing {
