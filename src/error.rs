@@ -104,7 +104,8 @@ pub enum Error {
     /// The options are inconsistent; the message says which option and why.
     InvalidOptions(String),
     /// The write of an append failed before it became durable (`Sync`). The append is not in
-    /// the log and its offset was never handed out; the log keeps accepting appends. `source` is
+    /// the log and was never acknowledged, so its offset goes to the next append; the log keeps
+    /// accepting appends. `source` is
     /// the underlying failure.
     AppendFailed { partition: u32, source: Arc<Error> },
     /// Writes are failing (for example the disk is full) and being retried. Appends already

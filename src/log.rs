@@ -55,11 +55,14 @@ pub struct Log {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     report: RecoveryReport,
+    /// The process that opened the log: only it has the writer thread.
+    pid: u32,
     /// Held for the life of the `Log`: its `flock` keeps other `Log`s out of the directory.
     _lock: File,
 }
 
 /// Set in a child process right after `fork`: the `Log`s it inherited have no writer thread.
+/// (Logs the child opens itself are told apart by their process id.)
 static FORKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn mark_forked() {
@@ -146,6 +149,7 @@ impl Log {
             shared,
             writer: Mutex::new(Some(handle)),
             report: recovered.report,
+            pid: std::process::id(),
             _lock: lock,
         })
     }
@@ -328,7 +332,8 @@ impl Log {
     }
 
     fn check_process(&self) -> Result<()> {
-        if FORKED.load(Ordering::Relaxed) {
+        // The process id is asked only after a fork happened: it costs a system call.
+        if FORKED.load(Ordering::Relaxed) && std::process::id() != self.pid {
             return Err(Error::UsedAfterFork);
         }
         Ok(())
@@ -338,7 +343,7 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         // In a forked child the writer thread does not exist: joining would wait forever.
-        if !FORKED.load(Ordering::Relaxed) {
+        if self.check_process().is_ok() {
             let _ = self.shut_down();
         }
     }

@@ -21,8 +21,9 @@ pub enum Durability {
     /// file at once and `fdatasync`s at this interval. Readers see only synced events.
     Interval(Duration),
     /// `append` returns once the event is queued. A background thread writes queued events to the
-    /// file (the OS page cache) at once and never syncs, except when a segment is sealed, on
-    /// [`Log::flush`](crate::Log::flush) and on close. Readers see events once they are written.
+    /// file (the OS page cache) at once and syncs only on [`Log::flush`](crate::Log::flush), on
+    /// close and at checkpoints (when the journal is full). Readers see events once they are
+    /// written.
     Buffered,
 }
 
@@ -52,7 +53,7 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 32 << 20;
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Largest allowed segment size. Byte positions inside a segment are `u32` on disk.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
-/// Shortest allowed `segment_age_max`: 10 ms. The age is checked once per write round, so an
+/// Shortest allowed `segment_age_max`: 10 ms. The age is checked as each frame is placed, so an
 /// age of zero (or below the millisecond the age is kept in) sealed a segment on every round and
 /// turned each append into a new pair of files. Ten milliseconds bounds that to 100 segments a
 /// second per partition while leaving room for tests that roll by age quickly; ages meant for
@@ -70,7 +71,7 @@ pub const BATCH_EVENTS_MAX_DEFAULT: u32 = 10_000;
 /// Default limit on the encoded size of one batch: 4 MiB, or less when the segment is too small
 /// for it (see [`Options::batch_bytes_max`]).
 pub const BATCH_BYTES_MAX_DEFAULT: u32 = 4 << 20;
-/// Default bound on the bytes queued per partition and not yet written: 16 MiB, or one largest
+/// Default bound on the bytes queued (for the whole log) and not yet written: 16 MiB, or one largest
 /// batch when that is more. An append that would exceed it waits for the writer thread
 /// (backpressure).
 pub const QUEUE_BYTES_MAX_DEFAULT: u64 = 16 << 20;
@@ -80,6 +81,9 @@ pub const QUEUE_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 pub const JOURNAL_BYTES_DEFAULT: u64 = 64 << 20;
 /// Smallest journal: 1 MiB.
 pub const JOURNAL_BYTES_MIN: u64 = 1 << 20;
+/// Largest journal: 1 GiB (record lengths are `u32` on disk, and what `open` replays is bounded
+/// by it).
+pub const JOURNAL_BYTES_MAX: u64 = 1 << 30;
 const _: () = assert!(EVENT_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX_DEFAULT);
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT as u64 <= QUEUE_BYTES_MAX_DEFAULT);
 
@@ -150,7 +154,7 @@ impl Options {
     }
 
     /// Size at which a segment is sealed (default [`SEGMENT_BYTES_DEFAULT`]). Segments are
-    /// preallocated to this size. The batch, event and queue limits that are not set follow it.
+    /// reserved on disk in steps as they fill, never past this size. The batch, event and queue limits that are not set follow it.
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;
         self
@@ -198,7 +202,7 @@ impl Options {
         self
     }
 
-    /// Most bytes queued per partition before appends wait. At least one largest frame.
+    /// Most bytes queued (for the whole log) before appends wait. At least one largest frame.
     /// Default [`QUEUE_BYTES_MAX_DEFAULT`], raised when needed to one largest frame.
     pub fn queue_bytes_max(mut self, bytes: u64) -> Self {
         self.queue_bytes_max = Some(bytes);
@@ -314,10 +318,12 @@ impl Options {
             + u64::from(self.key_bytes_max)
     }
 
-    /// The largest batch that fits, with the longest key, into an empty segment.
+    /// The largest batch that fits, with the longest key, into an empty segment (which keeps
+    /// room for the padding frame of a checkpoint).
     fn batch_room_bytes(&self) -> u64 {
         self.segment_bytes
             .saturating_sub(segment::SEGMENT_HEADER_LEN as u64)
+            .saturating_sub(crate::write::active::PADDING_ROOM)
             .saturating_sub(self.frame_overhead_bytes())
     }
 
@@ -331,6 +337,7 @@ impl Options {
             let key_fits = self.segment_bytes.saturating_sub(
                 (segment::SEGMENT_HEADER_LEN + frame::FRAME_HEADER_LEN + frame::KEY_PREFIX_LEN)
                     as u64
+                    + crate::write::active::PADDING_ROOM
                     + frame::RECORD_FIXED_LEN as u64,
             );
             return invalid(format!(
@@ -363,9 +370,12 @@ impl Options {
                 limits.event_bytes_max, limits.batch_bytes_max, limits.batch_bytes_max
             ));
         }
-        if self.journal_bytes < JOURNAL_BYTES_MIN || !self.journal_bytes.is_multiple_of(4096) {
+        if !(JOURNAL_BYTES_MIN..=JOURNAL_BYTES_MAX).contains(&self.journal_bytes)
+            || !self.journal_bytes.is_multiple_of(4096)
+        {
             return invalid(format!(
-                "journal_bytes must be a multiple of 4096 and at least {JOURNAL_BYTES_MIN}, got {}",
+                "journal_bytes must be a multiple of 4096 between {JOURNAL_BYTES_MIN} and \
+                 {JOURNAL_BYTES_MAX}, got {}",
                 self.journal_bytes
             ));
         }
@@ -406,6 +416,7 @@ mod tests {
     /// Batch bytes that fit into a segment of `SEGMENT_BYTES_MIN` with the default key limit.
     const ROOM_IN_SMALLEST_SEGMENT: u32 = SEGMENT_BYTES_MIN as u32
         - segment::SEGMENT_HEADER_LEN as u32
+        - crate::write::active::PADDING_ROOM as u32
         - frame::FRAME_HEADER_LEN as u32
         - frame::KEY_PREFIX_LEN as u32
         - KEY_BYTES_MAX_DEFAULT;
@@ -433,7 +444,9 @@ mod tests {
         assert_eq!(limits.queue_bytes_max, QUEUE_BYTES_MAX_DEFAULT);
         assert_eq!(
             limits.frame_bytes_max,
-            SEGMENT_BYTES_MIN - segment::SEGMENT_HEADER_LEN as u64
+            SEGMENT_BYTES_MIN
+                - segment::SEGMENT_HEADER_LEN as u64
+                - crate::write::active::PADDING_ROOM
         );
 
         // An explicit batch limit is kept, and the event limit follows it, whatever the order.
@@ -494,14 +507,17 @@ mod tests {
             small().event_bytes_max(ROOM_IN_SMALLEST_SEGMENT + 1),
             &["event_bytes_max", &room],
         );
-        let frame_bytes_max = SEGMENT_BYTES_MIN - segment::SEGMENT_HEADER_LEN as u64;
+        let frame_bytes_max = SEGMENT_BYTES_MIN
+            - segment::SEGMENT_HEADER_LEN as u64
+            - crate::write::active::PADDING_ROOM;
         assert_refused(
             small().queue_bytes_max(frame_bytes_max - 1),
             &["queue_bytes_max", &frame_bytes_max.to_string()],
         );
         small().queue_bytes_max(frame_bytes_max).validate().unwrap();
         assert_refused(small().batch_bytes_max(6), &["batch_bytes_max", "7"]);
-        let key_fits = SEGMENT_BYTES_MIN as u32 - 64 - 32 - 2 - 7;
+        let key_fits =
+            SEGMENT_BYTES_MIN as u32 - 64 - crate::write::active::PADDING_ROOM as u32 - 32 - 2 - 7;
         assert_refused(
             small().key_bytes_max(key_fits + 1),
             &["key_bytes_max", &key_fits.to_string()],

@@ -8,7 +8,7 @@
 //!   0  u32 crc           CRC-32 (IEEE) of bytes [4, frame_len)
 //!   4  u32 frame_len     the whole frame, header included
 //!   8  u8  magic         FRAME_MAGIC
-//!   9  u8  flags         0 in version 1: anything else is "unknown frame flags"
+//!   9  u8  flags         0, or FLAG_PADDING: anything else is "unknown frame flags"
 //!  10  u16 reserved      0: anything else is refused too, with its own reason
 //!  12  u32 record_count  at least 1
 //!  16  u64 base_offset   offset of the first record
@@ -16,7 +16,7 @@
 //! key
 //!  32  u16 key_len, key bytes
 //! records, record_count times
-//!      u8  attributes    0 in version 1
+//!      u8  attributes    0 in version 2
 //!      u16 header_count, then per header: u16 name_len, name, u32 value_len, value
 //!      u32 payload_len, payload
 //! ```
@@ -182,7 +182,7 @@ fn encode_record(buf: &mut Vec<u8>, event: &Event<'_>) -> Result<(), Error> {
             limit: HEADERS_PER_RECORD_LIMIT as u64,
         });
     }
-    buf.push(0); // attributes: none are defined in format version 1
+    buf.push(0); // attributes: none are defined in format version 2
     buf.extend_from_slice(&(headers.len() as u16).to_le_bytes());
     for (name, value) in headers {
         if name.len() > HEADER_NAME_BYTES_LIMIT {

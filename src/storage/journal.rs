@@ -5,7 +5,7 @@
 //! partitions; one `fdatasync` of the journal makes the whole round durable, whatever the number
 //! of partitions it touched. Frames are then written to their partitions' segment files, which
 //! are synced only at checkpoints. A checkpoint records, per partition, how far its segment data
-//! is synced; recovery truncates each partition to its checkpoint and replays the journal from
+//! is synced; recovery trusts each partition up to its checkpoint and replays the journal from
 //! there. The file is reused: once a checkpoint covers the records before some position, the
 //! writer wraps around and overwrites them.
 //!
@@ -319,6 +319,16 @@ pub struct RecordInfo {
 }
 
 impl RecordInfo {
+    /// One past the global position of the record's last event.
+    pub fn global_end(&self) -> u64 {
+        self.global_position
+            + self
+                .entries
+                .iter()
+                .map(|entry| u64::from(entry.info.record_count))
+                .sum::<u64>()
+    }
+
     /// Where the next record starts, relative to this one.
     pub fn padded_len(&self) -> u64 {
         align_up(u64::from(self.len))

@@ -372,7 +372,11 @@ fn scan_index(map: &[u8], base_offset: u64, end_offset: u64, policy: IndexPolicy
         if info.base_offset != offset {
             break;
         }
-        if policy.wants_entry(entries.last().map(|e: &IndexEntry| e.position), position) {
+        // A padding frame holds no records: an entry there would share its offset with the
+        // next frame's.
+        if info.record_count > 0
+            && policy.wants_entry(entries.last().map(|e: &IndexEntry| e.position), position)
+        {
             entries.push(IndexEntry {
                 offset,
                 position,

@@ -414,7 +414,7 @@ impl Lane {
             .metadata()
             .map_err(|e| crate::error::Error::io("stat", &created.segment.path, e))?
             .len();
-        Ok(Active::resume(Resumed {
+        let mut active = Active::resume(Resumed {
             segment: created.segment,
             data: created.data,
             created_ms,
@@ -423,7 +423,11 @@ impl Lane {
             end: base,
             index_entries: 0,
             last_entry_position: None,
-        }))
+        });
+        // Where preallocation is unsupported the file holds only its header: this learns so,
+        // and reserves by the writes to come.
+        grow(&mut active, needed, self.config.segment_bytes)?;
+        Ok(active)
     }
 }
 

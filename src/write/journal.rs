@@ -19,10 +19,13 @@ pub const ZERO_STEP_MAX: u64 = 16 << 20;
 
 pub(crate) struct JournalWriter {
     file: io::File,
+    path: PathBuf,
     records_start: u64,
     /// Records never pass this; the writer checkpoints and wraps before they would.
     capacity_end: u64,
-    /// The file is written (with records or zeros) up to here, and that length is synced.
+    /// `capacity_end` as configured; it is lowered while the disk is full.
+    configured_end: u64,
+    /// The file is written (with records or zeros) up to here.
     zeroed_end: u64,
     /// Where the next record goes.
     position: u64,
@@ -75,8 +78,10 @@ impl JournalWriter {
         let records_start = records_start(partitions);
         Ok(JournalWriter {
             file,
+            path,
             records_start,
             capacity_end: records_start + capacity,
+            configured_end: records_start + capacity,
             zeroed_end: state.file_len.max(records_start),
             position: state.position,
             next_sequence: state.next_sequence,
@@ -121,9 +126,8 @@ impl JournalWriter {
             self.file.write_all_at(&self.zeros[..len], at)?;
             at += len as u64;
         }
-        // The zeros are written once and synced once; from then on records overwrite written
-        // blocks, which costs the disk no metadata update per sync.
-        self.file.sync_data()?;
+        // The zeros are written once (and reach the disk with the next sync); from then on
+        // records overwrite written blocks, which costs the disk no metadata update per sync.
         self.zeroed_end = target;
         Ok(())
     }
@@ -179,6 +183,10 @@ impl JournalWriter {
         self.file.write_all_at(&bytes, checkpoint.slot_position())?;
         self.file.sync_data()?;
         self.epoch = checkpoint.number;
+        if wrap {
+            // A new lap may grow the journal again, if the disk has room by now.
+            self.capacity_end = self.configured_end;
+        }
         Counters::add(&self.counters.checkpoints, 1);
         self.durable_before = self.next_sequence;
         self.position = checkpoint.journal_position;
@@ -186,14 +194,28 @@ impl JournalWriter {
     }
 
     /// After the disk filled up while the journal was growing: records stop at what is written
-    /// already, so that the next checkpoint wraps into space the journal owns.
+    /// already, so that the next checkpoint wraps into space the journal owns. The next wrap
+    /// lets it grow again.
     pub fn stop_growing(&mut self) {
         self.capacity_end = self.zeroed_end.max(self.position);
+    }
+
+    /// The error for a record that does not fit the journal: the disk's, while the journal
+    /// cannot grow; else the options'.
+    pub fn too_large(&self, len: usize) -> Error {
+        if self.capacity_end < self.configured_end {
+            return Error::io(
+                "grow journal",
+                &self.path,
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            );
+        }
+        record_too_large(len, self.record_bytes_max())
     }
 }
 
 /// The error of a record that can never fit the journal.
-pub(crate) fn record_too_large(len: usize, max: u64) -> Error {
+fn record_too_large(len: usize, max: u64) -> Error {
     Error::InvalidOptions(format!(
         "a write round of {len} bytes does not fit the journal of {max} bytes; \
          raise journal_bytes or lower queue_bytes_max"

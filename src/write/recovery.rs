@@ -9,7 +9,7 @@
 //!
 //! | found | action |
 //! |---|---|
-//! | segment data past its partition's checkpoint mark | cut (the journal holds it, or it was never durable) |
+//! | segment data past its partition's checkpoint mark | never read; the replay writes over it (the journal holds it, or it was never durable) |
 //! | segments created after the checkpoint | deleted (the replay creates them again) |
 //! | `*.tmp` left by an interrupted creation | deleted |
 //! | an active segment shorter than its checkpoint mark | `Error::Corrupt`: synced data is missing |
@@ -56,6 +56,10 @@ pub struct RecoveryReport {
     /// With `RecoveryMode::SalvageAfterCorruption`: the offsets lost to damaged journal records
     /// (and those dropped after them because they no longer continue their partition).
     pub salvage_lost: Vec<LostRange>,
+    /// With `RecoveryMode::SalvageAfterCorruption`: how many events the skipped records held
+    /// (from the global positions around them). A partition whose lost events were all in the
+    /// skipped records shows no gap later, so `salvage_lost` cannot name it; this count does.
+    pub salvage_lost_events: u64,
     /// Per partition, in partition order.
     pub partitions: Vec<PartitionRecovery>,
 }
@@ -68,10 +72,11 @@ pub struct PartitionRecovery {
     /// Events replayed from the journal.
     pub events_replayed: u64,
     /// Offsets that were in the segment files past the checkpoint but not in the journal, and
-    /// so were cut: appends never acknowledged as durable (or acknowledged under `Buffered` or
+    /// so are gone: appends never acknowledged as durable (or acknowledged under `Buffered` or
     /// `Interval` and lost with the unsynced journal tail).
     pub cut: Option<LostRange>,
-    /// Segment bytes past the checkpoint mark that were cut before the replay.
+    /// Segment bytes past the checkpoint mark (what the replay wrote over, or dropped with the
+    /// segments created after the checkpoint).
     pub cut_bytes: u64,
     /// Whether the active segment's index was rebuilt because it was missing or damaged.
     pub index_rebuilt: bool,
@@ -112,7 +117,18 @@ pub(crate) fn recover(
         config.recovery,
     )?;
 
-    let mut report = RecoveryReport::default();
+    // Everything that can refuse the open is checked before anything on disk changes.
+    if !scan.salvaged {
+        check_chain(&scan.records, &checkpoint, &journal_path)?;
+    }
+    for id in 0..partitions {
+        check_partition(dir, id, checkpoint.partitions[id as usize])?;
+    }
+
+    let mut report = RecoveryReport {
+        salvage_lost_events: scan.salvage_lost_events,
+        ..RecoveryReport::default()
+    };
     let mut lanes = Vec::with_capacity(partitions as usize);
     let mut partition_list = Vec::with_capacity(partitions as usize);
     for id in 0..partitions {
@@ -270,8 +286,9 @@ struct Scan {
     end_position: u64,
     next_sequence: u64,
     tail_torn: bool,
-    /// Whether records were skipped over damage (salvage mode).
+    /// Whether records were skipped over damage (salvage mode), and how many events they held.
     salvaged: bool,
+    salvage_lost_events: u64,
 }
 
 fn scan_journal(
@@ -286,6 +303,7 @@ fn scan_journal(
     let mut position = checkpoint.journal_position;
     let mut expected = checkpoint.journal_sequence;
     let mut salvaged = false;
+    let mut salvage_lost_events = 0;
     // The chain ends at the first position that does not hold the next record. Then it is a
     // torn tail, unless a later valid record proves that the missing one had been durable.
     let tail_torn = loop {
@@ -311,6 +329,10 @@ fn scan_journal(
             }
             RecoveryMode::SalvageAfterCorruption => {
                 salvaged = true;
+                let chained_end = records
+                    .last()
+                    .map_or(checkpoint.global_position, |(_, r)| r.global_end());
+                salvage_lost_events += evidence.global_position.saturating_sub(chained_end);
                 position = evidence_at;
                 expected = evidence.sequence;
             }
@@ -322,7 +344,91 @@ fn scan_journal(
         next_sequence: expected,
         tail_torn,
         salvaged,
+        salvage_lost_events,
     })
+}
+
+/// Checks that the records continue the log: global positions, and every frame's offset in its
+/// partition, from the checkpoint on.
+fn check_chain(records: &[(u64, RecordInfo)], checkpoint: &Checkpoint, path: &Path) -> Result<()> {
+    let mut ends: Vec<u64> = checkpoint.partitions.iter().map(|m| m.end_offset).collect();
+    let mut global = checkpoint.global_position;
+    for (position, record) in records {
+        if record.global_position != global {
+            return Err(Error::corrupt(
+                path,
+                position + journal::RECORD_GLOBAL_OFFSET as u64,
+                "journal record's global position does not continue the log",
+            ));
+        }
+        for entry in &record.entries {
+            let end = &mut ends[entry.partition as usize];
+            if entry.info.base_offset != *end {
+                return Err(Error::corrupt(
+                    path,
+                    position + (entry.frame_start + frame::BASE_OFFSET_OFFSET) as u64,
+                    "journal frame's offset does not continue its partition",
+                ));
+            }
+            *end = entry.info.end_offset();
+        }
+        global = record.global_end();
+    }
+    Ok(())
+}
+
+/// The checks of `prepare_partition` that can refuse the open, made before anything changes.
+fn check_partition(dir: &Path, id: u32, mark: PartitionMark) -> Result<()> {
+    if mark.segment_base == NO_SEGMENT {
+        return Ok(());
+    }
+    let path = segment::segment_path(&partition_dir(dir, id), mark.segment_base);
+    let bytes = match std::fs::File::open(&path) {
+        Ok(file) => {
+            use std::io::Read;
+            let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            file.take(SEGMENT_HEADER_LEN as u64)
+                .read_to_end(&mut header)
+                .map_err(|e| Error::io("read", &path, e))?;
+            (header, len)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                "the segment named by the checkpoint is missing",
+            ))
+        }
+        Err(e) => return Err(Error::io("open", &path, e)),
+    };
+    let (header, len) = bytes;
+    let header = SegmentHeader::decode(&header, &path)?;
+    if header.partition != id {
+        return Err(Error::corrupt(
+            &path,
+            segment::SEGMENT_PARTITION_OFFSET as u64,
+            "segment header names another partition than its directory",
+        ));
+    }
+    if header.base_offset != mark.segment_base {
+        return Err(Error::corrupt(
+            &path,
+            segment::SEGMENT_BASE_OFFSET_OFFSET as u64,
+            "segment header names another base offset than its file name",
+        ));
+    }
+    if len < mark.synced_position || mark.synced_position < SEGMENT_HEADER_LEN as u64 {
+        return Err(Error::corrupt(
+            &path,
+            len,
+            "segment is shorter than the data its checkpoint says was synced",
+        ));
+    }
+    Ok(())
 }
 
 /// Why a chain of records stopped.
@@ -603,7 +709,9 @@ fn load_index(
         if info.base_offset != offset {
             break;
         }
-        if policy.wants_entry(last_entry_position, position) {
+        // A padding frame holds no records: an entry there would share its offset with the
+        // next frame's.
+        if info.record_count > 0 && policy.wants_entry(last_entry_position, position) {
             entries.push(IndexEntry {
                 offset,
                 position,

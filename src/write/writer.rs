@@ -22,7 +22,7 @@ use crate::error::{Error, LostRange};
 use crate::options::Durability;
 use crate::storage::journal::{Checkpoint, ENTRY_TAG_LEN, RECORD_HEADER_LEN};
 use crate::write::active::{Demand, Fault, Lane};
-use crate::write::journal::{record_too_large, JournalWriter};
+use crate::write::journal::JournalWriter;
 use crate::write::sequencer::{QueuedFrame, Refusal};
 use crate::write::Shared;
 
@@ -246,11 +246,18 @@ impl Writer {
     fn commit_round(&mut self, round: &Round) -> Result<(), ()> {
         let sync = self.wants_sync(round);
         self.last_round_frames = self.frames.len() - self.written_frames;
+        let mut failed_sync_round = None;
         match self.write_frames() {
             Ok(()) => {
                 if self.stall.take().is_some() {
                     self.shared.sequencer.pending.lock().refusal = None;
                 }
+            }
+            // Under Sync the records written before the failure are synced and published
+            // first: failing the rest resolves every earlier ticket, which must not happen
+            // before their data is durable.
+            Err(Fault::Clean(error)) if self.shared.config.durability == Durability::Sync => {
+                failed_sync_round = Some(error);
             }
             Err(Fault::Clean(error)) => self.clean_failure(error),
             Err(Fault::Poison(error)) => {
@@ -258,7 +265,7 @@ impl Writer {
                 return Err(());
             }
         }
-        if self.stall.is_none() {
+        if self.stall.is_none() && failed_sync_round.is_none() {
             self.frames.clear();
             self.written_frames = 0;
         }
@@ -275,6 +282,9 @@ impl Writer {
             }
         }
         self.publish(sync, round.flush_seq);
+        if let Some(error) = failed_sync_round {
+            self.clean_failure(error);
+        }
         Ok(())
     }
 
@@ -347,8 +357,7 @@ impl Writer {
         let record_len = RECORD_HEADER_LEN + entries.len();
         if !self.journal.fits(record_len) {
             if !self.journal.can_wrap() {
-                let max = self.journal.record_bytes_max();
-                return Err(Fault::Clean(record_too_large(record_len, max)));
+                return Err(Fault::Clean(self.journal.too_large(record_len)));
             }
             self.checkpoint(true)?;
         }

@@ -253,7 +253,7 @@ fn check_mode(records_area: &[u8], mode: RecoveryMode) -> Option<Vec<u64>> {
     for p in 0..PARTITIONS {
         let expected = ends[p as usize] + u64::from(p == partition);
         assert_eq!(log.end_offset(p).unwrap(), expected, "partition {p} after reopen");
-        let count = log.read(p, 0).unwrap().map(|r| r.unwrap()).count() as u64;
+        let count = log.read(p, 0).unwrap().inspect(|r| assert!(r.is_ok())).count() as u64;
         assert_eq!(count, expected);
     }
     let last = log
