@@ -9,6 +9,10 @@
 //! Neighbouring segments must meet: a sealed segment's records end exactly at the base offset of
 //! the next one (its name), and the first segment starts at offset 0. A gap (a deleted or cut
 //! segment) or an overlap is reported as `Error::Corrupt`, never skipped.
+//!
+//! A reader holds a pin on the segment it is in, which keeps that segment mapped and indexed;
+//! it drops the pin when it moves on, so sealed segments behind it can be released
+//! (`Segment`).
 
 use std::sync::Arc;
 
@@ -17,7 +21,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::record::{Header, Record};
 use crate::storage::frame::{self, FrameInfo, Probe, RecordCursor};
-use crate::storage::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::storage::segment::{ScanStart, SegmentPin, SEGMENT_HEADER_LEN};
 use crate::write::partition::Partition;
 
 /// A sealed segment's records end before the next segment's base offset.
@@ -41,12 +45,14 @@ pub struct Reader {
 }
 
 struct SegmentCursor {
-    segment: Arc<Segment>,
+    segment: SegmentPin,
     map: Bytes,
     position: u64,
     offset: u64,
     /// False until a frame was found where the index said; then the index is trusted.
     index_checked: bool,
+    /// What the index said, and which index said it.
+    start: ScanStart,
 }
 
 /// The frame being returned record by record. It lives in the current segment cursor's
@@ -192,13 +198,14 @@ impl Reader {
             };
             let policy = self.partition.config.index_policy;
             let end = self.partition.visible_end();
-            if !cursor.index_checked && cursor.segment.index_lied(cursor.position, end, policy)? {
+            if !cursor.index_checked
+                && cursor
+                    .segment
+                    .index_lied(cursor.position, &cursor.start, end, policy)?
+            {
                 // The index sent us somewhere that is not the frame it promised; it has been
                 // rebuilt from the segment, which is the truth. Look again.
-                let mut relocated = self.locate(target)?;
-                // The rebuilt index points only at frames that checked out: trust it, so that
-                // a real corruption after it is reported instead of rebuilding forever.
-                relocated.index_checked = true;
+                let relocated = self.locate(target)?;
                 self.segment = Some(relocated);
                 continue;
             }
@@ -210,8 +217,9 @@ impl Reader {
         }
     }
 
-    /// Leaves the current segment for the one holding `target`. A segment left because its
-    /// records are all read must not hold more frames: the next segment starts there.
+    /// Leaves the current segment (dropping its pin) for the one holding `target`. A segment
+    /// left because its records are all read must not hold more frames: the next segment
+    /// starts there.
     fn move_to(&mut self, target: u64) -> Result<()> {
         if let Some(cursor) = self.segment.take() {
             if cursor.offset >= cursor.segment.end_offset() {
@@ -245,21 +253,24 @@ impl Reader {
                 return Err(Error::corrupt(&first.path, 0, FIRST_MISSING));
             }
             let after = segments.partition_point(|s| s.base_offset <= offset);
-            segments[after - 1].clone()
+            segments[after - 1].pin()
         };
         let map = segment.map()?;
         let end_offset = segment.end_offset().min(self.partition.visible_end());
-        let (position, start_offset) =
-            segment.scan_start(offset, end_offset, self.partition.config.index_policy)?;
-        // Only the segment's own start needs no check: the first frame is there by
-        // construction, at the base offset.
-        let at_start = position == SEGMENT_HEADER_LEN as u64 && start_offset == segment.base_offset;
+        let start = segment.scan_start(offset, end_offset, self.partition.config.index_policy)?;
+        // The segment's own start needs no check: the first frame is there by construction, at
+        // the base offset. An index rebuilt from the segment points only at frames that are
+        // there; trusting it means that a real corruption after it is reported instead of
+        // rebuilding forever.
+        let at_start =
+            start.position == SEGMENT_HEADER_LEN as u64 && start.offset == segment.base_offset;
         Ok(SegmentCursor {
             segment,
             map,
-            position,
-            offset: start_offset,
-            index_checked: at_start,
+            position: start.position,
+            offset: start.offset,
+            index_checked: at_start || start.index_verified,
+            start,
         })
     }
 }
