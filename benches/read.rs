@@ -1,21 +1,36 @@
 //! Sequential read of one partition from the page cache, checksums verified, against the cost
-//! floor of the same bytes: computing their CRC-32 and copying them.
+//! floor of the same bytes: computing their CRC-32 and copying them. Over the batch size, and
+//! over the segment size: with small segments a replay crosses hundreds of them, and each sealed
+//! segment beyond the few kept idle is mapped again on every replay.
 
 mod common;
 
 use std::time::Duration;
 
-use annal::{Durability, Event, Log, Options};
+use annal::{Durability, Event, Log, Options, SEGMENT_BYTES_DEFAULT};
 use criterion::{black_box, Criterion, Throughput};
 
 const EVENTS: u64 = 1_000_000;
 
-/// A one-partition log of `EVENTS` 256-byte events, appended in batches of `batch`.
-fn build(batch: usize) -> (tempfile::TempDir, Log) {
+/// Small segments: about 300 for `EVENTS`, as many as the partition in the issue that found
+/// mappings were never released.
+const SMALL_SEGMENT_BYTES: u64 = 1 << 20;
+/// Largest batch and event with small segments: the largest frame must fit into one.
+const SMALL_SEGMENT_BATCH_BYTES_MAX: u32 = 64 << 10;
+
+/// A one-partition log of `EVENTS` 256-byte events, appended in batches of `batch`, in segments
+/// of `segment_bytes`.
+fn build(batch: usize, segment_bytes: u64) -> (tempfile::TempDir, Log) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = Options::default()
+    let mut options = Options::default()
         .partitions(1)
-        .durability(Durability::Buffered);
+        .durability(Durability::Buffered)
+        .segment_bytes(segment_bytes);
+    if segment_bytes == SMALL_SEGMENT_BYTES {
+        options = options
+            .batch_bytes_max(SMALL_SEGMENT_BATCH_BYTES_MAX)
+            .event_bytes_max(SMALL_SEGMENT_BATCH_BYTES_MAX);
+    }
     let log = Log::open(dir.path(), options).expect("open");
     let keys = common::keys();
     let payload = common::payload(256, 0);
@@ -58,14 +73,20 @@ fn segment_bytes(dir: &std::path::Path) -> Vec<u8> {
 
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    for batch in [1usize, 100] {
-        let (dir, log) = build(batch);
+    let cases = [
+        (1usize, SEGMENT_BYTES_DEFAULT, ""),
+        (100, SEGMENT_BYTES_DEFAULT, ""),
+        (1, SMALL_SEGMENT_BYTES, "_segments1MiB"),
+    ];
+    for (batch, segment_size, suffix) in cases {
+        let (dir, log) = build(batch, segment_size);
         assert_eq!(read_all(&log), EVENTS);
         let bytes = log.stats().written_bytes as usize;
         let raw = segment_bytes(dir.path());
         // The same number of bytes as the frames hold (segment headers aside).
         let data = &raw[..raw.len().min(bytes)];
-        let mut group = c.benchmark_group(format!("read_sequential_256B_batch{batch}"));
+        let name = format!("read_sequential_256B_batch{batch}{suffix}");
+        let mut group = c.benchmark_group(name);
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(3));
         group.throughput(Throughput::Elements(EVENTS));

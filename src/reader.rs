@@ -5,6 +5,14 @@
 //! frame it returns records from passed its checksum; every length inside it is checked against
 //! the frame before use. Anything else is returned as `Error::Corrupt` with the file and the
 //! byte position, and the reader stops.
+//!
+//! Neighbouring segments must meet: a sealed segment's records end exactly at the base offset of
+//! the next one (its name), and the first segment starts at offset 0. A gap (a deleted or cut
+//! segment) or an overlap is reported as `Error::Corrupt`, never skipped.
+//!
+//! A reader holds a pin on the segment it is in, which keeps that segment mapped and indexed;
+//! it drops the pin when it moves on, so sealed segments behind it can be released
+//! (`Segment`).
 
 use std::sync::Arc;
 
@@ -13,8 +21,16 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::record::{Header, Record};
 use crate::storage::frame::{self, FrameInfo, Probe, RecordCursor};
-use crate::storage::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::storage::segment::{ScanStart, SegmentPin, SEGMENT_HEADER_LEN};
 use crate::write::partition::Partition;
+
+/// A sealed segment's records end before the next segment's base offset.
+const GAP: &str =
+    "records end before the next segment's base offset (a segment is missing or cut short)";
+/// A sealed segment holds records at or past the next segment's base offset.
+const OVERLAP: &str = "records run past the next segment's base offset (segments overlap)";
+/// The partition's first segment does not hold offset 0.
+const FIRST_MISSING: &str = "the first segment does not start at offset 0 (a segment is missing)";
 
 /// An iterator over the records of one partition from a given offset. It yields records up to
 /// the partition's visible end, checking again for newly visible records when it gets there;
@@ -29,12 +45,14 @@ pub struct Reader {
 }
 
 struct SegmentCursor {
-    segment: Arc<Segment>,
+    segment: SegmentPin,
     map: Bytes,
     position: u64,
     offset: u64,
     /// False until a frame was found where the index said; then the index is trusted.
     index_checked: bool,
+    /// What the index said, and which index said it.
+    start: ScanStart,
 }
 
 /// The frame being returned record by record. It lives in the current segment cursor's
@@ -123,24 +141,25 @@ impl Reader {
             Some(cursor) => target >= cursor.segment.end_offset() || target < cursor.offset,
         };
         if needs_locate {
-            self.segment = Some(self.locate(target)?);
+            self.move_to(target)?;
         }
         loop {
             let cursor = self.segment.as_mut().expect("located above");
             // The segment may have been sealed since this cursor was made: its end is read
             // anew, and nothing at or past it is ever touched (the file may be cut there).
-            if cursor.offset >= cursor.segment.end_offset() {
-                self.segment = Some(self.locate(target)?);
+            let end_offset = cursor.segment.end_offset();
+            if cursor.offset >= end_offset {
+                self.move_to(target)?;
                 continue;
             }
-            let probe = cursor
+            let rest = cursor
                 .segment
                 .data(&cursor.map)
-                .get(cursor.position as usize..)
-                .map_or(
-                    Probe::Invalid("position past the end of the segment"),
-                    frame::probe,
-                );
+                .get(cursor.position as usize..);
+            let probe = rest.map_or(
+                Probe::Invalid("position past the end of the segment"),
+                frame::probe,
+            );
             if !matches!(probe, Probe::Frame(_)) && cursor.segment.mapped_len() > cursor.map.len() {
                 // The file grew past this cursor's mapping (a segment without preallocation).
                 cursor.map = cursor.segment.map()?;
@@ -148,6 +167,13 @@ impl Reader {
             }
             let reason = match probe {
                 Probe::Frame(info) if info.base_offset == cursor.offset => {
+                    if info.end_offset() > end_offset {
+                        return Err(Error::corrupt(
+                            &cursor.segment.path,
+                            cursor.position,
+                            OVERLAP,
+                        ));
+                    }
                     cursor.index_checked = true;
                     let start = cursor.position as usize;
                     cursor.position += u64::from(info.frame_len);
@@ -164,18 +190,22 @@ impl Reader {
                     return Ok(());
                 }
                 Probe::Frame(_) => "frame offset does not continue the partition",
+                // Only zeros (or nothing) from here to the end of a sealed segment: its records
+                // end here, before the next segment starts.
+                Probe::Empty if end_offset != u64::MAX && rest.is_some_and(all_zero) => GAP,
                 Probe::Empty => "zeros where a frame should be",
                 Probe::Invalid(reason) => reason,
             };
             let policy = self.partition.index_policy;
             let end = self.partition.visible_end();
-            if !cursor.index_checked && cursor.segment.index_lied(cursor.position, end, policy)? {
+            if !cursor.index_checked
+                && cursor
+                    .segment
+                    .index_lied(cursor.position, &cursor.start, end, policy)?
+            {
                 // The index sent us somewhere that is not the frame it promised; it has been
                 // rebuilt from the segment, which is the truth. Look again.
-                let mut relocated = self.locate(target)?;
-                // The rebuilt index points only at frames that checked out: trust it, so that
-                // a real corruption after it is reported instead of rebuilding forever.
-                relocated.index_checked = true;
+                let relocated = self.locate(target)?;
                 self.segment = Some(relocated);
                 continue;
             }
@@ -187,33 +217,66 @@ impl Reader {
         }
     }
 
+    /// Leaves the current segment (dropping its pin) for the one holding `target`. A segment
+    /// left because its records are all read must not hold more frames: the next segment
+    /// starts there.
+    fn move_to(&mut self, target: u64) -> Result<()> {
+        if let Some(cursor) = self.segment.take() {
+            if cursor.offset >= cursor.segment.end_offset() {
+                let data = cursor.segment.data(&cursor.map);
+                let rest = data.get(cursor.position as usize..).unwrap_or(&[]);
+                if let Probe::Frame(_) = frame::probe(rest) {
+                    return Err(Error::corrupt(
+                        &cursor.segment.path,
+                        cursor.position,
+                        OVERLAP,
+                    ));
+                }
+            }
+        }
+        self.segment = Some(self.locate(target)?);
+        Ok(())
+    }
+
     /// Finds the segment holding `offset` and the scan start the index gives for it.
     fn locate(&self, offset: u64) -> Result<SegmentCursor> {
         let segment = {
             let segments = self.partition.segments.read();
+            let Some(first) = segments.first() else {
+                return Err(Error::corrupt(
+                    &self.partition.dir,
+                    0,
+                    "partition has no segments",
+                ));
+            };
+            if offset < first.base_offset {
+                return Err(Error::corrupt(&first.path, 0, FIRST_MISSING));
+            }
             let after = segments.partition_point(|s| s.base_offset <= offset);
-            segments
-                .get(after.saturating_sub(1))
-                .cloned()
-                .ok_or_else(|| {
-                    Error::corrupt(&self.partition.dir, 0, "partition has no segments")
-                })?
+            segments[after - 1].pin()
         };
         let map = segment.map()?;
         let end_offset = segment.end_offset().min(self.partition.visible_end());
-        let (position, start_offset) =
-            segment.scan_start(offset, end_offset, self.partition.index_policy)?;
-        // Only the segment's own start needs no check: the first frame is there by
-        // construction, at the base offset.
-        let at_start = position == SEGMENT_HEADER_LEN as u64 && start_offset == segment.base_offset;
+        let start = segment.scan_start(offset, end_offset, self.partition.index_policy)?;
+        // The segment's own start needs no check: the first frame is there by construction, at
+        // the base offset. An index rebuilt from the segment points only at frames that are
+        // there; trusting it means that a real corruption after it is reported instead of
+        // rebuilding forever.
+        let at_start =
+            start.position == SEGMENT_HEADER_LEN as u64 && start.offset == segment.base_offset;
         Ok(SegmentCursor {
             segment,
             map,
-            position,
-            offset: start_offset,
-            index_checked: at_start,
+            position: start.position,
+            offset: start.offset,
+            index_checked: at_start || start.index_verified,
+            start,
         })
     }
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
 }
 
 impl Iterator for Reader {

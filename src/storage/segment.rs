@@ -18,11 +18,11 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::storage::codec::{self, read_u32, read_u64, HeaderDamage};
@@ -30,6 +30,11 @@ use crate::storage::frame::{self, Probe};
 use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io::{self, Faults};
 use crate::FORMAT_VERSION;
+
+mod cache;
+
+use cache::Cache;
+pub use cache::{ScanStart, SegmentPin};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ANNALSEG";
 pub const SEGMENT_PARTITION_OFFSET: usize = codec::HEADER_PREFIX_LEN;
@@ -117,14 +122,14 @@ pub fn parse_name(name: &str, suffix: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// The index of a segment as readers see it.
-enum SegmentIndex {
-    /// A sealed segment whose index file has not been read yet.
-    Unloaded,
-    Loaded(Vec<IndexEntry>),
-}
-
-/// A segment as readers share it: where it is, where it ends, its mapping and its index.
+/// A segment as readers share it: where it is, where it ends, and, while it is read, its
+/// mapping and index.
+///
+/// The active segment is always mapped and indexed (the writer maintains both). A sealed
+/// segment is mapped and indexed when a reader first needs it, kept while any reader holds a
+/// [`SegmentPin`] on it, and then kept only while it is among the `SEALED_SEGMENTS_IDLE_MAX`
+/// most recently left idle segments of the process. Records stay valid after that: each holds
+/// its own reference to the mapping, which is unmapped with the last of them.
 pub struct Segment {
     pub partition: u32,
     pub base_offset: u64,
@@ -138,8 +143,7 @@ pub struct Segment {
     /// Readers never probe past it, so neither a frame being written nor a file cut after a
     /// failed write is ever read.
     end_position: AtomicU64,
-    map: RwLock<Option<Bytes>>,
-    index: RwLock<SegmentIndex>,
+    cache: Mutex<Cache>,
 }
 
 impl Segment {
@@ -153,8 +157,7 @@ impl Segment {
             index_path: index_path(dir, base_offset),
             end_offset: AtomicU64::new(end_offset),
             end_position: AtomicU64::new(u64::MAX),
-            map: RwLock::new(None),
-            index: RwLock::new(SegmentIndex::Unloaded),
+            cache: Mutex::new(Cache::sealed()),
         }
     }
 
@@ -174,8 +177,7 @@ impl Segment {
             index_path: index_path(dir, base_offset),
             end_offset: AtomicU64::new(u64::MAX),
             end_position: AtomicU64::new(visible_position),
-            map: RwLock::new(Some(map)),
-            index: RwLock::new(SegmentIndex::Loaded(entries)),
+            cache: Mutex::new(Cache::active(map, entries)),
         }
     }
 
@@ -184,9 +186,13 @@ impl Segment {
         self.end_offset.load(Ordering::Acquire)
     }
 
-    /// Length of the current mapping.
+    fn is_sealed(&self) -> bool {
+        self.end_offset() != u64::MAX
+    }
+
+    /// Length of the current mapping; 0 while a sealed segment is not mapped.
     pub fn mapped_len(&self) -> usize {
-        self.map.read().as_ref().map_or(0, Bytes::len)
+        self.cache.lock().map.as_ref().map_or(0, Bytes::len)
     }
 
     /// Maps the file anew after it grew past the old mapping (a segment that could not be
@@ -194,7 +200,7 @@ impl Segment {
     /// the new one when they reach its end.
     pub fn remap(&self, file: &std::fs::File) -> Result<()> {
         let map = map_file(file, &self.path)?;
-        *self.map.write() = Some(map);
+        self.cache.lock().map = Some(map);
         Ok(())
     }
 
@@ -213,114 +219,25 @@ impl Segment {
     /// Marks the segment sealed. Called by the writer after the data is synced and before the
     /// file is cut to `end_position` and before the next segment exists, so a reader that sees
     /// the next segment's records also sees this end and never reads past it (the cut would
-    /// make such a read fault).
-    pub fn seal(&self, end_offset: u64, end_position: u64) {
+    /// make such a read fault). Without readers, the segment becomes idle at once: the writer's
+    /// mapping and index are then kept only as long as the idle bound allows.
+    pub fn seal(self: &Arc<Self>, end_offset: u64, end_position: u64) {
+        let mut cache = self.cache.lock();
+        // Under the cache lock, so that exactly one of `seal` and the last reader's unpin sees
+        // the segment both sealed and without readers, and makes it idle.
         self.end_position.store(end_position, Ordering::Release);
         self.end_offset.store(end_offset, Ordering::Release);
-    }
-
-    /// The whole file, mapped. Readers slice records out of it without copying. A sealed
-    /// segment's header is checked when it is first mapped.
-    pub fn map(&self) -> Result<Bytes> {
-        if let Some(map) = self.map.read().as_ref() {
-            return Ok(map.clone());
+        let idle = self.mark_idle(&mut cache);
+        drop(cache);
+        if let Some(tick) = idle {
+            self.enqueue_idle(tick);
         }
-        let mut slot = self.map.write();
-        if let Some(map) = slot.as_ref() {
-            return Ok(map.clone());
-        }
-        let file = std::fs::File::open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
-        let map = map_file(&file, &self.path)?;
-        let header = SegmentHeader::decode(&map, &self.path)?;
-        if header.base_offset != self.base_offset || header.partition != self.partition {
-            return Err(Error::corrupt(
-                &self.path,
-                0,
-                "segment header does not match its file name or partition",
-            ));
-        }
-        *slot = Some(map.clone());
-        Ok(map)
     }
 
     /// Adds entries for frames that just became visible (active segment only).
     pub fn push_index_entries(&self, entries: &[IndexEntry]) {
-        if let SegmentIndex::Loaded(loaded) = &mut *self.index.write() {
-            loaded.extend_from_slice(entries);
-        }
-    }
-
-    /// Where to start scanning for `offset`: the byte position and offset of a frame at or
-    /// before it. `end_offset` bounds a sealed segment (the next segment's base offset).
-    pub fn scan_start(
-        &self,
-        offset: u64,
-        end_offset: u64,
-        policy: IndexPolicy,
-    ) -> Result<(u64, u64)> {
-        {
-            let index = self.index.read();
-            if let SegmentIndex::Loaded(entries) = &*index {
-                return Ok(start_from(entries, offset, self.base_offset));
-            }
-        }
-        let entries = self.load_index(end_offset, policy)?;
-        let start = start_from(&entries, offset, self.base_offset);
-        *self.index.write() = SegmentIndex::Loaded(entries);
-        Ok(start)
-    }
-
-    /// Called when a reader found no valid frame at `position`, where the index said one
-    /// starts. Scans the segment's chain of valid frames from its start to tell the causes
-    /// apart. The index lied only if the chain passes over `position` without a frame starting
-    /// there, or ends cleanly before it: then the index is replaced by the rebuilt one and this
-    /// returns true. Otherwise (the chain stops at `position`, or at damage before it) the data
-    /// is what is damaged; the index is kept, so records after the damage stay reachable, and
-    /// this returns false.
-    pub fn index_lied(&self, position: u64, end_offset: u64, policy: IndexPolicy) -> Result<bool> {
-        let map = self.map()?;
-        let end_offset = end_offset.min(self.end_offset());
-        let scan = scan_index(self.data(&map), self.base_offset, end_offset, policy);
-        let lied = scan.stop > position || (scan.stop < position && scan.reached_end);
-        if lied {
-            *self.index.write() = SegmentIndex::Loaded(scan.entries);
-        }
-        Ok(lied)
-    }
-
-    fn load_index(&self, end_offset: u64, policy: IndexPolicy) -> Result<Vec<IndexEntry>> {
-        let map = self.map()?;
-        let bytes = match std::fs::read(&self.index_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("read", &self.index_path, e)),
-        };
-        let decoded = index::decode(
-            &bytes,
-            self.base_offset,
-            SEGMENT_HEADER_LEN as u64,
-            self.data(&map).len() as u64,
-        );
-        match decoded.damage {
-            None => Ok(decoded.entries),
-            // Another version's index beside a segment of ours was not written by this format:
-            // refuse it as the segment header's version is refused, never guess.
-            Some(index::IndexDamage::Version(found)) => Err(Error::IncompatibleFormat {
-                path: self.index_path.clone(),
-                found,
-                supported: FORMAT_VERSION,
-            }),
-            // A sealed segment's index was synced when it was sealed; damage means the file was
-            // replaced or hurt afterwards. The segment is the truth: rebuild from it.
-            Some(_) => {
-                let end_offset = end_offset.min(self.end_offset());
-                Ok(rebuild_index(
-                    self.data(&map),
-                    self.base_offset,
-                    end_offset,
-                    policy,
-                ))
-            }
+        if let Some(index) = &mut self.cache.lock().index {
+            index.entries.extend_from_slice(entries);
         }
     }
 
@@ -328,13 +245,6 @@ impl Segment {
     pub fn data<'m>(&self, map: &'m [u8]) -> &'m [u8] {
         let end = usize::try_from(self.end_position()).unwrap_or(usize::MAX);
         &map[..map.len().min(end)]
-    }
-}
-
-fn start_from(entries: &[IndexEntry], offset: u64, base_offset: u64) -> (u64, u64) {
-    match index::lookup(entries, offset) {
-        Some(entry) => (entry.position, entry.offset),
-        None => (SEGMENT_HEADER_LEN as u64, base_offset),
     }
 }
 
@@ -414,7 +324,7 @@ pub fn map_file(file: &std::fs::File, path: &Path) -> Result<Bytes> {
 
 /// A newly created segment's files.
 pub struct CreatedSegment {
-    pub segment: std::sync::Arc<Segment>,
+    pub segment: Arc<Segment>,
     pub data: io::File,
 }
 
@@ -465,7 +375,7 @@ pub fn create(
         Vec::new(),
     );
     Ok(CreatedSegment {
-        segment: std::sync::Arc::new(segment),
+        segment: Arc::new(segment),
         data,
     })
 }
