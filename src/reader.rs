@@ -209,6 +209,22 @@ impl Reader {
                 self.segment = Some(relocated);
                 continue;
             }
+            // The data is damaged here. A read that starts past the damage must still reach
+            // its records: find the next valid frame after it (checksums make a false find as
+            // unlikely as a checksum collision), and go on from there if the target lies at or
+            // after that frame. Records inside the damage stay unreadable, and are reported.
+            if let Some((position, info)) = next_valid_frame(
+                cursor.segment.data(&cursor.map),
+                cursor.position + 1,
+                cursor.offset,
+            ) {
+                if info.base_offset <= target && info.end_offset() <= end_offset {
+                    cursor.position = position;
+                    cursor.offset = info.base_offset;
+                    cursor.index_checked = true;
+                    continue;
+                }
+            }
             return Err(Error::corrupt(
                 &cursor.segment.path,
                 cursor.position,
@@ -295,4 +311,21 @@ impl Iterator for Reader {
             }
         }
     }
+}
+
+/// The first position at or after `from` where a whole valid frame starts whose offsets lie past
+/// `after`: where the chain of frames resumes after damage.
+fn next_valid_frame(data: &[u8], from: u64, after: u64) -> Option<(u64, frame::FrameInfo)> {
+    let start = usize::try_from(from).ok()?;
+    let magic_at = frame::MAGIC_OFFSET;
+    (start..data.len().saturating_sub(frame::FRAME_HEADER_LEN)).find_map(|position| {
+        // Cheap rejection first: the magic byte, before the checksum over the frame.
+        if data[position + magic_at] != frame::FRAME_MAGIC {
+            return None;
+        }
+        match frame::probe(&data[position..]) {
+            Probe::Frame(info) if info.base_offset > after => Some((position as u64, info)),
+            _ => None,
+        }
+    })
 }

@@ -43,9 +43,12 @@ pub fn index_path(dir: &Path, partition: u32, base: u64) -> PathBuf {
 }
 
 /// The base offsets of the segments of `partition`, in order, from their file names.
+/// A partition's directory appears with its first segment: until then it has none.
 pub fn segment_bases(dir: &Path, partition: u32) -> Vec<u64> {
-    let mut bases: Vec<u64> = fs::read_dir(partition_dir(dir, partition))
-        .unwrap()
+    let Ok(entries) = fs::read_dir(partition_dir(dir, partition)) else {
+        return Vec::new();
+    };
+    let mut bases: Vec<u64> = entries
         .filter_map(|entry| {
             let name = entry.unwrap().file_name().into_string().unwrap();
             name.strip_suffix(".seg").map(|stem| stem.parse().unwrap())
