@@ -240,13 +240,19 @@ impl Reader {
         if let Some(cursor) = self.segment.take() {
             if cursor.offset >= cursor.segment.end_offset() {
                 let data = cursor.segment.data(&cursor.map);
-                let rest = data.get(cursor.position as usize..).unwrap_or(&[]);
-                if let Probe::Frame(_) = frame::probe(rest) {
-                    return Err(Error::corrupt(
-                        &cursor.segment.path,
-                        cursor.position,
-                        OVERLAP,
-                    ));
+                let mut position = cursor.position;
+                loop {
+                    let rest = data.get(position as usize..).unwrap_or(&[]);
+                    match frame::probe(rest) {
+                        // A checkpoint's padding frame may end a segment: it holds no records.
+                        Probe::Frame(info) if info.record_count == 0 => {
+                            position += u64::from(info.frame_len);
+                        }
+                        Probe::Frame(_) => {
+                            return Err(Error::corrupt(&cursor.segment.path, position, OVERLAP));
+                        }
+                        _ => break,
+                    }
                 }
             }
         }

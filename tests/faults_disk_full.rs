@@ -385,3 +385,20 @@ fn a_close_that_cannot_write_names_the_lost_offsets() {
     fail_points.fail_writes(0);
     check_after_reopen(dir.path(), &[b"kept".to_vec()]);
 }
+
+/// A log whose creation met a full disk is not left half made: the open fails with a full-disk
+/// error, and once space is back the next open creates it and takes appends.
+#[test]
+fn a_log_whose_creation_met_a_full_disk_opens_once_space_is_back() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    let fail_points = FailPoints::new();
+    fail_points.set_disk_full(true);
+    let error = Log::open(&dir, options(&fail_points)).unwrap_err();
+    assert!(error.is_disk_full(), "{error:?}");
+    fail_points.set_disk_full(false);
+    let log = Log::open(&dir, options(&fail_points)).unwrap();
+    assert_eq!(log.append(b"k", b"first").unwrap().offset, 0);
+    log.close().unwrap();
+    check_after_reopen(&dir, &[b"first".to_vec()]);
+}

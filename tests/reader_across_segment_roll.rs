@@ -92,3 +92,27 @@ fn reader_at_a_page_aligned_segment_end_continues_after_a_roll() {
     let record = reader.next().expect("the ninth record").unwrap();
     assert_eq!(record.offset, 8);
 }
+
+/// Regression test for a bug found while porting to the journal: a segment sealed right after
+/// a checkpoint ends in a padding frame, and readers leaving it took that frame for a record
+/// past the next segment's base offset ("segments overlap").
+#[test]
+fn a_segment_that_ends_in_a_checkpoint_padding_frame_reads_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = vec![3u8; 3000];
+    let log = Log::open(dir.path(), options()).unwrap();
+    // Frames of 3,042 bytes: 20 fill a 64 KiB segment but for its padding room.
+    for _ in 0..20 {
+        log.append(b"k", &payload).unwrap();
+    }
+    assert_eq!(segment_bases(dir.path(), 0), vec![0]);
+    // Close checkpoints: the segment is padded to a fresh page, after its last frame.
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    // The next frame does not fit: the segment is sealed with the padding frame last.
+    log.append(b"k", &payload).unwrap();
+    assert_eq!(segment_bases(dir.path(), 0), vec![0, 20]);
+    let appended = 21;
+    let offsets: Vec<u64> = log.read(0, 0).unwrap().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, (0..appended).collect::<Vec<_>>());
+}
