@@ -184,10 +184,15 @@ impl Log {
 
     /// Appends events that are already converted: no caller code runs under the queue lock.
     fn append_events(&self, key: &[u8], events: &[Event<'_>]) -> Result<Appended> {
-        let ticket = self.enqueue(key, events)?;
         match self.options.durability {
-            Durability::Sync => ticket.wait(),
-            Durability::Interval(_) | Durability::Buffered => Ok(ticket.appended()),
+            Durability::Sync => self.enqueue(key, events)?.wait(),
+            Durability::Interval(_) | Durability::Buffered => {
+                self.check_process()?;
+                let partition = self.route(key)?;
+                self.shared
+                    .sequencer
+                    .enqueue_unwatched(partition, key, events)
+            }
         }
     }
 

@@ -330,6 +330,47 @@ pub fn probe(bytes: &[u8]) -> Probe {
     })
 }
 
+/// The chain of valid frames in `bytes` from `position`, where the first frame must hold
+/// `offset` and each next one must continue the offsets of the one before. It ends at the first
+/// position that holds no such frame. This is the one walk of frames that recovery, index
+/// rebuilds and reports share; readers walk record by record (`reader.rs`), and the journal
+/// walks the frames of a record (`journal.rs`).
+pub struct Chain<'b> {
+    bytes: &'b [u8],
+    /// Where the next frame should start.
+    pub position: u64,
+    /// The offset the next frame should hold.
+    pub offset: u64,
+}
+
+impl<'b> Chain<'b> {
+    pub fn new(bytes: &'b [u8], position: u64, offset: u64) -> Chain<'b> {
+        Chain {
+            bytes,
+            position,
+            offset,
+        }
+    }
+}
+
+impl Iterator for Chain<'_> {
+    /// A frame of the chain and where it starts.
+    type Item = (u64, FrameInfo);
+
+    fn next(&mut self) -> Option<(u64, FrameInfo)> {
+        let rest = self.bytes.get(usize::try_from(self.position).ok()?..)?;
+        match probe(rest) {
+            Probe::Frame(info) if info.base_offset == self.offset => {
+                let at = self.position;
+                self.position += u64::from(info.frame_len);
+                self.offset = info.end_offset();
+                Some((at, info))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Byte ranges of one record, relative to the start of its frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordRanges {

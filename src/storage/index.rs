@@ -206,6 +206,30 @@ impl IndexPolicy {
     }
 }
 
+/// Adds to `entries` an entry for each frame of `chain` that `policy` wants, until the chain
+/// ends or reaches `end_offset`. Padding frames get none: they hold no records, and an entry
+/// there would share its offset with the next frame's.
+pub fn extend_from_chain(
+    entries: &mut Vec<IndexEntry>,
+    chain: &mut crate::storage::frame::Chain<'_>,
+    end_offset: u64,
+    policy: IndexPolicy,
+) {
+    while chain.offset < end_offset {
+        let Some((position, info)) = chain.next() else {
+            break;
+        };
+        let last = entries.last().map(|e| e.position);
+        if info.record_count > 0 && policy.wants_entry(last, position) {
+            entries.push(IndexEntry {
+                offset: info.base_offset,
+                position,
+                timestamp_ms: info.timestamp_ms,
+            });
+        }
+    }
+}
+
 /// Serialises a whole index file whose entries were placed every `interval_bytes`.
 pub fn encode_file(base_offset: u64, interval_bytes: u32, entries: &[IndexEntry]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(INDEX_HEADER_LEN + entries.len() * INDEX_ENTRY_LEN);

@@ -7,6 +7,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -122,6 +123,9 @@ pub(crate) enum Preallocation {
     Unsupported,
 }
 
+/// Most slices one `pwritev` takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
 /// Where failures are injected from: nothing in production.
 pub(crate) type Faults = Option<Arc<FailPoints>>;
 
@@ -195,6 +199,74 @@ impl File {
         self.file
             .write_all_at(bytes, position)
             .map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    /// Writes all of `slices`, back to back, at `position`: one `pwritev` for many frames
+    /// that lie apart in memory, instead of copying them together first.
+    pub fn write_all_vectored_at(&self, slices: &[&[u8]], position: u64) -> Result<()> {
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        if let Some(faults) = &self.faults {
+            let extends = position + total as u64 > self.len_for_faults();
+            faults
+                .check_write(extends)
+                .map_err(|e| Error::io("write", &self.path, e))?;
+        }
+        let io_error = |e: io::Error| Error::io("write", &self.path, e);
+        // The next slice to write, and how much of it is written already.
+        let (mut first, mut skip, mut done) = (0usize, 0usize, 0u64);
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(slices.len().min(IOV_MAX));
+        while first < slices.len() {
+            iov.clear();
+            for (i, slice) in slices[first..].iter().take(IOV_MAX).enumerate() {
+                let slice = if i == 0 { &slice[skip..] } else { slice };
+                iov.push(libc::iovec {
+                    iov_base: slice.as_ptr() as *mut libc::c_void,
+                    iov_len: slice.len(),
+                });
+            }
+            let at = libc::off_t::try_from(position + done)
+                .map_err(|_| io_error(io::ErrorKind::InvalidInput.into()))?;
+            // SAFETY: every iovec points into a slice borrowed for the whole call, with its
+            // length; the descriptor is owned by `self.file`, which outlives the call.
+            let written =
+                unsafe { libc::pwritev(self.file.as_raw_fd(), iov.as_ptr(), iov.len() as i32, at) };
+            if written < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io_error(error));
+            }
+            if written == 0 && total as u64 > done {
+                return Err(io_error(io::ErrorKind::WriteZero.into()));
+            }
+            done += written as u64;
+            let mut left = written as usize;
+            while first < slices.len() && left >= slices[first].len() - skip {
+                left -= slices[first].len() - skip;
+                first += 1;
+                skip = 0;
+            }
+            skip += left;
+        }
+        debug_assert_eq!(done, total as u64);
+        Ok(())
+    }
+
+    /// Starts writing back `len` bytes at `position` without waiting (`sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`): a hint that makes a later sync of the same bytes shorter. It
+    /// makes nothing durable, so its errors are left to that later sync.
+    pub fn start_writeback(&self, position: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: integer arguments only; the descriptor is owned by `self.file`.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                position as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
     }
 
     /// The file's length, as the fail points judge whether a write needs new blocks.

@@ -273,17 +273,19 @@ pub fn seal_record(record: &mut [u8], stamp: &RecordStamp) {
         .copy_from_slice(&durable_before.to_le_bytes());
     header[RECORD_GLOBAL_OFFSET..RECORD_GLOBAL_OFFSET + 8].copy_from_slice(&global.to_le_bytes());
     header[RECORD_EPOCH_OFFSET..RECORD_EPOCH_OFFSET + 8].copy_from_slice(&epoch.to_le_bytes());
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&record[RECORD_LEN_OFFSET..RECORD_HEADER_LEN]);
+    // The checksummed bytes are gathered first: one pass over a contiguous buffer is several
+    // times faster than many 4-byte updates.
+    let mut covered = Vec::with_capacity(RECORD_HEADER_LEN + count as usize * 8);
+    covered.extend_from_slice(&record[RECORD_LEN_OFFSET..RECORD_HEADER_LEN]);
     let mut at = RECORD_HEADER_LEN;
     while at < record.len() {
         let frame_at = at + ENTRY_TAG_LEN;
-        hasher.update(&record[at..at + 4]);
-        hasher.update(&record[frame_at..frame_at + 4]);
+        covered.extend_from_slice(&record[at..at + 4]);
+        covered.extend_from_slice(&record[frame_at..frame_at + 4]);
         at = frame_at + read_u32(record, frame_at + frame::LEN_OFFSET) as usize;
     }
     debug_assert_eq!(at, record.len());
-    let crc = hasher.finalize();
+    let crc = crc32fast::hash(&covered);
     record[..4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -372,8 +374,8 @@ pub fn probe_record(bytes: &[u8], partitions: u32) -> RecordProbe {
         return RecordProbe::Invalid(RECORD_COUNT_OFFSET, "journal record without entries");
     }
     let record = &bytes[..len];
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&record[RECORD_LEN_OFFSET..RECORD_HEADER_LEN]);
+    let mut covered = Vec::with_capacity(RECORD_HEADER_LEN + (count as usize).min(4096) * 8);
+    covered.extend_from_slice(&record[RECORD_LEN_OFFSET..RECORD_HEADER_LEN]);
     let mut entries = Vec::with_capacity((count as usize).min(4096));
     let mut at = RECORD_HEADER_LEN;
     for _ in 0..count {
@@ -396,8 +398,8 @@ pub fn probe_record(bytes: &[u8], partitions: u32) -> RecordProbe {
         {
             return RecordProbe::Invalid(frame_start, "journal entry's frame has invalid records");
         }
-        hasher.update(&record[at..at + 4]);
-        hasher.update(&record[frame_start..frame_start + 4]);
+        covered.extend_from_slice(&record[at..at + 4]);
+        covered.extend_from_slice(&record[frame_start..frame_start + 4]);
         entries.push(Entry {
             partition,
             info,
@@ -408,7 +410,7 @@ pub fn probe_record(bytes: &[u8], partitions: u32) -> RecordProbe {
     if at != len {
         return RecordProbe::Invalid(at, "bytes after the last entry of a journal record");
     }
-    if hasher.finalize() != read_u32(record, RECORD_CRC_OFFSET) {
+    if crc32fast::hash(&covered) != read_u32(record, RECORD_CRC_OFFSET) {
         return RecordProbe::Invalid(RECORD_CRC_OFFSET, "journal record checksum mismatch");
     }
     if header[RECORD_FLAGS_OFFSET] != 0 || read_u16(header, RECORD_RESERVED_OFFSET) != 0 {

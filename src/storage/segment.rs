@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::storage::codec::{self, read_u32, read_u64, HeaderDamage};
-use crate::storage::frame::{self, Probe};
+use crate::storage::frame;
 use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io::{self, Faults};
 use crate::FORMAT_VERSION;
@@ -270,36 +270,12 @@ struct Scan {
 
 fn scan_index(map: &[u8], base_offset: u64, end_offset: u64, policy: IndexPolicy) -> Scan {
     let mut entries = Vec::new();
-    let mut position = SEGMENT_HEADER_LEN as u64;
-    let mut offset = base_offset;
-    while offset < end_offset {
-        let Some(rest) = map.get(position as usize..) else {
-            break;
-        };
-        let Probe::Frame(info) = frame::probe(rest) else {
-            break;
-        };
-        if info.base_offset != offset {
-            break;
-        }
-        // A padding frame holds no records: an entry there would share its offset with the
-        // next frame's.
-        if info.record_count > 0
-            && policy.wants_entry(entries.last().map(|e: &IndexEntry| e.position), position)
-        {
-            entries.push(IndexEntry {
-                offset,
-                position,
-                timestamp_ms: info.timestamp_ms,
-            });
-        }
-        position += u64::from(info.frame_len);
-        offset = info.end_offset();
-    }
+    let mut chain = frame::Chain::new(map, SEGMENT_HEADER_LEN as u64, base_offset);
+    index::extend_from_chain(&mut entries, &mut chain, end_offset, policy);
     Scan {
         entries,
-        stop: position,
-        reached_end: offset >= end_offset,
+        stop: chain.position,
+        reached_end: chain.offset >= end_offset,
     }
 }
 

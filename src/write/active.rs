@@ -132,7 +132,6 @@ pub(crate) struct Lane {
     written_end: u64,
     /// The end offset of what is durable: synced in the journal or in a segment.
     pub durable_end: u64,
-    scratch: Vec<u8>,
 }
 
 impl Lane {
@@ -151,7 +150,6 @@ impl Lane {
             next: None,
             written_end: end,
             durable_end: end,
-            scratch: Vec::new(),
         }
     }
 
@@ -225,39 +223,30 @@ impl Lane {
     }
 
     /// Writes this partition's frames of the chunk, in order, rolling where `demand` says.
-    /// `pending` holds the frames' bytes.
+    /// `pending` holds the frames' bytes; they are written from there, with one `pwritev` per
+    /// segment, without being copied together first.
     pub fn write<'f>(
         &mut self,
         frames: impl Iterator<Item = &'f QueuedFrame>,
         pending: &[u8],
         demand: &Demand,
     ) -> Result<(), Fault> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let result = self.write_with(frames, pending, demand, &mut scratch);
-        self.scratch = scratch;
-        result
-    }
-
-    fn write_with<'f>(
-        &mut self,
-        frames: impl Iterator<Item = &'f QueuedFrame>,
-        pending: &[u8],
-        demand: &Demand,
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), Fault> {
         let policy = self.partition.index_policy;
+        let mut slices: Vec<&[u8]> = Vec::new();
+        let mut slices_len = 0u64;
         for frame in frames {
             debug_assert_eq!(frame.base_offset, self.written_end);
             if demand
                 .roll
                 .is_some_and(|(base, _)| base == frame.base_offset)
             {
-                self.write_scratch(scratch)?;
+                self.write_slices(&slices, slices_len)?;
+                slices.clear();
+                slices_len = 0;
                 self.roll()?;
             }
             let active = self.active.as_mut().expect("reserved before writing");
-            let position = active.written_position + scratch.len() as u64;
+            let position = active.written_position + slices_len;
             if policy.wants_entry(active.last_entry_position, position) {
                 active.new_entries.push(IndexEntry {
                     offset: frame.base_offset,
@@ -266,23 +255,28 @@ impl Lane {
                 });
                 active.last_entry_position = Some(position);
             }
-            scratch.extend_from_slice(frame.bytes(pending));
+            let bytes = frame.bytes(pending);
+            slices.push(bytes);
+            slices_len += bytes.len() as u64;
             self.written_end = frame.end_offset();
         }
-        self.write_scratch(scratch)
+        self.write_slices(&slices, slices_len)
     }
 
-    fn write_scratch(&mut self, scratch: &mut Vec<u8>) -> Result<(), Fault> {
-        if scratch.is_empty() {
+    fn write_slices(&mut self, slices: &[&[u8]], len: u64) -> Result<(), Fault> {
+        if slices.is_empty() {
             return Ok(());
         }
         let active = self.active.as_mut().expect("reserved before writing");
-        let end = active.written_position + scratch.len() as u64;
+        let end = active.written_position + len;
         debug_assert!(end + PADDING_ROOM <= active.allocated);
         active
             .data
-            .write_all_at(scratch, active.written_position)
+            .write_all_vectored_at(slices, active.written_position)
             .map_err(Fault::Poison)?;
+        // Segments are synced only at checkpoints; starting their writeback now spreads the
+        // disk's work over the lap instead of stalling the writer at the checkpoint.
+        active.data.start_writeback(active.written_position, len);
         active.written_position = end;
         active.written_end = self.written_end;
         if end > active.segment.mapped_len() as u64 {
@@ -292,7 +286,6 @@ impl Lane {
                 .remap(active.data.std())
                 .map_err(Fault::Poison)?;
         }
-        scratch.clear();
         Ok(())
     }
 

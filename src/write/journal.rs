@@ -36,6 +36,8 @@ pub(crate) struct JournalWriter {
     epoch: u64,
     zeros: Vec<u8>,
     counters: Arc<Counters>,
+    /// Whether to start each record's writeback at once: when no sync follows it soon.
+    writeback_ahead: bool,
 }
 
 /// Where a journal continues after recovery.
@@ -44,6 +46,7 @@ pub(crate) struct JournalState {
     pub next_sequence: u64,
     pub epoch: u64,
     pub file_len: u64,
+    pub writeback_ahead: bool,
 }
 
 impl JournalWriter {
@@ -89,6 +92,7 @@ impl JournalWriter {
             epoch: state.epoch,
             zeros: Vec::new(),
             counters,
+            writeback_ahead: state.writeback_ahead,
         })
     }
 
@@ -150,6 +154,12 @@ impl JournalWriter {
             },
         );
         self.file.write_all_at(record, self.position)?;
+        // Outside `Sync` nothing syncs this record soon; starting its writeback now keeps the
+        // sync at the next flush or checkpoint short.
+        if self.writeback_ahead {
+            self.file
+                .start_writeback(self.position, record.len() as u64);
+        }
         self.position += align_up(record.len() as u64);
         Counters::add(&self.counters.writes, 1);
         Counters::add(&self.counters.written_bytes, record.len() as u64);

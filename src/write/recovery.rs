@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, LostRange, Result};
 use crate::options::RecoveryMode;
-use crate::storage::frame::{self, Probe};
+use crate::storage::frame;
 use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io;
 use crate::storage::journal::{
@@ -214,6 +214,7 @@ pub(crate) fn recover(
             next_sequence: scan.next_sequence,
             epoch: checkpoint.number,
             file_len: journal_bytes.len() as u64,
+            writeback_ahead: config.durability != crate::options::Durability::Sync,
         },
         &config.faults,
         counters.clone(),
@@ -698,30 +699,12 @@ fn load_index(
     let damage = decoded.damage;
     let mut entries = decoded.entries;
     let kept = entries.len();
-    let (mut position, mut offset) = entries
+    let (position, offset) = entries
         .last()
         .map_or((header_len, base), |e| (e.position, e.offset));
-    let mut last_entry_position = entries.last().map(|e| e.position);
-    while offset < end_offset {
-        let Some(Probe::Frame(info)) = synced.get(position as usize..).map(frame::probe) else {
-            break;
-        };
-        if info.base_offset != offset {
-            break;
-        }
-        // A padding frame holds no records: an entry there would share its offset with the
-        // next frame's.
-        if info.record_count > 0 && policy.wants_entry(last_entry_position, position) {
-            entries.push(IndexEntry {
-                offset,
-                position,
-                timestamp_ms: info.timestamp_ms,
-            });
-            last_entry_position = Some(position);
-        }
-        position += u64::from(info.frame_len);
-        offset = info.end_offset();
-    }
+    // From the last entry's frame on: the policy wants no second entry at that frame.
+    let mut chain = frame::Chain::new(synced, position, offset);
+    index::extend_from_chain(&mut entries, &mut chain, end_offset, policy);
     let rebuilt = damage.is_some() || entries.len() != kept;
     if rebuilt || other_interval {
         // Derived data: a log on a full disk must still open. Whatever the file holds then is
@@ -745,18 +728,10 @@ fn load_index(
 
 /// Follows valid frames from `position` (expecting `offset`); returns the end offset they reach
 /// and the bytes they take. Used only to report what a cut removes.
-fn chained_end(bytes: &[u8], mut position: u64, mut offset: u64) -> (u64, u64) {
-    let start = position;
-    while let Some(rest) = bytes.get(position as usize..) {
-        match frame::probe(rest) {
-            Probe::Frame(info) if info.base_offset == offset => {
-                position += u64::from(info.frame_len);
-                offset = info.end_offset();
-            }
-            _ => break,
-        }
-    }
-    (offset, position - start)
+fn chained_end(bytes: &[u8], position: u64, offset: u64) -> (u64, u64) {
+    let mut chain = frame::Chain::new(bytes, position, offset);
+    chain.by_ref().for_each(drop);
+    (chain.offset, chain.position - position)
 }
 
 fn rewrite_index(

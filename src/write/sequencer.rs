@@ -137,6 +137,39 @@ impl Sequencer {
         key: &[u8],
         events: &[Event<'_>],
     ) -> Result<Ticket> {
+        self.enqueue_then(
+            partition,
+            key,
+            events,
+            |generation, appended, global_end| Ticket {
+                progress: progress.clone(),
+                generation: generation.clone(),
+                appended,
+                global_end,
+            },
+        )
+    }
+
+    /// Encodes and queues one frame for `partition`; returns where it will be, without a
+    /// ticket: for appends acknowledged when queued, which no one waits for.
+    pub fn enqueue_unwatched(
+        &self,
+        partition: u32,
+        key: &[u8],
+        events: &[Event<'_>],
+    ) -> Result<Appended> {
+        self.enqueue_then(partition, key, events, |_, appended, _| appended)
+    }
+
+    /// Encodes and queues one frame, then calls `then` with its generation, its place and the
+    /// end of its global positions, still under the lock.
+    fn enqueue_then<R>(
+        &self,
+        partition: u32,
+        key: &[u8],
+        events: &[Event<'_>],
+        then: impl FnOnce(&Arc<Generation>, Appended, u64) -> R,
+    ) -> Result<R> {
         let mut pending = self.pending.lock();
         loop {
             match &pending.refusal {
@@ -208,16 +241,15 @@ impl Sequencer {
         pending.next_offsets[partition as usize] = queued.end_offset();
         pending.next_global = queued.global_end();
         pending.last_timestamp_ms = timestamp_ms;
-        let ticket = Ticket {
-            progress: progress.clone(),
-            generation: pending.generation.clone(),
-            appended: Appended {
+        let result = then(
+            &pending.generation,
+            Appended {
                 partition,
                 offset: base_offset,
                 count,
             },
-            global_end: queued.global_end(),
-        };
+            queued.global_end(),
+        );
         // Wake the writer when it has something to do at once: under Sync every append (or
         // the gathered number of them), else the first frame of a round (so that it starts
         // its linger clock) and a full write batch.
@@ -234,7 +266,7 @@ impl Sequencer {
             self.work.notify_one();
         }
         drop(pending);
-        Ok(ticket)
+        Ok(result)
     }
 
     /// Asks the writer to write and sync everything pending; returns the request's number.
