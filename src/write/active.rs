@@ -331,7 +331,10 @@ impl Lane {
                 end_offset: self.written_end,
             });
         };
-        if active.synced_position < active.written_position {
+        // A segment with nothing written since its creation is padded too: its next frames
+        // would otherwise go into the page of its header, which this checkpoint names.
+        let unaligned = !active.written_position.is_multiple_of(JOURNAL_ALIGN);
+        if active.synced_position < active.written_position || unaligned {
             let mut pad = align_up(active.written_position) - active.written_position;
             if pad != 0 && pad < frame::PADDING_LEN_MIN as u64 {
                 pad += JOURNAL_ALIGN;
