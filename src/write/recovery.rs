@@ -142,6 +142,7 @@ pub(crate) fn recover(
     let mut last_timestamp_ms = checkpoint.last_timestamp_ms;
     let mut global = checkpoint.global_position;
     let mut salvage_lost: Vec<Option<LostRange>> = vec![None; partitions as usize];
+    let mut ends: Vec<u64> = lanes.iter().map(Lane::written_end).collect();
     for (position, record) in &scan.records {
         if record.global_position != global && !scan.salvaged {
             return Err(Error::corrupt(
@@ -152,11 +153,11 @@ pub(crate) fn recover(
         }
         let record_bytes =
             &journal_bytes[*position as usize..(*position + u64::from(record.len)) as usize];
+        let mut kept = Vec::with_capacity(record.entries.len());
         for entry in &record.entries {
             let p = entry.partition as usize;
-            let lane = &mut lanes[p];
             let info = entry.info;
-            let continues = info.base_offset == lane.written_end();
+            let continues = info.base_offset == ends[p];
             if !continues && !scan.salvaged {
                 return Err(Error::corrupt(
                     &journal_path,
@@ -171,16 +172,17 @@ pub(crate) fn recover(
                 continue;
             }
             if !continues {
-                if info.base_offset > lane.written_end() {
+                if info.base_offset > ends[p] {
                     salvage_lost[p] = Some(LostRange {
                         partition: entry.partition,
-                        first_offset: lane.written_end(),
+                        first_offset: ends[p],
                         last_offset: info.end_offset().saturating_sub(1),
                     });
                 }
                 continue;
             }
-            let queued = QueuedFrame {
+            ends[p] = info.end_offset();
+            kept.push(QueuedFrame {
                 partition: entry.partition,
                 entry_start: entry.frame_start - journal::ENTRY_TAG_LEN,
                 frame_len: info.frame_len,
@@ -188,11 +190,11 @@ pub(crate) fn recover(
                 record_count: info.record_count,
                 timestamp_ms: info.timestamp_ms,
                 global_position: 0,
-            };
-            replay_frame(lane, &queued, record_bytes, last_timestamp_ms)?;
+            });
             report.partitions[p].events_replayed += u64::from(info.record_count);
             last_timestamp_ms = last_timestamp_ms.max(info.timestamp_ms);
         }
+        replay_frames(&mut lanes, &kept, record_bytes, last_timestamp_ms)?;
         global = record.global_position
             + record
                 .entries
@@ -266,18 +268,38 @@ fn fault_error(fault: Fault) -> Error {
     }
 }
 
-fn replay_frame(
-    lane: &mut Lane,
-    frame: &QueuedFrame,
+/// Writes one record's frames to their segments as the writer does: in chunks in which no
+/// partition rolls twice, one reservation and one write per partition and chunk.
+fn replay_frames(
+    lanes: &mut [Lane],
+    frames: &[QueuedFrame],
     record: &[u8],
     last_timestamp_ms: u64,
 ) -> Result<()> {
-    let mut demand = Demand::default();
-    let admitted = lane.admit(&mut demand, frame);
-    debug_assert!(admitted, "one frame never needs two rolls");
-    lane.reserve(&demand, last_timestamp_ms)?;
-    lane.write(std::iter::once(frame), record, &demand)
-        .map_err(fault_error)
+    let mut demands: std::collections::BTreeMap<u32, Demand> = Default::default();
+    let mut start = 0;
+    while start < frames.len() {
+        demands.clear();
+        let mut end = start;
+        for frame in &frames[start..] {
+            let demand = demands.entry(frame.partition).or_default();
+            if !lanes[frame.partition as usize].admit(demand, frame) {
+                break;
+            }
+            end += 1;
+        }
+        for (&p, demand) in &demands {
+            lanes[p as usize].reserve(demand, last_timestamp_ms)?;
+        }
+        for (&p, demand) in &demands {
+            let chunk = frames[start..end].iter().filter(|f| f.partition == p);
+            lanes[p as usize]
+                .write(chunk, record, demand)
+                .map_err(fault_error)?;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// The records to replay, and where the journal continues.
