@@ -115,7 +115,9 @@ pub struct Options {
     pub(crate) batch_events_max: u32,
     batch_bytes_max: Option<u32>,
     queue_bytes_max: Option<u64>,
-    pub(crate) journal_bytes: u64,
+    /// `None` until set: then at least [`JOURNAL_BYTES_DEFAULT`], more if two largest batches
+    /// need more.
+    journal_bytes: Option<u64>,
     pub(crate) recovery: RecoveryMode,
     pub(crate) fail_points: Option<std::sync::Arc<crate::storage::io::FailPoints>>,
 }
@@ -133,7 +135,7 @@ impl Default for Options {
             batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
             batch_bytes_max: None,
             queue_bytes_max: None,
-            journal_bytes: JOURNAL_BYTES_DEFAULT,
+            journal_bytes: None,
             recovery: RecoveryMode::TolerateTornTail,
             fail_points: None,
         }
@@ -215,7 +217,7 @@ impl Options {
     /// 4 KiB. When it is full, a checkpoint syncs the segments and the journal starts over, so
     /// this bounds what `open` replays after a crash.
     pub fn journal_bytes(mut self, bytes: u64) -> Self {
-        self.journal_bytes = bytes;
+        self.journal_bytes = Some(bytes);
         self
     }
 
@@ -313,6 +315,19 @@ impl Options {
         }
     }
 
+    /// The journal size in force: as set, or the default raised to hold two largest batches.
+    pub(crate) fn journal_bytes_resolved(&self) -> u64 {
+        self.journal_bytes.unwrap_or_else(|| {
+            let needed = Self::journal_bytes_for(self.byte_limits().frame_bytes_max);
+            JOURNAL_BYTES_DEFAULT.max(needed)
+        })
+    }
+
+    /// The smallest journal that holds two frames of `frame_bytes_max`, with their records.
+    fn journal_bytes_for(frame_bytes_max: u64) -> u64 {
+        (2 * (frame_bytes_max + 4096)).next_multiple_of(4096)
+    }
+
     /// A frame's bytes besides its batch, with the longest key.
     fn frame_overhead_bytes(&self) -> u64 {
         frame::FRAME_HEADER_LEN as u64
@@ -372,22 +387,22 @@ impl Options {
                 limits.event_bytes_max, limits.batch_bytes_max, limits.batch_bytes_max
             ));
         }
-        if !(JOURNAL_BYTES_MIN..=JOURNAL_BYTES_MAX).contains(&self.journal_bytes)
-            || !self.journal_bytes.is_multiple_of(4096)
+        let journal_bytes = self.journal_bytes_resolved();
+        if !(JOURNAL_BYTES_MIN..=JOURNAL_BYTES_MAX).contains(&journal_bytes)
+            || !journal_bytes.is_multiple_of(4096)
         {
             return invalid(format!(
                 "journal_bytes must be a multiple of 4096 between {JOURNAL_BYTES_MIN} and \
-                 {JOURNAL_BYTES_MAX}, got {}",
-                self.journal_bytes
+                 {JOURNAL_BYTES_MAX}, got {journal_bytes}"
             ));
         }
         // A round larger than the journal is written as several records, but one frame cannot
         // be split: the largest must fit, twice, so that wrapping stays rare.
-        if 2 * (limits.frame_bytes_max + 4096) > self.journal_bytes {
+        let journal_needed = Self::journal_bytes_for(limits.frame_bytes_max);
+        if journal_needed > journal_bytes {
             return invalid(format!(
-                "journal_bytes ({}) must hold two largest batches: set it to at least {}",
-                self.journal_bytes,
-                (2 * (limits.frame_bytes_max + 4096)).next_multiple_of(4096)
+                "journal_bytes ({journal_bytes}) must hold two largest batches: set it to at \
+                 least {journal_needed}, or lower batch_bytes_max"
             ));
         }
         if limits.queue_bytes_max < limits.frame_bytes_max {

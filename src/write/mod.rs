@@ -67,7 +67,7 @@ impl Config {
                 batch_bytes_max: u64::from(byte_limits.batch_bytes_max),
             },
             queue_bytes_max: byte_limits.queue_bytes_max,
-            journal_bytes: options.journal_bytes,
+            journal_bytes: options.journal_bytes_resolved(),
             recovery: options.recovery,
             faults: options.fail_points.clone(),
         }

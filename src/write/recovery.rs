@@ -612,29 +612,11 @@ fn prepare_partition(
     let seg_path = segment::segment_path(&path, base);
     let data = io::File::open(&seg_path, &config.faults)?;
     let map = segment::map_file(data.std(), &seg_path)?;
+    // `check_partition` checked the header and the length before anything changed.
     let header = SegmentHeader::decode(&map, &seg_path)?;
-    if header.partition != id {
-        return Err(Error::corrupt(
-            &seg_path,
-            segment::SEGMENT_PARTITION_OFFSET as u64,
-            "segment header names another partition than its directory",
-        ));
-    }
-    if header.base_offset != base {
-        return Err(Error::corrupt(
-            &seg_path,
-            segment::SEGMENT_BASE_OFFSET_OFFSET as u64,
-            "segment header names another base offset than its file name",
-        ));
-    }
     let synced = mark.synced_position;
-    if (map.len() as u64) < synced || synced < SEGMENT_HEADER_LEN as u64 {
-        return Err(Error::corrupt(
-            &seg_path,
-            map.len() as u64,
-            "segment is shorter than the data its checkpoint says was synced",
-        ));
-    }
+    debug_assert!(header.partition == id && header.base_offset == base);
+    debug_assert!(map.len() as u64 >= synced);
     let (end, len) = chained_end(&map, synced, mark.end_offset);
     file_end = file_end.max(end);
     report.cut_bytes += len;
