@@ -265,3 +265,25 @@ fn a_lost_index_and_a_flipped_bit_in_the_second_frame_cut_nothing() {
     fs::remove_file(index_path(&dir, 0, 0)).unwrap();
     check_damaged_synced_frame_is_reported_not_cut(&dir, 1);
 }
+
+/// A journal cut short of the position its checkpoint names lost synced bytes: refused, not
+/// taken for an empty journal.
+#[test]
+fn a_journal_shorter_than_its_checkpoint_position_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = closed_log(root.path());
+    let journal = dir.join(JOURNAL_FILE);
+    let len = fs::metadata(&journal).unwrap().len();
+    let file = fs::OpenOptions::new().write(true).open(&journal).unwrap();
+    // The close's checkpoint names the end of the records: cut well before it.
+    file.set_len(len / 4).unwrap();
+    match Log::open(&dir, options()).unwrap_err() {
+        Error::Corrupt { path, .. } => assert_eq!(path, journal),
+        other => panic!("{other:?}"),
+    }
+    // Salvage opens it: the checkpoint holds everything before that position.
+    let salvage = options().recovery_mode(RecoveryMode::SalvageAfterCorruption);
+    let log = Log::open(&dir, salvage).unwrap();
+    assert_eq!(log.end_offset(0).unwrap(), EVENTS);
+    assert_eq!(log.append(b"k", b"next").unwrap().offset, EVENTS);
+}

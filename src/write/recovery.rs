@@ -18,6 +18,7 @@
 //! | the first record that is missing, torn or corrupt, with no valid later record that says it was durable | the end: a torn tail, never acknowledged as durable |
 //! | a damaged record followed by a valid record whose `durable_before` covers it | `Error::Corrupt`, or with `RecoveryMode::SalvageAfterCorruption` skip it and report what was lost |
 //! | replayed frames whose offsets do not continue their partition | `Error::Corrupt` |
+//! | a journal shorter than the position its checkpoint names | `Error::Corrupt` (salvage opens it) |
 //!
 //! After the replay every segment is synced and a new checkpoint is written, so that the replayed
 //! region is never needed again and records of the previous run can never be mistaken for new
@@ -32,8 +33,8 @@ use crate::storage::frame;
 use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io;
 use crate::storage::journal::{
-    self, latest_checkpoint, probe_record, Checkpoint, PartitionMark, RecordInfo, RecordProbe,
-    JOURNAL_ALIGN, NO_SEGMENT,
+    self, latest_checkpoint, probe_record, records_start, Checkpoint, PartitionMark, RecordInfo,
+    RecordProbe, JOURNAL_ALIGN, NO_SEGMENT,
 };
 use crate::storage::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::write::active::{Active, Demand, Fault, Lane, Resumed};
@@ -322,6 +323,19 @@ fn scan_journal(
     mode: RecoveryMode,
 ) -> Result<Scan> {
     let epoch = checkpoint.number;
+    // The writer writes records only after the file is written that far; a journal shorter
+    // than where its checkpoint says records go lost synced bytes (or was cut by hand), and
+    // records after that position may have gone with them. Salvage opens it as it is.
+    let cut_short = checkpoint.journal_position > bytes.len() as u64;
+    if checkpoint.journal_position < records_start(partitions)
+        || (cut_short && mode == RecoveryMode::TolerateTornTail)
+    {
+        return Err(Error::corrupt(
+            path,
+            bytes.len() as u64,
+            "the journal ends before the position its checkpoint names",
+        ));
+    }
     let mut records = Vec::new();
     let mut position = checkpoint.journal_position;
     let mut expected = checkpoint.journal_sequence;
