@@ -387,6 +387,10 @@ pub fn probe_record(bytes: &[u8], partitions: u32) -> RecordProbe {
         let Probe::Frame(info) = frame::probe(&record[frame_start..]) else {
             return RecordProbe::Invalid(frame_start, "journal entry holds no valid frame");
         };
+        // Padding frames belong to segments only; a journal entry always holds records.
+        if info.record_count == 0 {
+            return RecordProbe::Invalid(frame_start, "journal entry holds a padding frame");
+        }
         if partition >= partitions || read_u32(record, at + 4) != 0 {
             return RecordProbe::Invalid(at, "journal entry names no partition of the log");
         }

@@ -358,11 +358,10 @@ impl Lane {
             active.synced_end = active.written_end;
             flush_entries(active);
             persist_index(active);
-            active.visible_position = active.written_position;
-            active.segment.publish_position(active.visible_position);
         }
+        // Nothing is published here: the data is durable only once the checkpoint that names
+        // it is, and the caller publishes after that (`Lane::publish`).
         self.durable_end = self.written_end;
-        self.partition.set_visible_end(self.written_end);
         Ok(PartitionMark {
             segment_base: active.segment.base_offset,
             synced_position: active.synced_position,

@@ -228,8 +228,7 @@ pub(crate) fn recover(
     for lane in &mut lanes {
         marks.push(lane.checkpoint(last_timestamp_ms).map_err(fault_error)?);
     }
-    for (lane, partition_report) in lanes.iter_mut().zip(&mut report.partitions) {
-        lane.publish();
+    for (lane, partition_report) in lanes.iter().zip(&mut report.partitions) {
         if let Some(cut) = &mut partition_report.cut {
             if cut.last_offset < lane.written_end() {
                 partition_report.cut = None;
@@ -249,6 +248,9 @@ pub(crate) fn recover(
         },
         false,
     )?;
+    for lane in &mut lanes {
+        lane.publish();
+    }
     let start = Start {
         next_offsets: lanes.iter().map(Lane::written_end).collect(),
         next_global: global,

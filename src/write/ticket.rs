@@ -56,6 +56,9 @@ pub(crate) struct Status {
     pub unreported: Option<Error>,
     /// Set once the log refuses writes for good (a failed fsync); reported to every flush.
     pub poisoned: Option<Arc<Error>>,
+    /// Set while writes fail and are retried: every flush fails at once with it, since none
+    /// can complete until a retry succeeds.
+    pub stalled: Option<Arc<Error>>,
     pub writer_exited: bool,
 }
 
@@ -67,6 +70,7 @@ impl Progress {
                 flush_done: 0,
                 unreported: None,
                 poisoned: None,
+                stalled: None,
                 writer_exited: false,
             }),
             changed: Condvar::new(),
@@ -113,9 +117,9 @@ impl Progress {
         self.changed.notify_all();
     }
 
-    /// Keeps an error for the next flush or close without ending a generation.
-    pub fn report_later(&self, error: Error) {
-        self.status.lock().unreported = Some(error);
+    /// Marks writes as stalled (with the failure) or no longer stalled.
+    pub fn set_stalled(&self, stalled: Option<Arc<Error>>) {
+        self.status.lock().stalled = stalled;
         self.changed.notify_all();
     }
 
@@ -135,6 +139,11 @@ impl Progress {
             }
             if let Some(source) = &status.poisoned {
                 return Err(Error::Poisoned {
+                    source: source.clone(),
+                });
+            }
+            if let Some(source) = &status.stalled {
+                return Err(Error::WritesStalled {
                     source: source.clone(),
                 });
             }

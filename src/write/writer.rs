@@ -41,6 +41,9 @@ struct Round {
     flush_seq: u64,
     closing: bool,
     interval_due: bool,
+    /// Whether the round holds everything queued before it was taken: only then can it
+    /// complete a flush (a stalled round is retried without taking what queued meanwhile).
+    took_all: bool,
 }
 
 /// A round whose write failed cleanly and is retried (outside `Sync`).
@@ -118,6 +121,20 @@ impl Writer {
                 break;
             }
             if round.closing {
+                if let Some(stall) = self.stall.take() {
+                    // The last try failed: what is still held or queued is lost, and the
+                    // poisoning names it.
+                    let error = Error::WritesStalled {
+                        source: stall.source,
+                    };
+                    self.poison(error);
+                    break;
+                }
+                if !self.shared.sequencer.pending.lock().frames.is_empty() {
+                    // Appends queued while a stalled round was retried: the next round (which
+                    // does not wait, the log is closing) writes them.
+                    continue;
+                }
                 self.close();
                 break;
             }
@@ -199,6 +216,7 @@ impl Writer {
         }
         pending.gather_target = 1;
         pending.writer_waiting = false;
+        let took_all = self.stall.is_none() || pending.frames.is_empty();
         if self.stall.is_none() {
             debug_assert!(self.frames.is_empty());
             pending.first_queued_at = None;
@@ -211,6 +229,7 @@ impl Writer {
             flush_seq: pending.flush_requested,
             closing: pending.closing,
             interval_due,
+            took_all,
         };
         drop(pending);
         shared.sequencer.space.notify_all();
@@ -251,6 +270,7 @@ impl Writer {
             Ok(()) => {
                 if self.stall.take().is_some() {
                     self.shared.sequencer.pending.lock().refusal = None;
+                    self.shared.progress.set_stalled(None);
                 }
             }
             // Under Sync the records written before the failure are synced and published
@@ -281,7 +301,7 @@ impl Writer {
                 lane.durable_end = lane.written_end();
             }
         }
-        self.publish(sync, round.flush_seq);
+        self.publish(sync, round);
         if let Some(error) = failed_sync_round {
             self.clean_failure(error);
         }
@@ -293,11 +313,7 @@ impl Writer {
     fn write_frames(&mut self) -> Result<(), Fault> {
         while self.written_frames < self.frames.len() {
             let start = self.written_frames;
-            let end = self.plan(start);
-            if let Err(error) = self.reserve() {
-                self.clear_demands();
-                return Err(Fault::Clean(error));
-            }
+            let end = self.prepare_chunk(start)?;
             let result = self.write_chunk(start, end);
             self.clear_demands();
             result?;
@@ -307,6 +323,54 @@ impl Writer {
             self.last_timestamp_ms = self.last_timestamp_ms.max(last.timestamp_ms);
         }
         Ok(())
+    }
+
+    /// Plans the next record from `start` and makes room for it: in the journal first (a
+    /// checkpoint and a wrap, when it is full or cannot grow, pad the segments and so move
+    /// where frames go), then in the segments. Nothing is written yet, so a failure is clean.
+    /// Returns the end of the chunk.
+    fn prepare_chunk(&mut self, start: usize) -> Result<usize, Fault> {
+        let mut wrapped = false;
+        loop {
+            let end = self.plan(start);
+            let record_len = self.record_len(start, end);
+            let room = if self.journal.fits(record_len) {
+                self.journal.reserve(record_len)
+            } else {
+                Err(self.journal.too_large(record_len))
+            };
+            match room {
+                Ok(()) => break self.reserve_segments(end),
+                Err(error) => {
+                    self.clear_demands();
+                    let full = error.is_disk_full() || !self.journal.fits(record_len);
+                    if wrapped || !full || !self.journal.can_wrap() {
+                        return Err(Fault::Clean(error));
+                    }
+                    if error.is_disk_full() && self.journal.fits(record_len) {
+                        // The journal cannot grow: wrap within what it has.
+                        self.journal.stop_growing();
+                    }
+                    self.checkpoint(true)?;
+                    wrapped = true;
+                }
+            }
+        }
+    }
+
+    fn record_len(&self, start: usize, end: usize) -> usize {
+        let first = &self.frames[start];
+        let last = &self.frames[end - 1];
+        RECORD_HEADER_LEN + last.entry_start + ENTRY_TAG_LEN + last.frame_len as usize
+            - first.entry_start
+    }
+
+    fn reserve_segments(&mut self, end: usize) -> Result<usize, Fault> {
+        if let Err(error) = self.reserve() {
+            self.clear_demands();
+            return Err(Fault::Clean(error));
+        }
+        Ok(end)
     }
 
     /// Chooses the frames of the next record, from `start`: as many as fit one record, and
@@ -354,22 +418,6 @@ impl Writer {
         let last = self.frames[end - 1];
         let entries = first.entry_start..last.entry_start + ENTRY_TAG_LEN + last.frame_len as usize;
         let in_place = start == 0 && end == self.frames.len();
-        let record_len = RECORD_HEADER_LEN + entries.len();
-        if !self.journal.fits(record_len) {
-            if !self.journal.can_wrap() {
-                return Err(Fault::Clean(self.journal.too_large(record_len)));
-            }
-            self.checkpoint(true)?;
-        }
-        if let Err(error) = self.journal.reserve(record_len) {
-            if !(error.is_disk_full() && self.journal.can_wrap()) {
-                return Err(Fault::Clean(error));
-            }
-            // The journal cannot grow: wrap within what it has.
-            self.journal.stop_growing();
-            self.checkpoint(true)?;
-            self.journal.reserve(record_len).map_err(Fault::Clean)?;
-        }
         let count = (end - start) as u32;
         let written = if in_place {
             self.journal
@@ -397,16 +445,19 @@ impl Writer {
 
     /// Publishes what the round made visible: everything written, if synced (or under
     /// `Buffered`, where written is visible).
-    fn publish(&mut self, synced: bool, flush_seq: u64) {
+    fn publish(&mut self, synced: bool, round: &Round) {
+        let flush_seq = round.flush_seq;
         let visible = synced || self.shared.config.durability == Durability::Buffered;
         if visible {
             for p in self.unpublished.drain(..) {
                 self.lanes[p as usize].publish();
             }
         }
-        // A flush is done when everything before it is written and synced: not while a stalled
-        // round still holds appends. It is told so instead of waiting for the disk.
-        let flush_done = (synced && self.stall.is_none()).then_some(flush_seq);
+        // A flush is done when everything queued before it is written and synced: not while a
+        // stalled round holds appends, nor when appends queued during a stall are still
+        // pending (the next round takes them at once). Flushes during a stall are failed by
+        // `Progress` instead of waiting for the disk.
+        let flush_done = (synced && self.stall.is_none() && round.took_all).then_some(flush_seq);
         if let Some(seq) = flush_done {
             self.flush_done = seq;
         }
@@ -414,17 +465,6 @@ impl Writer {
             self.shared
                 .progress
                 .publish(self.written_global, flush_done);
-        }
-        if let Some(stall) = &self.stall {
-            if flush_seq > self.flush_done {
-                self.flush_done = flush_seq;
-                self.shared.progress.report_later(Error::WritesStalled {
-                    source: stall.source.clone(),
-                });
-                self.shared
-                    .progress
-                    .publish(self.written_global, Some(flush_seq));
-            }
         }
     }
 
@@ -459,6 +499,7 @@ impl Writer {
             None => RETRY_BACKOFF_MIN,
         };
         self.shared.sequencer.pending.lock().refusal = Some(Refusal::Stalled(source.clone()));
+        self.shared.progress.set_stalled(Some(source.clone()));
         self.stall = Some(Stall {
             source,
             retry_at: Instant::now() + backoff,
@@ -532,16 +573,9 @@ impl Writer {
         Ok(())
     }
 
-    /// The last round of a closing log: give a stalled round one more try, then checkpoint so
-    /// that the next open replays nothing.
+    /// The last round of a closing log, with everything written: checkpoint, so that the next
+    /// open replays nothing.
     fn close(&mut self) {
-        if self.stall.is_some() {
-            match self.write_frames() {
-                Ok(()) => self.stall = None,
-                // The appends still waiting are lost: poisoning reports them, by offset.
-                Err(Fault::Clean(error) | Fault::Poison(error)) => return self.poison(error),
-            }
-        }
         if let Err(Fault::Poison(error) | Fault::Clean(error)) = self.checkpoint(false) {
             self.poison(error);
         }
