@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::storage::simdisk;
 
 /// Failures to inject into the file operations of one log. For tests of error handling.
 ///
@@ -32,12 +33,51 @@ pub struct FailPoints {
     /// While true, syncs wait: lets a test look at the log between a write and its sync.
     syncs_held: parking_lot::Mutex<bool>,
     syncs_released: parking_lot::Condvar,
+    /// The simulated disk's record, while recording (`simdisk.rs`).
+    recording: parking_lot::Mutex<Option<Recording>>,
+}
+
+#[derive(Debug)]
+struct Recording {
+    base: PathBuf,
+    ops: Vec<simdisk::Op>,
 }
 
 #[doc(hidden)]
 impl FailPoints {
     pub fn new() -> Arc<Self> {
         Arc::new(FailPoints::default())
+    }
+
+    /// Starts recording every file operation under `base` (an existing, empty directory that
+    /// the log will live in or under), for [`crash_image`](Self::crash_image).
+    pub fn record_crashes(&self, base: &Path) {
+        *self.recording.lock() = Some(Recording {
+            base: base.to_owned(),
+            ops: Vec::new(),
+        });
+    }
+
+    /// How many operations were recorded so far: a crash instant.
+    pub fn recorded_ops(&self) -> usize {
+        self.recording.lock().as_ref().map_or(0, |r| r.ops.len())
+    }
+
+    /// Writes into `image` what a power cut right after the first `ops` recorded operations
+    /// could leave of the recorded directory, as chosen by `seed` (`simdisk.rs`).
+    pub fn crash_image(&self, ops: usize, image: &Path, seed: u64) -> io::Result<()> {
+        let recording = self.recording.lock();
+        let recording = recording
+            .as_ref()
+            .ok_or_else(|| io::Error::other("not recording"))?;
+        let ops = &recording.ops[..ops.min(recording.ops.len())];
+        simdisk::crash_image(ops, &recording.base, image, seed)
+    }
+
+    fn record(&self, op: impl FnOnce() -> simdisk::Op) {
+        if let Some(recording) = self.recording.lock().as_mut() {
+            recording.ops.push(op());
+        }
     }
 
     /// The next `count` fsyncs fail with `EIO`.
@@ -155,6 +195,7 @@ impl File {
             .truncate(true)
             .open(path)
             .map_err(|e| Error::io("create", path, e))?;
+        record(faults, || simdisk::Op::Create(path.to_owned()));
         Ok(File {
             file,
             path: path.to_owned(),
@@ -178,7 +219,7 @@ impl File {
 
     /// Renames the file to `to` (see [`rename`]) and keeps the handle.
     pub fn rename_to(&mut self, to: &Path) -> Result<()> {
-        rename(&self.path, to)?;
+        rename(&self.path, to, &self.faults)?;
         self.path = to.to_owned();
         Ok(())
     }
@@ -198,7 +239,13 @@ impl File {
         }
         self.file
             .write_all_at(bytes, position)
-            .map_err(|e| Error::io("write", &self.path, e))
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        record(&self.faults, || simdisk::Op::Write {
+            path: self.path.clone(),
+            position,
+            bytes: bytes.to_vec(),
+        });
+        Ok(())
     }
 
     /// Writes all of `slices`, back to back, at `position`: one `pwritev` for many frames
@@ -250,6 +297,11 @@ impl File {
             skip += left;
         }
         debug_assert_eq!(done, total as u64);
+        record(&self.faults, || simdisk::Op::Write {
+            path: self.path.clone(),
+            position,
+            bytes: slices.concat(),
+        });
         Ok(())
     }
 
@@ -283,7 +335,9 @@ impl File {
         }
         self.file
             .sync_data()
-            .map_err(|e| Error::io("fdatasync", &self.path, e))
+            .map_err(|e| Error::io("fdatasync", &self.path, e))?;
+        record(&self.faults, || simdisk::Op::Sync(self.path.clone()));
+        Ok(())
     }
 
     /// `fsync`: data and all metadata (the length too) are durable.
@@ -295,13 +349,20 @@ impl File {
         }
         self.file
             .sync_all()
-            .map_err(|e| Error::io("fsync", &self.path, e))
+            .map_err(|e| Error::io("fsync", &self.path, e))?;
+        record(&self.faults, || simdisk::Op::Sync(self.path.clone()));
+        Ok(())
     }
 
     pub fn set_len(&self, len: u64) -> Result<()> {
         self.file
             .set_len(len)
-            .map_err(|e| Error::io("truncate", &self.path, e))
+            .map_err(|e| Error::io("truncate", &self.path, e))?;
+        record(&self.faults, || simdisk::Op::SetLen {
+            path: self.path.clone(),
+            len,
+        });
+        Ok(())
     }
 
     /// Reserves disk blocks for the first `len` bytes, so that a full disk is reported here and
@@ -328,7 +389,22 @@ impl File {
             None => Ok(()),
         }
         .and_then(|()| fallocate(&self.file, offset, len));
-        unsupported_is_not_an_error(result).map_err(|e| Error::io("fallocate", &self.path, e))
+        let result =
+            unsupported_is_not_an_error(result).map_err(|e| Error::io("fallocate", &self.path, e));
+        if let Ok(Preallocation::Reserved) = result {
+            record(&self.faults, || simdisk::Op::Extend {
+                path: self.path.clone(),
+                len: offset + len,
+            });
+        }
+        result
+    }
+}
+
+/// Records `op` on the simulated disk, if these fail points record.
+fn record(faults: &Faults, op: impl FnOnce() -> simdisk::Op) {
+    if let Some(faults) = faults {
+        faults.record(op);
     }
 }
 
@@ -381,8 +457,13 @@ fn fallocate(_file: &fs::File, _offset: u64, _len: u64) -> io::Result<()> {
 }
 
 /// Renames `from` to `to`, replacing `to`. Durable only after [`sync_dir`] of the parent.
-pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| Error::io("rename", to, e))
+pub(crate) fn rename(from: &Path, to: &Path, faults: &Faults) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io("rename", to, e))?;
+    record(faults, || simdisk::Op::Rename {
+        from: from.to_owned(),
+        to: to.to_owned(),
+    });
+    Ok(())
 }
 
 /// Makes the directory's entries (created, renamed, removed files) durable.
@@ -395,7 +476,9 @@ pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
     let handle = fs::File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
     handle
         .sync_all()
-        .map_err(|e| Error::io("fsync directory", dir, e))
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    record(faults, || simdisk::Op::SyncDir(dir.to_owned()));
+    Ok(())
 }
 
 /// Creates a directory and any missing parents, and syncs the parent of each directory it
@@ -416,6 +499,7 @@ pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> 
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => continue,
             Err(e) => return Err(Error::io("create directory", path, e)),
         }
+        record(faults, || simdisk::Op::MakeDir(path.to_owned()));
         let parent = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
@@ -426,9 +510,12 @@ pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> 
 }
 
 /// Removes a file; a file that is already gone is not an error.
-pub(crate) fn remove_file(path: &Path) -> Result<()> {
+pub(crate) fn remove_file(path: &Path, faults: &Faults) -> Result<()> {
     match fs::remove_file(path) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            record(faults, || simdisk::Op::Remove(path.to_owned()));
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", path, e)),
     }
@@ -442,7 +529,7 @@ pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> R
     file.write_all_at(bytes, 0)?;
     file.sync_all()?;
     drop(file);
-    rename(&tmp, path)?;
+    rename(&tmp, path, faults)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sync_dir(dir, faults)
 }

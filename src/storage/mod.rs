@@ -14,3 +14,4 @@ pub mod io;
 pub(crate) mod journal;
 pub(crate) mod meta;
 pub(crate) mod segment;
+pub(crate) mod simdisk;

@@ -331,7 +331,7 @@ pub fn create(
         Ok(data) => data,
         Err(error) => {
             // Best effort: a leftover .tmp is also removed by the next open.
-            let _ = io::remove_file(&tmp);
+            let _ = io::remove_file(&tmp, faults);
             return Err(error);
         }
     };

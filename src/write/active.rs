@@ -376,8 +376,8 @@ impl Lane {
             let path = next.segment.path.clone();
             let index_path = next.segment.index_path.clone();
             drop(next);
-            let _ = io::remove_file(&path);
-            let _ = io::remove_file(&index_path);
+            let _ = io::remove_file(&path, &self.config.faults);
+            let _ = io::remove_file(&index_path, &self.config.faults);
         }
     }
 

@@ -65,7 +65,7 @@ impl JournalWriter {
         file.write_all_at(&bytes, 0)?;
         file.sync_all()?;
         drop(file);
-        io::rename(&tmp, &path)
+        io::rename(&tmp, &path, faults)
     }
 
     pub fn open(

@@ -556,7 +556,7 @@ fn prepare_partition(
         ..PartitionRecovery::default()
     };
     let policy = config.index_policy;
-    let listing = list(&path)?;
+    let listing = list(&path, &config.faults)?;
     // Offsets that the segment files hold past the mark, for the report.
     let mut file_end = mark.end_offset;
     for &base in listing
@@ -570,12 +570,12 @@ fn prepare_partition(
             file_end = file_end.max(end);
             report.cut_bytes += len;
         }
-        io::remove_file(&seg_path)?;
-        io::remove_file(&segment::index_path(&path, base))?;
+        io::remove_file(&seg_path, &config.faults)?;
+        io::remove_file(&segment::index_path(&path, base), &config.faults)?;
     }
     for &base in &listing.indexes {
         if listing.segments.binary_search(&base).is_err() {
-            io::remove_file(&segment::index_path(&path, base))?;
+            io::remove_file(&segment::index_path(&path, base), &config.faults)?;
         }
     }
     let partition_path = path.clone();
@@ -772,7 +772,7 @@ struct Listing {
 
 /// Lists segment and index files of a partition directory (none if it does not exist yet),
 /// removing temporary files of interrupted creations.
-fn list(dir: &Path) -> Result<Listing> {
+fn list(dir: &Path, faults: &io::Faults) -> Result<Listing> {
     let mut listing = Listing {
         segments: Vec::new(),
         indexes: Vec::new(),
@@ -787,7 +787,7 @@ fn list(dir: &Path) -> Result<Listing> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.ends_with(".tmp") {
-            io::remove_file(&entry.path())?;
+            io::remove_file(&entry.path(), faults)?;
         } else if let Some(base) = segment::parse_name(name, segment::SEGMENT_SUFFIX) {
             listing.segments.push(base);
         } else if let Some(base) = segment::parse_name(name, segment::INDEX_SUFFIX) {

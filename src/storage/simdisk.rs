@@ -1,0 +1,280 @@
+//! A simulated disk behind the io seam, for crash tests: it records every durable-relevant file
+//! operation a log makes (through `io.rs`), and builds from the record the image of the log
+//! directory that a power cut at any recorded instant could leave.
+//!
+//! The model keeps, per file, what was written apart from what a sync made durable, and per
+//! directory which entries (files created, renamed, removed; directories made) a directory sync
+//! made durable. A crash image holds everything durable and, chosen by a seed:
+//!
+//! - of each file's writes since its last sync: every 512-byte sector kept, dropped, or torn
+//!   (a prefix of it kept); length changes kept or lost;
+//! - of each directory's entry changes since its last sync: a prefix, in order (journaling file
+//!   systems commit metadata in order, so a later entry change never survives an earlier lost
+//!   one).
+//!
+//! Files that the log opens without the fail points (index files, which are derived data and
+//! rebuilt by recovery) are not recorded and so are absent from images.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// One recorded operation, with absolute paths.
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    MakeDir(PathBuf),
+    Create(PathBuf),
+    Write {
+        path: PathBuf,
+        position: u64,
+        bytes: Vec<u8>,
+    },
+    SetLen {
+        path: PathBuf,
+        len: u64,
+    },
+    /// A preallocation: the length becomes at least `len`.
+    Extend {
+        path: PathBuf,
+        len: u64,
+    },
+    Sync(PathBuf),
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Remove(PathBuf),
+    SyncDir(PathBuf),
+}
+
+const SECTOR: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    File(usize),
+    Dir,
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Write { position: u64, bytes: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Default)]
+struct FileState {
+    durable: Vec<u8>,
+    pending: Vec<Pending>,
+    /// The file's length with every pending operation applied.
+    len: u64,
+}
+
+/// Names under each directory, as the last directory sync left them and as changed since.
+#[derive(Default)]
+struct DirState {
+    durable: BTreeMap<PathBuf, Entry>,
+    changes: Vec<(PathBuf, Option<Entry>)>,
+}
+
+/// A small deterministic generator (splitmix64), so that an image is replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+/// Builds in `image` the directory `base` as a power cut after `ops` could leave it. `base`
+/// itself is taken as durable (it existed before the recording started).
+pub(crate) fn crash_image(ops: &[Op], base: &Path, image: &Path, seed: u64) -> std::io::Result<()> {
+    let mut rng = Rng(seed);
+    let mut files: Vec<FileState> = Vec::new();
+    let mut names: BTreeMap<PathBuf, Entry> = BTreeMap::new();
+    let mut dirs: HashMap<PathBuf, DirState> = HashMap::new();
+    dirs.insert(base.to_owned(), DirState::default());
+    let change = |dirs: &mut HashMap<PathBuf, DirState>, path: &Path, entry: Option<Entry>| {
+        if let Some(parent) = path.parent() {
+            dirs.entry(parent.to_owned())
+                .or_default()
+                .changes
+                .push((path.to_owned(), entry));
+        }
+    };
+    for op in ops {
+        match op {
+            Op::MakeDir(path) => {
+                names.insert(path.clone(), Entry::Dir);
+                dirs.entry(path.clone()).or_default();
+                change(&mut dirs, path, Some(Entry::Dir));
+            }
+            Op::Create(path) => {
+                files.push(FileState::default());
+                let entry = Entry::File(files.len() - 1);
+                names.insert(path.clone(), entry);
+                change(&mut dirs, path, Some(entry));
+            }
+            Op::Write {
+                path,
+                position,
+                bytes,
+            } => {
+                if let Some(Entry::File(id)) = names.get(path) {
+                    let file = &mut files[*id];
+                    file.len = file.len.max(position + bytes.len() as u64);
+                    file.pending.push(Pending::Write {
+                        position: *position,
+                        bytes: bytes.clone(),
+                    });
+                }
+            }
+            Op::SetLen { path, len } => {
+                if let Some(Entry::File(id)) = names.get(path) {
+                    files[*id].len = *len;
+                    files[*id].pending.push(Pending::SetLen(*len));
+                }
+            }
+            Op::Extend { path, len } => {
+                if let Some(Entry::File(id)) = names.get(path) {
+                    let file = &mut files[*id];
+                    if *len > file.len {
+                        file.len = *len;
+                        file.pending.push(Pending::SetLen(*len));
+                    }
+                }
+            }
+            Op::Sync(path) => {
+                if let Some(Entry::File(id)) = names.get(path) {
+                    let file = &mut files[*id];
+                    for pending in std::mem::take(&mut file.pending) {
+                        apply(&mut file.durable, &pending, usize::MAX);
+                    }
+                }
+            }
+            Op::Rename { from, to } => {
+                if let Some(entry) = names.remove(from) {
+                    change(&mut dirs, from, None);
+                    names.insert(to.clone(), entry);
+                    change(&mut dirs, to, Some(entry));
+                }
+            }
+            Op::Remove(path) => {
+                if names.remove(path).is_some() {
+                    change(&mut dirs, path, None);
+                }
+            }
+            Op::SyncDir(dir) => {
+                let state = dirs.entry(dir.clone()).or_default();
+                state.durable = names
+                    .iter()
+                    .filter(|(path, _)| path.parent() == Some(dir.as_path()))
+                    .map(|(path, entry)| (path.clone(), *entry))
+                    .collect();
+                state.changes.clear();
+            }
+        }
+    }
+    std::fs::create_dir_all(image)?;
+    write_dir(base, base, image, &dirs, &files, &mut rng)
+}
+
+/// Applies one pending operation, a write cut to `keep` bytes.
+fn apply(data: &mut Vec<u8>, pending: &Pending, keep: usize) {
+    match pending {
+        Pending::Write { position, bytes } => {
+            let bytes = &bytes[..keep.min(bytes.len())];
+            let start = *position as usize;
+            if data.len() < start + bytes.len() {
+                data.resize(start + bytes.len(), 0);
+            }
+            data[start..start + bytes.len()].copy_from_slice(bytes);
+        }
+        Pending::SetLen(len) => data.resize(*len as usize, 0),
+    }
+}
+
+/// The bytes a power cut leaves of a file: durable ones, and a seeded choice of the rest.
+fn survivor(file: &FileState, rng: &mut Rng) -> Vec<u8> {
+    let mut data = file.durable.clone();
+    for pending in &file.pending {
+        match pending {
+            Pending::SetLen(_) => {
+                if rng.below(2) == 0 {
+                    apply(&mut data, pending, usize::MAX);
+                }
+            }
+            Pending::Write { position, bytes } => {
+                // Sector by sector (with the write's own alignment): kept, dropped or torn.
+                let mut at = 0usize;
+                while at < bytes.len() {
+                    let end = (at + SECTOR).min(bytes.len());
+                    let keep = match rng.below(5) {
+                        0 | 1 => end - at,
+                        2 => rng.below((end - at) as u64) as usize,
+                        _ => 0,
+                    };
+                    if keep > 0 {
+                        let piece = Pending::Write {
+                            position: position + at as u64,
+                            bytes: bytes[at..end].to_vec(),
+                        };
+                        apply(&mut data, &piece, keep);
+                    }
+                    at = end;
+                }
+            }
+        }
+    }
+    data
+}
+
+fn write_dir(
+    dir: &Path,
+    base: &Path,
+    image: &Path,
+    dirs: &HashMap<PathBuf, DirState>,
+    files: &[FileState],
+    rng: &mut Rng,
+) -> std::io::Result<()> {
+    let Some(state) = dirs.get(dir) else {
+        return Ok(());
+    };
+    let mut entries = state.durable.clone();
+    // A prefix of the entry changes since the last sync of this directory.
+    let kept = rng.below(state.changes.len() as u64 + 1) as usize;
+    for (path, entry) in &state.changes[..kept] {
+        match entry {
+            Some(entry) => {
+                entries.insert(path.clone(), *entry);
+            }
+            None => {
+                entries.remove(path);
+            }
+        }
+    }
+    for (path, entry) in entries {
+        let Ok(relative) = path.strip_prefix(base) else {
+            continue;
+        };
+        let target = image.join(relative);
+        match entry {
+            Entry::Dir => {
+                std::fs::create_dir_all(&target)?;
+                write_dir(&path, base, image, dirs, files, rng)?;
+            }
+            Entry::File(id) => std::fs::write(&target, survivor(&files[id], rng))?,
+        }
+    }
+    Ok(())
+}
