@@ -328,28 +328,22 @@ impl File {
 
     /// `fdatasync`: the data, and the metadata needed to read it back, are durable.
     pub fn sync_data(&self) -> Result<()> {
-        if let Some(faults) = &self.faults {
-            faults
-                .check_sync()
-                .map_err(|e| Error::io("fdatasync", &self.path, e))?;
-        }
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &self.path, e))?;
-        record(&self.faults, || simdisk::Op::Sync(self.path.clone()));
-        Ok(())
+        self.sync("fdatasync", fs::File::sync_data)
     }
 
     /// `fsync`: data and all metadata (the length too) are durable.
     pub fn sync_all(&self) -> Result<()> {
+        self.sync("fsync", fs::File::sync_all)
+    }
+
+    /// One sync, through the fail points, recorded on the simulated disk once it succeeded.
+    fn sync(&self, op: &'static str, sync: fn(&fs::File) -> io::Result<()>) -> Result<()> {
         if let Some(faults) = &self.faults {
             faults
                 .check_sync()
-                .map_err(|e| Error::io("fsync", &self.path, e))?;
+                .map_err(|e| Error::io(op, &self.path, e))?;
         }
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io("fsync", &self.path, e))?;
+        sync(&self.file).map_err(|e| Error::io(op, &self.path, e))?;
         record(&self.faults, || simdisk::Op::Sync(self.path.clone()));
         Ok(())
     }

@@ -157,11 +157,17 @@ pub(super) fn prepare_partition(
     let seg_path = segment::segment_path(&path, base);
     let data = io::File::open(&seg_path, &config.faults)?;
     let map = segment::map_file(data.std(), &seg_path)?;
-    // `check_partition` checked the header and the length before anything changed.
+    // `check_partition` checked the header and the length before anything changed; they are
+    // checked again here, on the bytes mapped, since the slices below depend on them.
     let header = SegmentHeader::decode(&map, &seg_path)?;
     let synced = mark.synced_position;
-    debug_assert!(header.partition == id && header.base_offset == base);
-    debug_assert!(map.len() as u64 >= synced);
+    if header.partition != id || header.base_offset != base || (map.len() as u64) < synced {
+        return Err(Error::corrupt(
+            &seg_path,
+            0,
+            "segment changed while the log was being opened",
+        ));
+    }
     let (end, len) = chained_end(&map, synced, mark.end_offset);
     file_end = file_end.max(end);
     report.cut_bytes += len;
