@@ -13,6 +13,10 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use crate::stream::Expected;
+
 /// The result type of every fallible annal call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -127,6 +131,21 @@ pub enum Error {
     UsedAfterFork,
     /// The log has been closed.
     Closed,
+    /// An append's expected version does not hold: nothing of the call was written. `actual`
+    /// is the key's last version, `None` when the key has no events.
+    Conflict {
+        key: Bytes,
+        expected: Expected,
+        actual: Option<u64>,
+    },
+    /// Some of the call's event ids are already in the log and some are not: a retry must
+    /// repeat the original call exactly. Nothing was written; `present` names the ids found.
+    IdsPartlyPresent { present: Arc<[u128]> },
+    /// An event id is already in the log under another key, or appears twice in one call.
+    /// Nothing was written.
+    IdReused { id: u128 },
+    /// One call names the same key twice (multi-key appends take each key once).
+    RepeatedKey { key: Bytes },
 }
 
 impl Error {
@@ -305,6 +324,36 @@ impl fmt::Display for Error {
                 "this Log was opened before a fork and cannot be used in the child process"
             ),
             Error::Closed => write!(f, "the log is closed"),
+            Error::Conflict {
+                key,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "expected version conflict on key {}: expected {expected}, ",
+                    String::from_utf8_lossy(key)
+                )?;
+                match actual {
+                    Some(version) => write!(f, "the last version is {version}"),
+                    None => write!(f, "the key has no events"),
+                }
+            }
+            Error::IdsPartlyPresent { present } => write!(
+                f,
+                "{} of the call's event ids are already in the log and the others are not;                  nothing was written (first present: {:032x})",
+                present.len(),
+                present.first().copied().unwrap_or(0)
+            ),
+            Error::IdReused { id } => write!(
+                f,
+                "event id {id:032x} is already used by another key or twice in this call"
+            ),
+            Error::RepeatedKey { key } => write!(
+                f,
+                "key {} appears twice in one multi-key append",
+                String::from_utf8_lossy(key)
+            ),
         }
     }
 }

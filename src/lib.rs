@@ -15,13 +15,14 @@ mod options;
 mod reader;
 mod record;
 mod storage;
+mod stream;
 mod write;
 
 #[doc(hidden)]
 pub use crate::storage::io;
 
 pub use crate::error::{Error, LostRange, Result};
-pub use crate::log::Log;
+pub use crate::log::{KeyAppend, Log};
 pub use crate::options::{
     Durability, Options, RecoveryMode, BATCH_BYTES_MAX_DEFAULT, BATCH_EVENTS_MAX_DEFAULT,
     EVENT_BYTES_MAX_DEFAULT, INDEX_INTERVAL_BYTES_DEFAULT, INTERVAL_MAX, JOURNAL_BYTES_DEFAULT,
@@ -32,6 +33,8 @@ pub use crate::options::{
 pub use crate::reader::Reader;
 pub use crate::record::{Event, Header, Record};
 pub use crate::storage::hash::{key_hash, partition_for};
+pub use crate::stream::read::GlobalReader;
+pub use crate::stream::Expected;
 pub use crate::write::recovery::{PartitionRecovery, RecoveryReport};
 pub use crate::write::ticket::Ticket;
 pub use crate::write::{Appended, Stats};

@@ -15,10 +15,11 @@ use crate::record::Event;
 use crate::storage::hash;
 use crate::storage::io;
 use crate::storage::meta::{self, Meta};
+use crate::stream::Expected;
 use crate::write::journal::JournalWriter;
 use crate::write::partition::Partition;
 use crate::write::recovery::{self, RecoveryReport};
-use crate::write::sequencer::Sequencer;
+use crate::write::sequencer::{KeyWrite, Queued, Sequencer};
 use crate::write::ticket::{Progress, Ticket};
 use crate::write::writer::{Writer, WriterStart};
 use crate::write::{now_ms, Appended, Config, Counters, Shared};
@@ -184,16 +185,7 @@ impl Log {
 
     /// Appends events that are already converted: no caller code runs under the queue lock.
     fn append_events(&self, key: &[u8], events: &[Event<'_>]) -> Result<Appended> {
-        match self.options.durability {
-            Durability::Sync => self.enqueue(key, events)?.wait(),
-            Durability::Interval(_) | Durability::Buffered => {
-                self.check_process()?;
-                let partition = self.route(key)?;
-                self.shared
-                    .sequencer
-                    .enqueue_unwatched(partition, key, events)
-            }
-        }
+        self.append_to(key, Expected::Any, events)
     }
 
     /// Queues one event and returns at once with a [`Ticket`]; [`Ticket::wait`] returns when it
@@ -203,7 +195,7 @@ impl Log {
     ///
     /// As [`append`](Self::append), for what can be checked before the write.
     pub fn append_pipelined<'e>(&self, key: &[u8], event: impl Into<Event<'e>>) -> Result<Ticket> {
-        self.enqueue(key, &[event.into()])
+        self.append_to_pipelined(key, Expected::Any, &[event.into()])
     }
 
     /// Queues one batch (see [`append_batch`](Self::append_batch)) and returns a [`Ticket`].
@@ -216,19 +208,112 @@ impl Log {
         I: IntoIterator,
         I::Item: Into<Event<'e>>,
     {
-        self.enqueue(key, &collect(events))
+        self.append_to_pipelined(key, Expected::Any, &collect(events))
     }
 
-    fn enqueue(&self, key: &[u8], events: &[Event<'_>]) -> Result<Ticket> {
+    /// Appends `events` to `key`'s stream as one batch (all or nothing), if the stream is as
+    /// `expected`; returns where they went, with their versions. Returns like
+    /// [`append`](Self::append): under `Sync` once durable.
+    ///
+    /// The check is atomic with the assignment of the versions: of several appenders racing
+    /// with `Expected::Exact(n)` on one key, exactly one succeeds.
+    ///
+    /// Events may carry ids ([`Event::id`]). If every event's id is already in the key's
+    /// stream, nothing is written and the original positions come back, with
+    /// [`Appended::duplicate`] set, whatever `expected` says and however old the original is:
+    /// a retry after a crash or a timeout is safe.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use annal::{Error, Event, Expected, Log, Options};
+    /// let log = Log::open(dir.path(), Options::default())?;
+    /// let opened = log.append_to(b"account-7", Expected::NoStream, &[Event::new(b"opened").id(1)])?;
+    /// assert_eq!(opened.version, 0);
+    /// let deposit = [Event::new(b"deposited 10").id(2)];
+    /// let at = log.append_to(b"account-7", Expected::Exact(opened.last_version()), &deposit)?;
+    /// assert_eq!(at.version, 1);
+    /// // A stale writer is refused, and nothing is written.
+    /// let stale = log.append_to(b"account-7", Expected::Exact(0), &[Event::new(b"withdrew 5")]);
+    /// assert!(matches!(stale, Err(Error::Conflict { actual: Some(1), .. })));
+    /// // A retry of the deposit (same id) writes nothing and returns the original place.
+    /// let retry = log.append_to(b"account-7", Expected::Exact(0), &deposit)?;
+    /// assert!(retry.duplicate && retry.offset == at.offset);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] (nothing written), [`Error::IdsPartlyPresent`] and
+    /// [`Error::IdReused`] (nothing written), and the errors of
+    /// [`append_batch`](Self::append_batch).
+    pub fn append_to(
+        &self,
+        key: &[u8],
+        expected: Expected,
+        events: &[Event<'_>],
+    ) -> Result<Appended> {
+        let queued = self.enqueue(&[KeyAppend::new(key, expected, events)])?;
+        match self.options.durability {
+            Durability::Sync => queued.ticket(&self.shared.progress).wait(),
+            Durability::Interval(_) | Durability::Buffered => Ok(queued.appended[0]),
+        }
+    }
+
+    /// [`append_to`](Self::append_to) without waiting: returns a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`append_to`](Self::append_to), for what can be checked before the write.
+    pub fn append_to_pipelined(
+        &self,
+        key: &[u8],
+        expected: Expected,
+        events: &[Event<'_>],
+    ) -> Result<Ticket> {
+        let queued = self.enqueue(&[KeyAppend::new(key, expected, events)])?;
+        Ok(queued.ticket(&self.shared.progress))
+    }
+
+    /// Appends to several keys (in any partitions) atomically: after any crash, all of the
+    /// keys' events are in the log or none is. Each key has its own expected version; if any
+    /// does not hold, nothing is written. Returns each key's place, in the order given.
+    ///
+    /// All the events together must fit [`Options::batch_bytes_max`](crate::Options).
+    ///
+    /// # Errors
+    ///
+    /// As [`append_to`](Self::append_to), plus [`Error::RepeatedKey`].
+    pub fn append_multi(&self, appends: &[KeyAppend<'_, '_>]) -> Result<Vec<Appended>> {
+        if appends.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let queued = self.enqueue(appends)?;
+        let appended = queued.appended.clone();
+        if self.options.durability == Durability::Sync {
+            queued.ticket(&self.shared.progress).wait()?;
+        }
+        Ok(appended)
+    }
+
+    fn enqueue(&self, appends: &[KeyAppend<'_, '_>]) -> Result<Queued> {
         self.check_process()?;
-        let partition = self.route(key)?;
+        let mut writes = Vec::with_capacity(appends.len());
+        for append in appends {
+            writes.push(KeyWrite {
+                partition: self.route(append.key)?,
+                key: append.key,
+                expected: append.expected,
+                events: append.events,
+            });
+        }
         self.shared
             .sequencer
-            .enqueue(&self.shared.progress, partition, key, events)
+            .enqueue(&self.shared.partitions, &writes)
     }
 
     /// Checks a key and returns the partition it belongs to.
-    fn route(&self, key: &[u8]) -> Result<u32> {
+    pub(crate) fn route(&self, key: &[u8]) -> Result<u32> {
         if key.is_empty() {
             return Err(Error::EmptyKey);
         }
@@ -326,7 +411,7 @@ impl Log {
         self.shared.progress.final_report()
     }
 
-    fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
+    pub(crate) fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
         self.shared
             .partitions
             .get(partition as usize)
@@ -336,7 +421,7 @@ impl Log {
             })
     }
 
-    fn check_process(&self) -> Result<()> {
+    pub(crate) fn check_process(&self) -> Result<()> {
         // The process id is asked only after a fork happened: it costs a system call.
         if FORKED.load(Ordering::Relaxed) && std::process::id() != self.pid {
             return Err(Error::UsedAfterFork);
@@ -394,6 +479,24 @@ fn absolute(path: &Path) -> Result<PathBuf> {
         });
     }
     std::path::absolute(path).map_err(|e| Error::io("resolve path", path, e))
+}
+
+/// One key's part of a multi-key append ([`Log::append_multi`]).
+#[derive(Clone, Debug)]
+pub struct KeyAppend<'c, 'e> {
+    key: &'c [u8],
+    expected: Expected,
+    events: &'c [Event<'e>],
+}
+
+impl<'c, 'e> KeyAppend<'c, 'e> {
+    pub fn new(key: &'c [u8], expected: Expected, events: &'c [Event<'e>]) -> Self {
+        KeyAppend {
+            key,
+            expected,
+            events,
+        }
+    }
 }
 
 fn collect<'e, I>(events: I) -> Vec<Event<'e>>

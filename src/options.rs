@@ -534,7 +534,7 @@ mod tests {
         small().queue_bytes_max(frame_bytes_max).validate().unwrap();
         assert_refused(small().batch_bytes_max(6), &["batch_bytes_max", "7"]);
         let key_fits =
-            SEGMENT_BYTES_MIN as u32 - 64 - crate::write::active::PADDING_ROOM as u32 - 32 - 2 - 7;
+            SEGMENT_BYTES_MIN as u32 - 64 - crate::write::active::PADDING_ROOM as u32 - 48 - 2 - 7;
         assert_refused(
             small().key_bytes_max(key_fits + 1),
             &["key_bytes_max", &key_fits.to_string()],

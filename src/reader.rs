@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::record::{Header, Record};
+use crate::record::Record;
 use crate::storage::frame::{self, FrameInfo, Probe, RecordCursor};
 use crate::storage::segment::{ScanStart, SegmentPin, SEGMENT_HEADER_LEN};
 use crate::write::partition::Partition;
@@ -96,25 +96,15 @@ impl Reader {
                             continue;
                         }
                         self.next_offset = offset + 1;
-                        let map = &segment.map;
-                        let at =
-                            |r: std::ops::Range<usize>| map.slice(start + r.start..start + r.end);
-                        let headers = ranges
-                            .headers
-                            .into_iter()
-                            .map(|(name, value)| Header {
-                                name: at(name),
-                                value: at(value),
-                            })
-                            .collect();
-                        return Ok(Some(Record {
-                            partition: self.partition.id,
-                            offset,
-                            timestamp_ms: frame.info.timestamp_ms,
-                            key: at(frame.info.key_range()),
-                            headers,
-                            payload: at(ranges.payload),
-                        }));
+                        let record_index = offset - frame.info.base_offset;
+                        return Ok(Some(Record::from_frame(
+                            self.partition.id,
+                            &segment.map,
+                            start,
+                            &frame.info,
+                            ranges,
+                            record_index,
+                        )));
                     }
                     Ok(None) => self.frame = None,
                     Err(reason) => {

@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::storage::frame::{FrameInfo, RecordRanges};
+
 /// One event to append: a payload and optional headers (name/value pairs such as the event type,
 /// a schema version or a correlation id). The key is given per append, not per event.
 ///
@@ -14,6 +16,7 @@ use bytes::Bytes;
 pub struct Event<'a> {
     payload: &'a [u8],
     headers: Vec<(&'a [u8], &'a [u8])>,
+    id: Option<u128>,
 }
 
 impl<'a> Event<'a> {
@@ -22,7 +25,22 @@ impl<'a> Event<'a> {
         Event {
             payload: payload.as_ref(),
             headers: Vec::new(),
+            id: None,
         }
+    }
+
+    /// Gives the event a 128-bit id (a UUID's bits, say). Appending an event whose id is
+    /// already in its key's partition writes nothing and returns where the original is
+    /// (idempotent retries, [`Log::append_to`](crate::Log::append_to)); the id is stored in the
+    /// record and kept for as long as the record is.
+    pub fn id(mut self, id: u128) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// The event's id, if it has one.
+    pub fn event_id(&self) -> Option<u128> {
+        self.id
     }
 
     /// Adds a header. Names need not be unique; order is kept.
@@ -45,11 +63,12 @@ impl<'a> Event<'a> {
         &self.headers
     }
 
-    /// Payload plus header names and values: the size checked against
-    /// [`Options::event_bytes_max`](crate::Options::event_bytes_max).
+    /// Payload plus header names and values (and 16 bytes for an id): the size checked
+    /// against [`Options::event_bytes_max`](crate::Options::event_bytes_max).
     pub fn size_bytes(&self) -> u64 {
         let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        (self.payload.len() + headers) as u64
+        let id = if self.id.is_some() { 16 } else { 0 };
+        (self.payload.len() + headers + id) as u64
     }
 }
 
@@ -105,8 +124,14 @@ pub struct Record {
     pub partition: u32,
     /// Position in the partition: contiguous from 0.
     pub offset: u64,
-    /// Milliseconds since the Unix epoch, assigned at append; never decreasing in a partition.
+    /// Milliseconds since the Unix epoch, assigned at append; never decreasing in the log.
     pub timestamp_ms: u64,
+    /// Position in its key's stream: contiguous from 0 per key.
+    pub version: u64,
+    /// Position in the log's one global order across all partitions: contiguous from 0.
+    pub global_position: u64,
+    /// The id the event was appended with, if any.
+    pub event_id: Option<u128>,
     /// The key the event was appended under.
     pub key: Bytes,
     /// The headers, in the order they were given.
@@ -123,5 +148,39 @@ impl Record {
             .iter()
             .find(|header| header.name == name)
             .map(|header| &header.value)
+    }
+}
+
+impl Record {
+    /// The record at `ranges` (relative to the frame at `frame_start` of `map`), the
+    /// `record_index`-th of its frame. Its bytes are slices of `map`: nothing is copied.
+    pub(crate) fn from_frame(
+        partition: u32,
+        map: &Bytes,
+        frame_start: usize,
+        info: &FrameInfo,
+        ranges: RecordRanges,
+        record_index: u64,
+    ) -> Record {
+        let at = |r: std::ops::Range<usize>| map.slice(frame_start + r.start..frame_start + r.end);
+        let headers = ranges
+            .headers
+            .into_iter()
+            .map(|(name, value)| Header {
+                name: at(name),
+                value: at(value),
+            })
+            .collect();
+        Record {
+            partition,
+            offset: info.base_offset + record_index,
+            timestamp_ms: info.timestamp_ms,
+            version: info.base_version + record_index,
+            global_position: info.global_position + record_index,
+            event_id: ranges.event_id,
+            key: at(info.key_range()),
+            headers,
+            payload: at(ranges.payload),
+        }
     }
 }

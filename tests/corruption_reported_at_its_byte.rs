@@ -142,9 +142,10 @@ fn non_zero_reserved_segment_header_bytes_are_refused_at_their_position() {
 fn a_bad_record_attribute_is_reported_at_the_attribute_byte() {
     let dir = log_with_a_sealed_segment();
     let sealed = segment_path(dir.path(), 0, 0);
-    // Frame header (32), key length (2), key "k" (1): the first record's attributes.
-    let attributes_at = 32 + 2 + 1;
-    edit_first_frame(&sealed, |frame| frame[attributes_at] = 0x01);
+    // Frame header (48), key length (2), key "k" (1): the first record's attributes. 0x01
+    // (an event id follows) is defined; 0x02 is not.
+    let attributes_at = 48 + 2 + 1;
+    edit_first_frame(&sealed, |frame| frame[attributes_at] = 0x02);
     let reason = assert_corrupt_at(
         open_and_read(dir.path()),
         &sealed,

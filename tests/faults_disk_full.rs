@@ -21,9 +21,9 @@ const SEGMENT_BYTES: u64 = common::SMALL_SEGMENT_BYTES;
 const PAYLOAD_BYTES: usize = 1000;
 /// Encoded size of one frame holding one event under key `k` with a `PAYLOAD_BYTES` payload
 /// and no headers (`src/frame.rs`): header, key length and key, record fields, payload.
-const FRAME_BYTES: u64 = 32 + 2 + 1 + (1 + 2 + 4) + PAYLOAD_BYTES as u64;
+const FRAME_BYTES: u64 = 48 + 2 + 1 + (1 + 2 + 4) + PAYLOAD_BYTES as u64;
 /// Room a segment keeps for the padding frame of a checkpoint (`src/write/active.rs`).
-const PADDING_ROOM: u64 = 4096 + 34;
+const PADDING_ROOM: u64 = 4096 + 50;
 /// How many such frames fit into a segment after its 64-byte header.
 const FRAMES_PER_SEGMENT: u64 = (SEGMENT_BYTES - PADDING_ROOM - 64) / FRAME_BYTES;
 

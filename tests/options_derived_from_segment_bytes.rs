@@ -10,7 +10,7 @@ use annal::{Error, Event, Log, Options, KEY_BYTES_MAX_DEFAULT, SEGMENT_BYTES_MIN
 /// Segment header (64), the room a segment keeps for a checkpoint's padding frame
 /// (4096 + 34), frame header (32) and key length prefix (2), besides the key and the batch, as
 /// `docs/format.md` lays them out.
-const OVERHEAD_BYTES: u64 = 64 + 4096 + 34 + 32 + 2;
+const OVERHEAD_BYTES: u64 = 64 + 4096 + 50 + 48 + 2;
 /// Attributes, header count and payload length of one record.
 const RECORD_FIXED_BYTES: u64 = 7;
 /// The largest batch in a smallest segment with the default key limit.
@@ -81,7 +81,7 @@ fn explicit_limits_that_do_not_fit_are_refused_naming_the_option_and_the_value_t
     );
     assert!(message.contains(&BATCH_FITS.to_string()), "{message}");
 
-    let frame_fits = SEGMENT_BYTES_MIN - 64 - (4096 + 34);
+    let frame_fits = SEGMENT_BYTES_MIN - 64 - (4096 + 50);
     let message = refusal(smallest_segments().queue_bytes_max(frame_fits - 1));
     assert!(
         message.contains("set queue_bytes_max to at least"),

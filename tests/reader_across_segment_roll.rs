@@ -75,11 +75,11 @@ fn reader_created_before_a_roll_reads_through_it() {
 fn reader_at_a_page_aligned_segment_end_continues_after_a_roll() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options()).unwrap();
-    // A frame is 32 header + 2 key length + 1 key + 7 record bytes + payload = 42 + payload.
+    // A frame is 48 header + 2 key length + 1 key + 7 record bytes + payload = 58 + payload.
     // Eight frames of 7,160 bytes after the 64-byte segment header end at 57,344 = 14 pages; a
     // ninth does not fit into 64 KiB less the room kept for a checkpoint's padding frame
-    // (4,130 bytes), so it rolls.
-    let payload = vec![5u8; 7_118];
+    // (4,146 bytes), so it rolls.
+    let payload = vec![5u8; 7_102];
     for _ in 0..8 {
         log.append(b"k", &payload).unwrap();
     }

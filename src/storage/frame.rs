@@ -4,19 +4,22 @@
 //! crash leaves either all of it or none. The layout is the table in `docs/format.md`:
 //!
 //! ```text
-//! frame header (32 bytes)
-//!   0  u32 crc           CRC-32 (IEEE) of bytes [4, frame_len)
-//!   4  u32 frame_len     the whole frame, header included
-//!   8  u8  magic         FRAME_MAGIC
-//!   9  u8  flags         0, or FLAG_PADDING: anything else is "unknown frame flags"
-//!  10  u16 reserved      0: anything else is refused too, with its own reason
-//!  12  u32 record_count  at least 1
-//!  16  u64 base_offset   offset of the first record
-//!  24  u64 timestamp_ms  shared by all records of the frame
+//! frame header (48 bytes)
+//!   0  u32 crc              CRC-32 (IEEE) of bytes [4, frame_len)
+//!   4  u32 frame_len        the whole frame, header included
+//!   8  u8  magic            FRAME_MAGIC
+//!   9  u8  flags            0, or FLAG_PADDING: anything else is "unknown frame flags"
+//!  10  u16 reserved         0: anything else is refused too, with its own reason
+//!  12  u32 record_count     at least 1
+//!  16  u64 base_offset      offset of the first record in its partition
+//!  24  u64 timestamp_ms     shared by all records of the frame
+//!  32  u64 base_version     version of the first record in its key's stream
+//!  40  u64 global_position  position of the first record in the log's one global order
 //! key
-//!  32  u16 key_len, key bytes
+//!  48  u16 key_len, key bytes
 //! records, record_count times
-//!      u8  attributes    0 in version 2
+//!      u8  attributes       0, or ATTRIBUTE_EVENT_ID: anything else is refused
+//!      [u8; 16] event id    only with ATTRIBUTE_EVENT_ID, a little-endian u128
 //!      u16 header_count, then per header: u16 name_len, name, u32 value_len, value
 //!      u32 payload_len, payload
 //! ```
@@ -40,12 +43,18 @@ pub const RESERVED_OFFSET: usize = FLAGS_OFFSET + 1;
 pub const COUNT_OFFSET: usize = RESERVED_OFFSET + 2;
 pub const BASE_OFFSET_OFFSET: usize = COUNT_OFFSET + 4;
 pub const TIMESTAMP_OFFSET: usize = BASE_OFFSET_OFFSET + 8;
+pub const BASE_VERSION_OFFSET: usize = TIMESTAMP_OFFSET + 8;
+pub const GLOBAL_POSITION_OFFSET: usize = BASE_VERSION_OFFSET + 8;
 /// Length of the fixed frame header.
-pub const FRAME_HEADER_LEN: usize = TIMESTAMP_OFFSET + 8;
+pub const FRAME_HEADER_LEN: usize = GLOBAL_POSITION_OFFSET + 8;
 /// Length of the key length prefix that follows the header.
 pub const KEY_PREFIX_LEN: usize = 2;
 /// Fixed bytes of one record: attributes, header count and payload length.
 pub const RECORD_FIXED_LEN: usize = 1 + 2 + 4;
+/// The record attribute bit saying that a 16-byte event id follows the attributes byte.
+pub const ATTRIBUTE_EVENT_ID: u8 = 0x01;
+/// Length of an event id on disk.
+pub const EVENT_ID_LEN: usize = 16;
 /// Smallest possible frame: header, empty key, one empty record.
 pub const FRAME_LEN_MIN: usize = FRAME_HEADER_LEN + KEY_PREFIX_LEN + RECORD_FIXED_LEN;
 /// The `flags` value of a padding frame: no key, no records, zeros up to `frame_len`. The write
@@ -64,14 +73,16 @@ pub const HEADER_NAME_BYTES_LIMIT: usize = u16::MAX as usize;
 /// Most headers per record the format can hold.
 pub const HEADERS_PER_RECORD_LIMIT: usize = u16::MAX as usize;
 
-const _: () = assert!(FRAME_HEADER_LEN == 32);
-const _: () = assert!(FRAME_LEN_MIN == 41);
+const _: () = assert!(FRAME_HEADER_LEN == 48);
+const _: () = assert!(FRAME_LEN_MIN == 57);
 
-/// The per-frame values assigned under the partition lock.
+/// The per-frame values the sequencer assigns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameStamp {
     pub base_offset: u64,
     pub timestamp_ms: u64,
+    pub base_version: u64,
+    pub global_position: u64,
 }
 
 /// Limits checked while encoding.
@@ -169,6 +180,10 @@ fn encode_frame(
         .copy_from_slice(&stamp.base_offset.to_le_bytes());
     header[TIMESTAMP_OFFSET..TIMESTAMP_OFFSET + 8]
         .copy_from_slice(&stamp.timestamp_ms.to_le_bytes());
+    header[BASE_VERSION_OFFSET..BASE_VERSION_OFFSET + 8]
+        .copy_from_slice(&stamp.base_version.to_le_bytes());
+    header[GLOBAL_POSITION_OFFSET..GLOBAL_POSITION_OFFSET + 8]
+        .copy_from_slice(&stamp.global_position.to_le_bytes());
     let crc = crc32fast::hash(&buf[start + LEN_OFFSET..]);
     buf[start + CRC_OFFSET..start + CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     Ok(())
@@ -182,7 +197,13 @@ fn encode_record(buf: &mut Vec<u8>, event: &Event<'_>) -> Result<(), Error> {
             limit: HEADERS_PER_RECORD_LIMIT as u64,
         });
     }
-    buf.push(0); // attributes: none are defined in format version 2
+    match event.event_id() {
+        Some(id) => {
+            buf.push(ATTRIBUTE_EVENT_ID);
+            buf.extend_from_slice(&id.to_le_bytes());
+        }
+        None => buf.push(0),
+    }
     buf.extend_from_slice(&(headers.len() as u16).to_le_bytes());
     for (name, value) in headers {
         if name.len() > HEADER_NAME_BYTES_LIMIT {
@@ -224,6 +245,8 @@ pub struct FrameInfo {
     pub record_count: u32,
     pub base_offset: u64,
     pub timestamp_ms: u64,
+    pub base_version: u64,
+    pub global_position: u64,
     /// Range of the key bytes, relative to the frame start.
     pub key: (u32, u32),
     /// Where the first record starts, relative to the frame start.
@@ -295,6 +318,8 @@ pub fn probe(bytes: &[u8]) -> Probe {
             record_count: 0,
             base_offset,
             timestamp_ms: read_u64(header, TIMESTAMP_OFFSET),
+            base_version: 0,
+            global_position: 0,
             key: (PADDING_LEN_MIN as u32, PADDING_LEN_MIN as u32),
             records_start: frame_len as u32,
         });
@@ -317,14 +342,19 @@ pub fn probe(bytes: &[u8]) -> Probe {
     if records_start as u64 + records_min > frame_len as u64 {
         return Probe::Invalid("frame too short for its key and records");
     }
-    if base_offset.checked_add(u64::from(record_count)).is_none() {
-        return Probe::Invalid("frame offsets overflow");
+    let base_version = read_u64(header, BASE_VERSION_OFFSET);
+    let global_position = read_u64(header, GLOBAL_POSITION_OFFSET);
+    let overflows = |base: u64| base.checked_add(u64::from(record_count)).is_none();
+    if overflows(base_offset) || overflows(base_version) || overflows(global_position) {
+        return Probe::Invalid("frame offsets, versions or positions overflow");
     }
     Probe::Frame(FrameInfo {
         frame_len: frame_len as u32,
         record_count,
         base_offset,
         timestamp_ms: read_u64(header, TIMESTAMP_OFFSET),
+        base_version,
+        global_position,
         key: (key_start as u32, records_start as u32),
         records_start: records_start as u32,
     })
@@ -374,6 +404,7 @@ impl Iterator for Chain<'_> {
 /// Byte ranges of one record, relative to the start of its frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordRanges {
+    pub event_id: Option<u128>,
     /// (name, value) ranges.
     pub headers: Vec<(Range<usize>, Range<usize>)>,
     pub payload: Range<usize>,
@@ -409,9 +440,15 @@ impl RecordCursor {
         self.remaining -= 1;
         let mut at = self.position;
         let attributes = take(frame, &mut at, 1)?[0];
-        if attributes != 0 {
-            return Err(Damage::at(self.position, "unknown record attributes"));
-        }
+        let event_id = match attributes {
+            0 => None,
+            ATTRIBUTE_EVENT_ID => {
+                let mut id = [0u8; EVENT_ID_LEN];
+                id.copy_from_slice(take(frame, &mut at, EVENT_ID_LEN)?);
+                Some(u128::from_le_bytes(id))
+            }
+            _ => return Err(Damage::at(self.position, "unknown record attributes")),
+        };
         let header_count = read_u16(take(frame, &mut at, 2)?, 0) as usize;
         let mut headers = Vec::with_capacity(header_count.min(64));
         for _ in 0..header_count {
@@ -421,7 +458,11 @@ impl RecordCursor {
         }
         let payload = length_prefixed(frame, &mut at, LengthPrefix::U32)?;
         self.position = at;
-        Ok(Some(RecordRanges { headers, payload }))
+        Ok(Some(RecordRanges {
+            event_id,
+            headers,
+            payload,
+        }))
     }
 }
 
@@ -493,6 +534,8 @@ mod tests {
         FrameStamp {
             base_offset: 7,
             timestamp_ms: 1_700_000_000_000,
+            base_version: 3,
+            global_position: 11,
         }
     }
 
@@ -584,16 +627,47 @@ mod tests {
     }
 
     #[test]
-    fn smallest_frame_annal_writes_is_42_bytes_and_the_format_accepts_41() {
+    fn smallest_frame_annal_writes_is_58_bytes_and_the_format_accepts_57() {
         // docs/format.md gives both: keys are never empty when written, but may be when read.
         let mut buf = Vec::new();
         encode(&mut buf, stamp(), b"k", &[Event::new(b"")], &LIMITS).unwrap();
-        assert_eq!(buf.len(), 42);
+        assert_eq!(buf.len(), 58);
         assert_eq!(buf.len(), FRAME_LEN_MIN + 1);
         let mut empty_key = Vec::new();
         encode(&mut empty_key, stamp(), b"", &[Event::new(b"")], &LIMITS).unwrap();
         assert_eq!(empty_key.len(), FRAME_LEN_MIN);
         assert!(matches!(probe(&empty_key), Probe::Frame(_)));
+    }
+
+    #[test]
+    fn event_ids_round_trip_and_a_torn_id_is_damage() {
+        let mut buf = Vec::new();
+        let events = [Event::new(b"a").id(u128::MAX - 7), Event::new(b"b")];
+        encode(&mut buf, stamp(), b"k", &events, &LIMITS).unwrap();
+        let Probe::Frame(info) = probe(&buf) else {
+            panic!("frame refused")
+        };
+        assert_eq!((info.base_version, info.global_position), (3, 11));
+        let mut cursor = RecordCursor::new(&info);
+        let first = cursor.next_record(&buf).unwrap().unwrap();
+        assert_eq!(first.event_id, Some(u128::MAX - 7));
+        assert_eq!(&buf[first.payload], b"a");
+        let second = cursor.next_record(&buf).unwrap().unwrap();
+        assert_eq!(second.event_id, None);
+        // An id attribute on the last record, with its id cut off by the frame's end.
+        let torn = edited(|buf| {
+            buf.truncate(RECORD_START + RECORD_FIXED_LEN);
+            buf[RECORD_START] = ATTRIBUTE_EVENT_ID;
+            let len = buf.len() as u32;
+            buf[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&len.to_le_bytes());
+        });
+        assert_eq!(
+            record_damage(&torn),
+            Damage::at(
+                RECORD_START + 1,
+                "record field extends past the end of its frame"
+            )
+        );
     }
 
     #[test]
@@ -642,7 +716,7 @@ mod tests {
 
     #[test]
     fn record_damage_is_reported_at_the_byte_that_is_wrong() {
-        let attributes = edited(|buf| buf[RECORD_START] = 0x01);
+        let attributes = edited(|buf| buf[RECORD_START] = 0x02);
         assert_eq!(
             record_damage(&attributes),
             Damage::at(RECORD_START, "unknown record attributes")

@@ -30,6 +30,8 @@ pub struct FailPoints {
     write_failures: AtomicU32,
     disk_full: AtomicBool,
     preallocation_unsupported: AtomicBool,
+    /// While true, every key hashes to 0 in key tables (`stream/table.rs`): forced collisions.
+    key_hash_collisions: AtomicBool,
     /// While true, syncs wait: lets a test look at the log between a write and its sync.
     syncs_held: parking_lot::Mutex<bool>,
     syncs_released: parking_lot::Condvar,
@@ -109,6 +111,16 @@ impl FailPoints {
     pub fn set_preallocation_unsupported(&self, unsupported: bool) {
         self.preallocation_unsupported
             .store(unsupported, Ordering::SeqCst);
+    }
+
+    /// Makes every key hash to 0 in the key tables, so that every lookup meets collisions.
+    /// Set it before the log opens and keep it: tables record the hash they were built with.
+    pub fn set_key_hash_collisions(&self, collide: bool) {
+        self.key_hash_collisions.store(collide, Ordering::SeqCst);
+    }
+
+    pub(crate) fn key_hash_collisions(&self) -> bool {
+        self.key_hash_collisions.load(Ordering::SeqCst)
     }
 
     fn take(counter: &AtomicU32) -> bool {

@@ -450,6 +450,8 @@ mod tests {
             let stamp = FrameStamp {
                 base_offset: offset,
                 timestamp_ms: 5,
+                base_version: offset,
+                global_position: offset,
             };
             frame::encode(&mut bytes, stamp, b"key", &[Event::new(payload)], &LIMITS).unwrap();
         }

@@ -46,6 +46,8 @@ pub const SEGMENT_HEADER_CRC_OFFSET: usize = SEGMENT_RESERVED_OFFSET + SEGMENT_R
 pub const SEGMENT_HEADER_LEN: usize = SEGMENT_HEADER_CRC_OFFSET + codec::CRC_LEN;
 pub const SEGMENT_SUFFIX: &str = "seg";
 pub const INDEX_SUFFIX: &str = "idx";
+/// The key and id table of a sealed segment (`stream/table.rs`).
+pub const TABLE_SUFFIX: &str = "keys";
 
 const _: () = assert!(SEGMENT_RESERVED_OFFSET == 32 && SEGMENT_HEADER_CRC_OFFSET == 60);
 const _: () = assert!(SEGMENT_HEADER_LEN == 64);
@@ -111,6 +113,10 @@ pub fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {
 
 pub fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
     dir.join(format!("{base_offset:020}.{INDEX_SUFFIX}"))
+}
+
+pub fn table_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{TABLE_SUFFIX}"))
 }
 
 /// Parses `{base_offset:020}.{suffix}`.
@@ -317,6 +323,9 @@ pub fn create(
 ) -> Result<CreatedSegment> {
     let path = segment_path(dir, header.base_offset);
     let tmp = io::tmp_path(&path);
+    // A key table left by an earlier segment of the same base (cut by recovery) describes
+    // other bytes: it must not outlive that segment.
+    io::remove_file(&table_path(dir, header.base_offset), &io::INDEX_FAULTS)?;
     let result = (|| {
         let mut data = io::File::create_truncate(&tmp, faults)?;
         data.write_all_at(&header.encode(), 0)?;

@@ -149,13 +149,22 @@ impl Stats {
 }
 
 /// Where an append landed: its partition, the offset of its first event and how many events it
-/// holds (1 for a single append).
+/// holds (1 for a single append), the first event's version in its key's stream and its place
+/// in the log's global order. The events of one append have consecutive offsets, versions and
+/// global positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Appended {
     pub partition: u32,
     pub offset: u64,
     pub count: u32,
+    /// Version of the first event in its key's stream (versions count from 0 per key).
+    pub version: u64,
+    /// Position of the first event in the log's one global order.
+    pub global_position: u64,
+    /// True when nothing was written because every event's id was already in the log: the
+    /// positions are the original events' (an idempotent retry).
+    pub duplicate: bool,
 }
 
 impl Appended {
@@ -167,6 +176,17 @@ impl Appended {
     /// One past the last offset: where the next append to the partition starts at the earliest.
     pub fn end_offset(&self) -> u64 {
         self.offset + u64::from(self.count)
+    }
+
+    /// Version of the last event of the append: what the key's next append expects with
+    /// [`Expected::Exact`](crate::Expected::Exact).
+    pub fn last_version(&self) -> u64 {
+        self.version + u64::from(self.count) - 1
+    }
+
+    /// Global position of the last event of the append.
+    pub fn last_global_position(&self) -> u64 {
+        self.global_position + u64::from(self.count) - 1
     }
 }
 

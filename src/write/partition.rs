@@ -11,6 +11,8 @@ use parking_lot::RwLock;
 
 use crate::storage::index::IndexPolicy;
 use crate::storage::segment::Segment;
+use crate::stream::lookup::StreamIndex;
+use crate::stream::table::HashKind;
 
 pub(crate) struct Partition {
     pub id: u32,
@@ -20,6 +22,8 @@ pub(crate) struct Partition {
     visible_end: AtomicU64,
     /// Segments in base offset order; the last one is the one being written (if any).
     pub segments: RwLock<Vec<Arc<Segment>>>,
+    /// Finds one key's frames and event ids without a scan.
+    pub streams: StreamIndex,
 }
 
 impl Partition {
@@ -29,6 +33,7 @@ impl Partition {
         index_policy: IndexPolicy,
         segments: Vec<Arc<Segment>>,
         visible_end: u64,
+        hash_kind: HashKind,
     ) -> Partition {
         Partition {
             id,
@@ -36,6 +41,7 @@ impl Partition {
             index_policy,
             visible_end: AtomicU64::new(visible_end),
             segments: RwLock::new(segments),
+            streams: StreamIndex::new(hash_kind),
         }
     }
 

@@ -9,13 +9,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::options::Durability;
 use crate::record::Event;
 use crate::storage::frame::{self, FrameStamp};
 use crate::storage::journal::{ENTRY_TAG_LEN, RECORD_HEADER_LEN};
+use crate::stream::ids::{IdPlace, UnpublishedIds};
+use crate::stream::lookup::FoundId;
+use crate::stream::versions::KeyVersions;
+use crate::stream::Expected;
+use crate::write::partition::Partition;
 use crate::write::ticket::{Generation, Progress, Ticket};
 use crate::write::{now_ms, Appended, Config};
 
@@ -34,6 +40,10 @@ pub(crate) struct QueuedFrame {
     pub record_count: u32,
     pub timestamp_ms: u64,
     pub global_position: u64,
+    pub base_version: u64,
+    /// The frame belongs to one multi-key append with the next one: the writer puts both in
+    /// the same journal record, so that a crash keeps both or neither.
+    pub joined_to_next: bool,
 }
 
 impl QueuedFrame {
@@ -50,6 +60,65 @@ impl QueuedFrame {
         let start = self.entry_start + ENTRY_TAG_LEN;
         &pending[start..start + self.frame_len as usize]
     }
+}
+
+/// How many times an appender looks the disk up outside the lock before it looks under it.
+const LOOKUP_TRIES_UNLOCKED: u32 = 4;
+
+/// One key's part of an append call.
+pub(crate) struct KeyWrite<'c, 'e> {
+    pub partition: u32,
+    pub key: &'c [u8],
+    pub expected: Expected,
+    pub events: &'c [Event<'e>],
+}
+
+/// A queued (or deduplicated) call: where each key's events are, and what its ticket waits for.
+pub(crate) struct Queued {
+    pub appended: Vec<Appended>,
+    pub generation: Arc<Generation>,
+    /// One past the global position of the call's last event (of the originals, for a
+    /// duplicate still being written; 0 when they are already visible).
+    pub global_end: u64,
+}
+
+impl Queued {
+    /// A ticket for the call; it reports the first key's place.
+    pub fn ticket(self, progress: &Arc<Progress>) -> Ticket {
+        Ticket {
+            progress: progress.clone(),
+            generation: self.generation,
+            appended: self.appended[0],
+            global_end: self.global_end,
+        }
+    }
+}
+
+/// Checks what needs no lock: each key once, each id once.
+fn check_call(writes: &[KeyWrite<'_, '_>]) -> Result<()> {
+    if writes.len() > 1 {
+        let mut keys = std::collections::HashSet::with_capacity(writes.len());
+        for write in writes {
+            if !keys.insert(write.key) {
+                return Err(Error::RepeatedKey {
+                    key: Bytes::copy_from_slice(write.key),
+                });
+            }
+        }
+    }
+    let ids = writes
+        .iter()
+        .flat_map(|w| w.events.iter().filter_map(Event::event_id));
+    let count = ids.clone().count();
+    if count > 1 {
+        let mut seen = std::collections::HashSet::with_capacity(count);
+        for id in ids {
+            if !seen.insert(id) {
+                return Err(Error::IdReused { id });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why appends are refused before they are queued.
@@ -80,6 +149,10 @@ pub(crate) struct Pending {
     pub first_queued_at: Option<Instant>,
     /// Under `Sync`, the number of pending frames at which the writer wants to be woken.
     pub gather_target: usize,
+    /// The next version of every key appended since open.
+    pub versions: KeyVersions,
+    /// Ids of events queued or written but not yet visible.
+    pub ids: UnpublishedIds,
 }
 
 impl Pending {
@@ -121,6 +194,8 @@ impl Sequencer {
                 writer_waiting: false,
                 first_queued_at: None,
                 gather_target: 1,
+                versions: KeyVersions::default(),
+                ids: UnpublishedIds::default(),
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -128,49 +203,84 @@ impl Sequencer {
         }
     }
 
-    /// Encodes and queues one frame for `partition`; returns the ticket that resolves when it is
-    /// done.
+    /// Checks and queues one append call (one key, or several for an atomic multi-key append);
+    /// returns where each key's events go and what a ticket for the call waits for.
+    ///
+    /// Everything is decided under one lock, in this order: idempotency (a call whose ids are
+    /// all in the log is a duplicate and writes nothing), expected versions, then offsets,
+    /// versions and global positions. What needs the disk (the last version of a key not
+    /// appended since open, ids already published) is looked up outside the lock first and
+    /// taken only if nothing it depends on moved meanwhile (`versions.rs`, `ids.rs`).
     pub fn enqueue(
         &self,
-        progress: &Arc<Progress>,
-        partition: u32,
-        key: &[u8],
-        events: &[Event<'_>],
-    ) -> Result<Ticket> {
-        self.enqueue_then(
-            partition,
-            key,
-            events,
-            |generation, appended, global_end| Ticket {
-                progress: progress.clone(),
-                generation: generation.clone(),
-                appended,
-                global_end,
-            },
-        )
-    }
-
-    /// Encodes and queues one frame for `partition`; returns where it will be, without a
-    /// ticket: for appends acknowledged when queued, which no one waits for.
-    pub fn enqueue_unwatched(
-        &self,
-        partition: u32,
-        key: &[u8],
-        events: &[Event<'_>],
-    ) -> Result<Appended> {
-        self.enqueue_then(partition, key, events, |_, appended, _| appended)
-    }
-
-    /// Encodes and queues one frame, then calls `then` with its generation, its place and the
-    /// end of its global positions, still under the lock.
-    fn enqueue_then<R>(
-        &self,
-        partition: u32,
-        key: &[u8],
-        events: &[Event<'_>],
-        then: impl FnOnce(&Arc<Generation>, Appended, u64) -> R,
-    ) -> Result<R> {
+        partitions: &[Arc<Partition>],
+        writes: &[KeyWrite<'_, '_>],
+    ) -> Result<Queued> {
+        check_call(writes)?;
+        let wants_ids = writes
+            .iter()
+            .any(|w| w.events.iter().any(|e| e.event_id().is_some()));
+        let mut cold: Vec<Option<(u64, u64)>> = vec![None; writes.len()];
+        let mut on_disk: Option<(u64, Vec<Option<FoundId>>)> = None;
+        let mut attempts = 0;
         let mut pending = self.pending.lock();
+        loop {
+            self.wait_for_room(&mut pending)?;
+            let epoch = pending.versions.epoch();
+            let mut missing = Vec::new();
+            for (i, write) in writes.iter().enumerate() {
+                let known = match cold[i] {
+                    Some((next, looked_up_in)) => {
+                        pending.versions.offer(write.key, next, looked_up_in)
+                    }
+                    None => pending.versions.next(write.key).is_some(),
+                };
+                if !known {
+                    missing.push(i);
+                }
+            }
+            let ids_epoch = pending.ids.epoch();
+            let ids_known = !wants_ids || on_disk.as_ref().is_some_and(|(e, _)| *e == ids_epoch);
+            if missing.is_empty() && ids_known {
+                break;
+            }
+            attempts += 1;
+            // After a few tries that the writer raced, look up under the lock: slower for
+            // everyone for a moment, but bounded.
+            let mut look_up = || -> Result<()> {
+                for &i in &missing {
+                    let write = &writes[i];
+                    let partition = &partitions[write.partition as usize];
+                    let last = partition.streams.last_version(partition, write.key)?;
+                    cold[i] = Some((last.map_or(0, |v| v + 1), epoch));
+                }
+                if !ids_known {
+                    let mut found = Vec::new();
+                    for write in writes {
+                        let partition = &partitions[write.partition as usize];
+                        for id in write.events.iter().filter_map(Event::event_id) {
+                            found.push(partition.streams.find_id(partition, id)?);
+                        }
+                    }
+                    on_disk = Some((ids_epoch, found));
+                }
+                Ok(())
+            };
+            if attempts <= LOOKUP_TRIES_UNLOCKED {
+                MutexGuard::unlocked(&mut pending, look_up)?;
+            } else {
+                look_up()?;
+            }
+        }
+        let found = on_disk.map(|(_, found)| found).unwrap_or_default();
+        if let Some(duplicate) = self.duplicate_of(&pending, writes, &found)? {
+            return Ok(duplicate);
+        }
+        self.queue(&mut pending, writes)
+    }
+
+    /// Waits while the queue is full; fails if the log refuses appends.
+    fn wait_for_room(&self, pending: &mut MutexGuard<'_, Pending>) -> Result<()> {
         loop {
             match &pending.refusal {
                 Some(Refusal::Poisoned(source)) => {
@@ -188,19 +298,100 @@ impl Sequencer {
             if pending.closing {
                 return Err(Error::Closed);
             }
-            // Backpressure: the pending record may pass its bound by at most one batch.
+            // Backpressure: the pending record may pass its bound by at most one call.
             if (pending.frame_bytes() as u64) < self.config.queue_bytes_max {
-                break;
+                return Ok(());
             }
             // A full queue must be written now, whatever the writer is waiting for.
             if pending.writer_waiting {
                 self.work.notify_one();
             }
-            self.space.wait(&mut pending);
+            self.space.wait(pending);
         }
-        let base_offset = pending.next_offsets[partition as usize];
+    }
+
+    /// If every event of the call has an id that is already in the log (queued, or found on
+    /// disk: `found`, in call order), the original positions: nothing is written. Ids found
+    /// for only part of the call, or under another key, are an error.
+    fn duplicate_of(
+        &self,
+        pending: &Pending,
+        writes: &[KeyWrite<'_, '_>],
+        found: &[Option<FoundId>],
+    ) -> Result<Option<Queued>> {
+        let mut found = found.iter();
+        let mut present = Vec::new();
+        let mut absent = false;
+        let mut appended = Vec::with_capacity(writes.len());
+        let mut global_end = 0;
+        for write in writes {
+            let mut first: Option<Appended> = None;
+            for event in write.events {
+                let Some(id) = event.event_id() else {
+                    absent = true;
+                    continue;
+                };
+                // `found` has one answer per id of the call, in order: always step it.
+                let disk = found.next().cloned().flatten();
+                let place = match pending.ids.get(id) {
+                    Some(place) => {
+                        global_end = global_end.max(place.frame_global_end);
+                        Some((Bytes::copy_from_slice(&place.key), place.appended))
+                    }
+                    None => disk.map(|f| (f.key, f.appended)),
+                };
+                match place {
+                    Some((key, original)) => {
+                        if key != write.key {
+                            return Err(Error::IdReused { id });
+                        }
+                        present.push(id);
+                        first.get_or_insert(original);
+                    }
+                    None => absent = true,
+                }
+            }
+            if let Some(mut original) = first {
+                original.count = write.events.len() as u32;
+                original.duplicate = true;
+                appended.push(original);
+            }
+        }
+        if present.is_empty() {
+            return Ok(None);
+        }
+        if absent {
+            return Err(Error::IdsPartlyPresent {
+                present: present.into(),
+            });
+        }
+        Ok(Some(Queued {
+            appended,
+            generation: pending.generation.clone(),
+            global_end,
+        }))
+    }
+
+    /// Checks expected versions, assigns positions and encodes the call's frames into the
+    /// pending record: all of them, or (on any error) none.
+    fn queue(
+        &self,
+        pending: &mut MutexGuard<'_, Pending>,
+        writes: &[KeyWrite<'_, '_>],
+    ) -> Result<Queued> {
+        for write in writes {
+            let next = pending.versions.next(write.key).expect("looked up before");
+            let last = next.checked_sub(1);
+            if !write.expected.holds(last) {
+                return Err(Error::Conflict {
+                    key: Bytes::copy_from_slice(write.key),
+                    expected: write.expected,
+                    actual: last,
+                });
+            }
+        }
         let global_position = pending.next_global;
-        if base_offset > POSITION_MAX || global_position > POSITION_MAX {
+        if global_position > POSITION_MAX {
             return Err(Error::InvalidOptions(
                 "the log's offsets are exhausted (2^62 events)".into(),
             ));
@@ -210,46 +401,80 @@ impl Sequencer {
         if first {
             pending.bytes.resize(RECORD_HEADER_LEN, 0);
         }
-        let entry_start = pending.bytes.len();
-        pending.bytes.extend_from_slice(&partition.to_le_bytes());
-        pending.bytes.extend_from_slice(&0u32.to_le_bytes());
-        let stamp = FrameStamp {
-            base_offset,
-            timestamp_ms,
-        };
-        let count = match frame::encode(&mut pending.bytes, stamp, key, events, &self.config.limits)
-        {
-            Ok(count) => count,
-            Err(error) => {
-                // The frame rolled itself back; take the tag (and the room) back too.
-                let keep = if first { 0 } else { entry_start };
-                pending.bytes.truncate(keep);
-                return Err(error);
+        let call_start = pending.bytes.len();
+        let mut frames = Vec::with_capacity(writes.len());
+        let mut global = global_position;
+        for (i, write) in writes.iter().enumerate() {
+            let result =
+                self.encode_one(pending, write, global, timestamp_ms, i + 1 < writes.len());
+            match result {
+                Ok(frame) => {
+                    global = frame.global_end();
+                    frames.push(frame);
+                }
+                Err(error) => {
+                    // Take back the call's frames (and the record header room, if they were
+                    // the first).
+                    let keep = if first { 0 } else { call_start };
+                    pending.bytes.truncate(keep);
+                    return Err(error);
+                }
             }
-        };
-        let frame_len = (pending.bytes.len() - entry_start - ENTRY_TAG_LEN) as u32;
-        let queued = QueuedFrame {
-            partition,
-            entry_start,
-            frame_len,
-            base_offset,
-            record_count: count,
-            timestamp_ms,
-            global_position,
-        };
-        pending.frames.push(queued);
-        pending.next_offsets[partition as usize] = queued.end_offset();
-        pending.next_global = queued.global_end();
+        }
+        let call_bytes = (pending.bytes.len() - call_start) as u64;
+        if writes.len() > 1 && call_bytes > self.config.limits.batch_bytes_max {
+            let keep = if first { 0 } else { call_start };
+            pending.bytes.truncate(keep);
+            return Err(Error::BatchTooLarge {
+                bytes: call_bytes,
+                limit: self.config.limits.batch_bytes_max,
+            });
+        }
+        let mut appended = Vec::with_capacity(writes.len());
+        for (write, frame) in writes.iter().zip(&frames) {
+            pending.next_offsets[frame.partition as usize] = frame.end_offset();
+            pending.versions.set(
+                write.key,
+                frame.base_version + u64::from(frame.record_count),
+            );
+            let done = Appended {
+                partition: frame.partition,
+                offset: frame.base_offset,
+                count: frame.record_count,
+                version: frame.base_version,
+                global_position: frame.global_position,
+                duplicate: false,
+            };
+            if write.events.iter().any(|e| e.event_id().is_some()) {
+                let key: Arc<[u8]> = write.key.into();
+                for (i, event) in write.events.iter().enumerate() {
+                    if let Some(id) = event.event_id() {
+                        let i = i as u64;
+                        let place = IdPlace {
+                            key: key.clone(),
+                            appended: Appended {
+                                offset: done.offset + i,
+                                count: 1,
+                                version: done.version + i,
+                                global_position: done.global_position + i,
+                                ..done
+                            },
+                            frame_global_end: frame.global_end(),
+                        };
+                        pending.ids.insert(id, place);
+                    }
+                }
+            }
+            appended.push(done);
+        }
+        pending.frames.extend_from_slice(&frames);
+        pending.next_global = global;
         pending.last_timestamp_ms = timestamp_ms;
-        let result = then(
-            &pending.generation,
-            Appended {
-                partition,
-                offset: base_offset,
-                count,
-            },
-            queued.global_end(),
-        );
+        let queued = Queued {
+            appended,
+            generation: pending.generation.clone(),
+            global_end: global,
+        };
         // Wake the writer when it has something to do at once: under Sync every append (or
         // the gathered number of them), else the first frame of a round (so that it starts
         // its linger clock) and a full write batch.
@@ -265,8 +490,56 @@ impl Sequencer {
         if pending.writer_waiting && wanted {
             self.work.notify_one();
         }
-        drop(pending);
-        Ok(result)
+        Ok(queued)
+    }
+
+    /// Encodes one key's frame at the end of the pending record.
+    fn encode_one(
+        &self,
+        pending: &mut Pending,
+        write: &KeyWrite<'_, '_>,
+        global_position: u64,
+        timestamp_ms: u64,
+        joined_to_next: bool,
+    ) -> Result<QueuedFrame> {
+        let base_offset = pending.next_offsets[write.partition as usize];
+        let base_version = pending.versions.next(write.key).expect("looked up before");
+        if base_offset > POSITION_MAX || base_version > POSITION_MAX {
+            return Err(Error::InvalidOptions(
+                "the log's offsets are exhausted (2^62 events)".into(),
+            ));
+        }
+        let entry_start = pending.bytes.len();
+        pending
+            .bytes
+            .extend_from_slice(&write.partition.to_le_bytes());
+        pending.bytes.extend_from_slice(&0u32.to_le_bytes());
+        let stamp = FrameStamp {
+            base_offset,
+            timestamp_ms,
+            base_version,
+            global_position,
+        };
+        let limits = &self.config.limits;
+        let count = match frame::encode(&mut pending.bytes, stamp, write.key, write.events, limits)
+        {
+            Ok(count) => count,
+            Err(error) => {
+                pending.bytes.truncate(entry_start);
+                return Err(error);
+            }
+        };
+        Ok(QueuedFrame {
+            partition: write.partition,
+            entry_start,
+            frame_len: (pending.bytes.len() - entry_start - ENTRY_TAG_LEN) as u32,
+            base_offset,
+            record_count: count,
+            timestamp_ms,
+            global_position,
+            base_version,
+            joined_to_next,
+        })
     }
 
     /// Asks the writer to write and sync everything pending; returns the request's number.

@@ -70,6 +70,8 @@ pub(crate) struct Writer {
     unpublished: Vec<u32>,
     written_global: u64,
     durable_global: u64,
+    /// Everything below this global position is visible to readers.
+    visible_global: u64,
     last_timestamp_ms: u64,
     flush_done: u64,
     next_interval_sync: Option<Instant>,
@@ -102,6 +104,7 @@ impl Writer {
             unpublished: Vec::new(),
             written_global: start.global_end,
             durable_global: start.global_end,
+            visible_global: start.global_end,
             last_timestamp_ms: start.last_timestamp_ms,
             flush_done: 0,
             next_interval_sync: None,
@@ -216,6 +219,8 @@ impl Writer {
         }
         pending.gather_target = 1;
         pending.writer_waiting = false;
+        // Ids of visible frames are found on disk from now on.
+        pending.ids.remove_visible(self.visible_global);
         let took_all = self.stall.is_none() || pending.frames.is_empty();
         if self.stall.is_none() {
             debug_assert!(self.frames.is_empty());
@@ -379,6 +384,9 @@ impl Writer {
         let record_max = self.journal.record_bytes_max();
         let mut record_len = RECORD_HEADER_LEN as u64;
         let mut end = start;
+        // Where the multi-key append the planned frames end in started: a record never ends
+        // inside one (unless it started the record, which limits make fit).
+        let mut call_start = start;
         for frame in &self.frames[start..] {
             let entry_len = (ENTRY_TAG_LEN as u64) + u64::from(frame.frame_len);
             if end > start && record_len + entry_len > record_max {
@@ -394,7 +402,28 @@ impl Writer {
             }
             record_len += entry_len;
             end += 1;
+            if !frame.joined_to_next {
+                call_start = end;
+            }
         }
+        if call_start > start && call_start < end {
+            // The chunk would cut a multi-key append: end it before that append instead. The
+            // demands were counted with its frames, so count them again without.
+            self.clear_demands();
+            for frame in &self.frames[start..call_start] {
+                let p = frame.partition as usize;
+                if self.demands[p].is_empty() {
+                    self.touched.push(frame.partition);
+                }
+                let admitted = self.lanes[p].admit(&mut self.demands[p], frame);
+                debug_assert!(admitted, "a prefix of an admitted chunk is admitted");
+            }
+            return call_start;
+        }
+        debug_assert!(
+            end == self.frames.len() || !self.frames[end - 1].joined_to_next,
+            "a multi-key append that fits no record: limits should make this impossible"
+        );
         end
     }
 
@@ -452,6 +481,7 @@ impl Writer {
             for p in self.unpublished.drain(..) {
                 self.lanes[p as usize].publish();
             }
+            self.visible_global = self.written_global;
         }
         // A flush is done when everything queued before it is written and synced: not while a
         // stalled round holds appends, nor when appends queued during a stall are still
@@ -483,6 +513,10 @@ impl Writer {
                 lane.rewind();
             }
             pending.next_global = self.written_global;
+            // The failed appends' versions and ids were never written: what the disk holds
+            // (all of it visible now) is the truth again.
+            pending.versions.clear();
+            pending.ids.clear();
             let ended = std::mem::take(&mut pending.generation);
             shared
                 .progress
@@ -569,6 +603,7 @@ impl Writer {
         }
         self.unpublished.clear();
         self.durable_global = self.written_global;
+        self.visible_global = self.written_global;
         self.shared.progress.publish(self.written_global, None);
         Ok(())
     }

@@ -431,6 +431,8 @@ mod tests {
             let stamp = FrameStamp {
                 base_offset: offset,
                 timestamp_ms: 1,
+                base_version: offset,
+                global_position: offset,
             };
             let payload = [offset as u8; 100];
             frame::encode(&mut bytes, stamp, b"k", &[Event::new(&payload)], &limits).unwrap();

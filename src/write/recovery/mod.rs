@@ -191,7 +191,9 @@ pub(crate) fn recover(
                 base_offset: info.base_offset,
                 record_count: info.record_count,
                 timestamp_ms: info.timestamp_ms,
-                global_position: 0,
+                global_position: info.global_position,
+                base_version: info.base_version,
+                joined_to_next: false,
             });
             report.partitions[p].events_replayed += u64::from(info.record_count);
             last_timestamp_ms = last_timestamp_ms.max(info.timestamp_ms);

@@ -11,6 +11,7 @@ use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io;
 use crate::storage::journal::{PartitionMark, NO_SEGMENT};
 use crate::storage::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::stream::table::HashKind;
 use crate::write::active::{Active, Lane, Resumed};
 use crate::write::partition::{partition_dir, Partition};
 use crate::write::recovery::PartitionRecovery;
@@ -102,6 +103,14 @@ pub(super) fn prepare_partition(
         io::remove_file(&seg_path, &config.faults)?;
         io::remove_file(&segment::index_path(&path, base), &config.faults)?;
     }
+    // Key tables are written only for sealed segments. One for the segment at the mark (which
+    // recovery may cut) or after it describes bytes that may change: it goes.
+    for &base in &listing.tables {
+        let sealed_before_mark = mark.segment_base != NO_SEGMENT && base < mark.segment_base;
+        if !sealed_before_mark || listing.segments.binary_search(&base).is_err() {
+            io::remove_file(&segment::table_path(&path, base), &config.faults)?;
+        }
+    }
     for &base in &listing.indexes {
         if listing.segments.binary_search(&base).is_err() {
             io::remove_file(&segment::index_path(&path, base), &config.faults)?;
@@ -122,6 +131,7 @@ pub(super) fn prepare_partition(
             policy,
             Vec::new(),
             mark.end_offset,
+            hash_kind(config),
         ));
         return Ok((
             Lane::new(
@@ -201,6 +211,7 @@ pub(super) fn prepare_partition(
         policy,
         segments,
         mark.end_offset,
+        hash_kind(config),
     ));
     let active = Active::resume(Resumed {
         segment,
@@ -303,6 +314,7 @@ fn rewrite_index(
 struct Listing {
     segments: Vec<u64>,
     indexes: Vec<u64>,
+    tables: Vec<u64>,
 }
 
 /// Lists segment and index files of a partition directory (none if it does not exist yet),
@@ -311,6 +323,7 @@ fn list(dir: &Path, faults: &io::Faults) -> Result<Listing> {
     let mut listing = Listing {
         segments: Vec::new(),
         indexes: Vec::new(),
+        tables: Vec::new(),
     };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -327,9 +340,20 @@ fn list(dir: &Path, faults: &io::Faults) -> Result<Listing> {
             listing.segments.push(base);
         } else if let Some(base) = segment::parse_name(name, segment::INDEX_SUFFIX) {
             listing.indexes.push(base);
+        } else if let Some(base) = segment::parse_name(name, segment::TABLE_SUFFIX) {
+            listing.tables.push(base);
         }
     }
     listing.segments.sort_unstable();
     listing.indexes.sort_unstable();
     Ok(listing)
+}
+
+/// The key hash of the partition's key tables: the standard one, unless a test forces
+/// collisions.
+fn hash_kind(config: &Config) -> HashKind {
+    match &config.faults {
+        Some(faults) if faults.key_hash_collisions() => HashKind::Colliding,
+        _ => HashKind::Standard,
+    }
 }

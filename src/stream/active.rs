@@ -1,0 +1,124 @@
+//! The key and id entries of one segment, gathered by walking its frames: the in-memory table
+//! of the segment being written (caught up with what is visible whenever it is consulted), and
+//! the source a sealed segment's table file is built from.
+
+use std::collections::HashMap;
+
+use crate::storage::frame::{self, Chain, RecordCursor};
+use crate::stream::table::{self, HashKind, IdEntry, KeyEntry, TableFor};
+
+/// Entries of the frames of one segment from its start up to `position`.
+pub(crate) struct MemTable {
+    pub base_offset: u64,
+    /// Where the next frame to index starts, and the offset it holds.
+    pub position: u64,
+    pub offset: u64,
+    keys: HashMap<u64, Vec<KeyEntry>>,
+    ids: HashMap<u128, IdEntry>,
+}
+
+/// The walk stopped before the bound it was given: the bytes there are not the next frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Broken {
+    pub position: u64,
+    pub reason: &'static str,
+}
+
+impl MemTable {
+    pub fn new(base_offset: u64) -> MemTable {
+        MemTable {
+            base_offset,
+            position: crate::storage::segment::SEGMENT_HEADER_LEN as u64,
+            offset: base_offset,
+            keys: HashMap::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Indexes the frames of `data` (the segment's readable bytes) from where the table ends up
+    /// to `end_offset`. Checkpoint padding frames are stepped over. A frame that does not
+    /// continue the chain before `end_offset` is damage: readers must not be told that a key
+    /// has no more events when its frames could be behind it.
+    pub fn catch_up(
+        &mut self,
+        data: &[u8],
+        end_offset: u64,
+        hash_kind: HashKind,
+    ) -> Result<(), Broken> {
+        let mut chain = Chain::new(data, self.position, self.offset);
+        while chain.offset < end_offset || padding_next(data, chain.position, chain.offset) {
+            let Some((at, info)) = chain.next() else {
+                return Err(Broken {
+                    position: chain.position,
+                    reason: "the chain of frames ends before the visible end",
+                });
+            };
+            if info.record_count == 0 {
+                continue;
+            }
+            let frame_bytes = &data[at as usize..at as usize + info.frame_len as usize];
+            let entry = KeyEntry {
+                hash: hash_kind.hash(&frame_bytes[info.key_range()]),
+                base_version: info.base_version,
+                position: at as u32,
+                count: info.record_count,
+            };
+            self.keys.entry(entry.hash).or_default().push(entry);
+            let mut cursor = RecordCursor::new(&info);
+            let mut index = 0u32;
+            loop {
+                match cursor.next_record(frame_bytes) {
+                    Ok(Some(ranges)) => {
+                        if let Some(id) = ranges.event_id {
+                            let entry = IdEntry {
+                                id,
+                                position: at as u32,
+                                index,
+                            };
+                            self.ids.insert(id, entry);
+                        }
+                        index += 1;
+                    }
+                    Ok(None) => break,
+                    Err(damage) => {
+                        return Err(Broken {
+                            position: at + damage.relative_position,
+                            reason: damage.reason,
+                        })
+                    }
+                }
+            }
+        }
+        self.position = chain.position;
+        self.offset = chain.offset;
+        Ok(())
+    }
+
+    /// The frames of keys hashing to `hash`, in version order.
+    pub fn key_entries(&self, hash: u64) -> &[KeyEntry] {
+        self.keys.get(&hash).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn id_entry_of(&self, id: u128) -> Option<IdEntry> {
+        self.ids.get(&id).copied()
+    }
+
+    /// The table file of the segment, once the walk reached its end.
+    pub fn encode(&self, of: &TableFor) -> Vec<u8> {
+        let mut keys: Vec<KeyEntry> = self.keys.values().flatten().copied().collect();
+        let mut ids: Vec<IdEntry> = self.ids.values().copied().collect();
+        table::encode(of, &mut keys, &mut ids)
+    }
+}
+
+/// Whether a padding frame (which holds no offsets) starts at `position`: the walk steps over
+/// it even at the end bound, so that a sealed segment's walk ends at its data's end.
+fn padding_next(data: &[u8], position: u64, offset: u64) -> bool {
+    let Some(rest) = data.get(position as usize..) else {
+        return false;
+    };
+    matches!(
+        frame::probe(rest),
+        frame::Probe::Frame(info) if info.record_count == 0 && info.base_offset == offset
+    )
+}

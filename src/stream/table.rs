@@ -1,0 +1,389 @@
+//! The key and id table of one segment: for every frame, its key's hash, first version and
+//! byte position; for every event with an id, the id and where the event is. Sorted, with a
+//! Bloom filter each, so that one key's frames or one id are found with a few bit tests and a
+//! binary search instead of a scan.
+//!
+//! A table is derived data. It is written once for a sealed segment (when first needed) and
+//! never edited; it is trusted only after its checksums, its bounds and its order are checked,
+//! and every frame it points at is checked again (checksum, version, key) before it is used. A
+//! missing, damaged or lying table is rebuilt from its segment.
+//!
+//! File layout (`<base offset>.keys`, `docs/format.md`):
+//!
+//! ```text
+//! header (64 bytes)
+//!   0  [u8; 8] magic "ANNALKEY"
+//!   8  u32     format version
+//!  12  u32     hash kind: 0 = key_hash; 1 = every key hashes to 0 (a test hook)
+//!  16  u64     base offset of the segment
+//!  24  u64     end offset of the segment (one past its last record)
+//!  32  u32     key entry count
+//!  36  u32     id entry count
+//!  40  u32     key filter words
+//!  44  u32     id filter words
+//!  48  u32     CRC-32 of the body
+//!  52  [u8; 8] reserved, 0
+//!  60  u32     CRC-32 of bytes [0, 60)
+//! body
+//!      key filter: u64 words      Bloom filter of the key hashes
+//!      id filter: u64 words       Bloom filter of the folded ids
+//!      key entries (24 bytes)     u64 key hash, u64 base version, u32 position, u32 count;
+//!                                 sorted by (hash, base version)
+//!      id entries (24 bytes)      u128 id, u32 position, u32 record index; sorted by id
+//! ```
+
+use crate::storage::codec::{self, read_u32, read_u64};
+use crate::stream::bloom;
+
+pub const TABLE_MAGIC: [u8; 8] = *b"ANNALKEY";
+pub const HASH_KIND_OFFSET: usize = codec::HEADER_PREFIX_LEN;
+pub const BASE_OFFSET_OFFSET: usize = HASH_KIND_OFFSET + 4;
+pub const END_OFFSET_OFFSET: usize = BASE_OFFSET_OFFSET + 8;
+pub const KEY_COUNT_OFFSET: usize = END_OFFSET_OFFSET + 8;
+pub const ID_COUNT_OFFSET: usize = KEY_COUNT_OFFSET + 4;
+pub const KEY_FILTER_OFFSET: usize = ID_COUNT_OFFSET + 4;
+pub const ID_FILTER_OFFSET: usize = KEY_FILTER_OFFSET + 4;
+pub const BODY_CRC_OFFSET: usize = ID_FILTER_OFFSET + 4;
+pub const RESERVED_OFFSET: usize = BODY_CRC_OFFSET + 4;
+pub const RESERVED_LEN: usize = 8;
+pub const HEADER_CRC_OFFSET: usize = RESERVED_OFFSET + RESERVED_LEN;
+pub const TABLE_HEADER_LEN: usize = HEADER_CRC_OFFSET + codec::CRC_LEN;
+pub const KEY_ENTRY_LEN: usize = 24;
+pub const ID_ENTRY_LEN: usize = 24;
+
+const _: () = assert!(HASH_KIND_OFFSET == 12 && END_OFFSET_OFFSET == 24);
+const _: () = assert!(BODY_CRC_OFFSET == 48 && HEADER_CRC_OFFSET == 60);
+const _: () = assert!(TABLE_HEADER_LEN == 64);
+
+/// Which hash a table's key entries use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashKind {
+    Standard,
+    /// Every key hashes to 0: the forced-collision test hook.
+    Colliding,
+}
+
+impl HashKind {
+    pub fn hash(self, key: &[u8]) -> u64 {
+        match self {
+            HashKind::Standard => crate::storage::hash::key_hash(key),
+            HashKind::Colliding => 0,
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            HashKind::Standard => 0,
+            HashKind::Colliding => 1,
+        }
+    }
+}
+
+/// One frame of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub hash: u64,
+    pub base_version: u64,
+    /// Byte position of the frame in the segment file.
+    pub position: u32,
+    pub count: u32,
+}
+
+/// One event with an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdEntry {
+    pub id: u128,
+    /// Byte position of the event's frame in the segment file.
+    pub position: u32,
+    /// Which record of the frame it is.
+    pub index: u32,
+}
+
+/// What a table is for: the segment it describes and the hash it must use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFor {
+    pub base_offset: u64,
+    pub end_offset: u64,
+    pub hash_kind: HashKind,
+    /// One past the last byte of the segment's data: no entry points at or past it.
+    pub data_end: u64,
+}
+
+/// Encodes a table of `keys` and `ids` (sorted here) for the segment `of`.
+pub fn encode(of: &TableFor, keys: &mut [KeyEntry], ids: &mut [IdEntry]) -> Vec<u8> {
+    keys.sort_unstable_by_key(|e| (e.hash, e.base_version));
+    ids.sort_unstable_by_key(|e| e.id);
+    let key_words = bloom::words_for(keys.len() as u64);
+    let id_words = if ids.is_empty() {
+        0
+    } else {
+        bloom::words_for(ids.len() as u64)
+    };
+    let mut key_filter = vec![0u64; key_words as usize];
+    for entry in keys.iter() {
+        bloom::insert(&mut key_filter, entry.hash);
+    }
+    let mut id_filter = vec![0u64; id_words as usize];
+    for entry in ids.iter() {
+        bloom::insert(&mut id_filter, bloom::id_hash(entry.id));
+    }
+    let body_len =
+        (key_words + id_words) as usize * 8 + keys.len() * KEY_ENTRY_LEN + ids.len() * ID_ENTRY_LEN;
+    let mut bytes = Vec::with_capacity(TABLE_HEADER_LEN + body_len);
+    bytes.resize(TABLE_HEADER_LEN, 0);
+    for word in key_filter.iter().chain(&id_filter) {
+        bytes.extend_from_slice(&word.to_le_bytes());
+    }
+    for entry in keys.iter() {
+        bytes.extend_from_slice(&entry.hash.to_le_bytes());
+        bytes.extend_from_slice(&entry.base_version.to_le_bytes());
+        bytes.extend_from_slice(&entry.position.to_le_bytes());
+        bytes.extend_from_slice(&entry.count.to_le_bytes());
+    }
+    for entry in ids.iter() {
+        bytes.extend_from_slice(&entry.id.to_le_bytes());
+        bytes.extend_from_slice(&entry.position.to_le_bytes());
+        bytes.extend_from_slice(&entry.index.to_le_bytes());
+    }
+    let body_crc = crc32fast::hash(&bytes[TABLE_HEADER_LEN..]);
+    let mut header = codec::new_header::<TABLE_HEADER_LEN>(&TABLE_MAGIC);
+    put_u32(&mut header, HASH_KIND_OFFSET, of.hash_kind.code());
+    header[BASE_OFFSET_OFFSET..END_OFFSET_OFFSET].copy_from_slice(&of.base_offset.to_le_bytes());
+    header[END_OFFSET_OFFSET..KEY_COUNT_OFFSET].copy_from_slice(&of.end_offset.to_le_bytes());
+    put_u32(&mut header, KEY_COUNT_OFFSET, keys.len() as u32);
+    put_u32(&mut header, ID_COUNT_OFFSET, ids.len() as u32);
+    put_u32(&mut header, KEY_FILTER_OFFSET, key_words as u32);
+    put_u32(&mut header, ID_FILTER_OFFSET, id_words as u32);
+    put_u32(&mut header, BODY_CRC_OFFSET, body_crc);
+    codec::seal_header(&mut header);
+    bytes[..TABLE_HEADER_LEN].copy_from_slice(&header);
+    bytes
+}
+
+fn put_u32(bytes: &mut [u8], at: usize, value: u32) {
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+/// A checked table: every later read stays inside the ranges checked here.
+#[derive(Clone, Debug)]
+pub struct Table {
+    bytes: bytes::Bytes,
+    key_filter: std::ops::Range<usize>,
+    id_filter: std::ops::Range<usize>,
+    keys: std::ops::Range<usize>,
+    ids: std::ops::Range<usize>,
+}
+
+impl Table {
+    /// Checks `bytes` as the table `of` needs: header, checksums, sizes, order and bounds.
+    /// `Err` says what is wrong; the caller rebuilds the table from the segment.
+    pub fn parse(bytes: bytes::Bytes, of: &TableFor) -> Result<Table, &'static str> {
+        codec::check_header(&bytes, TABLE_HEADER_LEN, &TABLE_MAGIC)
+            .map_err(|_| "table header damaged or of another version")?;
+        let h = &bytes[..TABLE_HEADER_LEN];
+        if read_u32(h, HASH_KIND_OFFSET) != of.hash_kind.code() {
+            return Err("table built with another key hash");
+        }
+        if read_u64(h, BASE_OFFSET_OFFSET) != of.base_offset
+            || read_u64(h, END_OFFSET_OFFSET) != of.end_offset
+        {
+            return Err("table of another segment, or of a shorter one");
+        }
+        if h[RESERVED_OFFSET..HEADER_CRC_OFFSET]
+            .iter()
+            .any(|&b| b != 0)
+        {
+            return Err("non-zero reserved bytes in a table header");
+        }
+        let key_count = read_u32(h, KEY_COUNT_OFFSET) as usize;
+        let id_count = read_u32(h, ID_COUNT_OFFSET) as usize;
+        let key_words = read_u32(h, KEY_FILTER_OFFSET) as usize;
+        let id_words = read_u32(h, ID_FILTER_OFFSET) as usize;
+        // Computed in u64: the counts come from the file, and no product may overflow.
+        let body_len = (key_words as u64 + id_words as u64) * 8
+            + key_count as u64 * KEY_ENTRY_LEN as u64
+            + id_count as u64 * ID_ENTRY_LEN as u64;
+        if TABLE_HEADER_LEN as u64 + body_len != bytes.len() as u64 {
+            return Err("table length does not match its header");
+        }
+        if crc32fast::hash(&bytes[TABLE_HEADER_LEN..]) != read_u32(h, BODY_CRC_OFFSET) {
+            return Err("table body checksum mismatch");
+        }
+        let key_filter = TABLE_HEADER_LEN..TABLE_HEADER_LEN + key_words * 8;
+        let id_filter = key_filter.end..key_filter.end + id_words * 8;
+        let keys = id_filter.end..id_filter.end + key_count * KEY_ENTRY_LEN;
+        let ids = keys.end..keys.end + id_count * ID_ENTRY_LEN;
+        let table = Table {
+            bytes,
+            key_filter,
+            id_filter,
+            keys,
+            ids,
+        };
+        table.check_entries(of)?;
+        Ok(table)
+    }
+
+    fn check_entries(&self, of: &TableFor) -> Result<(), &'static str> {
+        let in_bounds = |position: u32| u64::from(position) < of.data_end;
+        let mut last = None;
+        for i in 0..self.key_count() {
+            let entry = self.key_entry(i);
+            let order = (entry.hash, entry.base_version);
+            if last.is_some_and(|last| last > order) || !in_bounds(entry.position) {
+                return Err("key entries out of order or out of bounds");
+            }
+            last = Some(order);
+        }
+        let mut last = None;
+        for i in 0..self.id_count() {
+            let entry = self.id_entry(i);
+            if last.is_some_and(|last| last >= entry.id) || !in_bounds(entry.position) {
+                return Err("id entries out of order or out of bounds");
+            }
+            last = Some(entry.id);
+        }
+        Ok(())
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys.len() / KEY_ENTRY_LEN
+    }
+
+    fn id_count(&self) -> usize {
+        self.ids.len() / ID_ENTRY_LEN
+    }
+
+    fn key_entry(&self, i: usize) -> KeyEntry {
+        let at = self.keys.start + i * KEY_ENTRY_LEN;
+        KeyEntry {
+            hash: read_u64(&self.bytes, at),
+            base_version: read_u64(&self.bytes, at + 8),
+            position: read_u32(&self.bytes, at + 16),
+            count: read_u32(&self.bytes, at + 20),
+        }
+    }
+
+    fn id_entry(&self, i: usize) -> IdEntry {
+        let at = self.ids.start + i * ID_ENTRY_LEN;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.bytes[at..at + 16]);
+        IdEntry {
+            id: u128::from_le_bytes(id),
+            position: read_u32(&self.bytes, at + 16),
+            index: read_u32(&self.bytes, at + 20),
+        }
+    }
+
+    /// The frames whose key hashes to `hash`, in version order (other keys with the same hash
+    /// included: the caller checks the key of each frame).
+    pub fn key_entries(&self, hash: u64) -> Vec<KeyEntry> {
+        if !bloom::may_contain(&self.bytes[self.key_filter.clone()], hash) {
+            return Vec::new();
+        }
+        let n = self.key_count();
+        let (mut low, mut high) = (0, n);
+        while low < high {
+            let mid = (low + high) / 2;
+            if self.key_entry(mid).hash < hash {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        (low..n)
+            .map(|i| self.key_entry(i))
+            .take_while(|entry| entry.hash == hash)
+            .collect()
+    }
+
+    /// The event with this id, if the table has it.
+    pub fn id_entry_of(&self, id: u128) -> Option<IdEntry> {
+        if !bloom::may_contain(&self.bytes[self.id_filter.clone()], bloom::id_hash(id)) {
+            return None;
+        }
+        let (mut low, mut high) = (0, self.id_count());
+        while low < high {
+            let mid = (low + high) / 2;
+            let entry = self.id_entry(mid);
+            match entry.id.cmp(&id) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Some(entry),
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OF: TableFor = TableFor {
+        base_offset: 100,
+        end_offset: 200,
+        hash_kind: HashKind::Standard,
+        data_end: 10_000,
+    };
+
+    fn sample() -> Vec<u8> {
+        let mut keys: Vec<KeyEntry> = (0..50u32)
+            .map(|i| KeyEntry {
+                hash: u64::from(i % 7),
+                base_version: u64::from(i / 7),
+                position: 64 + i * 100,
+                count: 1,
+            })
+            .collect();
+        let mut ids: Vec<IdEntry> = (0..20u32)
+            .map(|i| IdEntry {
+                id: u128::from(i) << 70 | 5,
+                position: 64 + i * 100,
+                index: 0,
+            })
+            .collect();
+        encode(&OF, &mut keys, &mut ids)
+    }
+
+    #[test]
+    fn entries_come_back_by_key_hash_in_version_order_and_by_id() {
+        let table = Table::parse(sample().into(), &OF).unwrap();
+        let entries = table.key_entries(3);
+        assert_eq!(entries.len(), 7);
+        assert!(entries
+            .windows(2)
+            .all(|w| w[0].base_version < w[1].base_version));
+        assert!(table.key_entries(1 << 40).is_empty());
+        assert_eq!(table.id_entry_of(7u128 << 70 | 5).unwrap().position, 764);
+        assert_eq!(table.id_entry_of(7u128 << 70 | 6), None);
+    }
+
+    #[test]
+    fn every_damaged_or_torn_byte_is_refused() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            assert!(Table::parse(bytes[..len].to_vec().into(), &OF).is_err());
+        }
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            assert!(Table::parse(damaged.into(), &OF).is_err(), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn a_table_of_another_segment_or_hash_is_refused() {
+        let bytes: bytes::Bytes = sample().into();
+        let other = TableFor {
+            end_offset: 201,
+            ..OF
+        };
+        assert!(Table::parse(bytes.clone(), &other).is_err());
+        let colliding = TableFor {
+            hash_kind: HashKind::Colliding,
+            ..OF
+        };
+        assert!(Table::parse(bytes, &colliding).is_err());
+    }
+}
