@@ -15,6 +15,7 @@ mod options;
 mod reader;
 mod record;
 mod storage;
+pub(crate) mod stream;
 mod write;
 
 #[doc(hidden)]
