@@ -146,6 +146,8 @@ pub enum Error {
     IdReused { id: u128 },
     /// One call names the same key twice (multi-key appends take each key once).
     RepeatedKey { key: Bytes },
+    /// A snapshot's state is larger than [`SNAPSHOT_BYTES_MAX`](crate::SNAPSHOT_BYTES_MAX).
+    SnapshotTooLarge { bytes: u64, limit: u64 },
 }
 
 impl Error {
@@ -348,6 +350,10 @@ impl fmt::Display for Error {
             Error::IdReused { id } => write!(
                 f,
                 "event id {id:032x} is already used by another key or twice in this call"
+            ),
+            Error::SnapshotTooLarge { bytes, limit } => write!(
+                f,
+                "snapshot of {bytes} bytes exceeds the limit of {limit} bytes"
             ),
             Error::RepeatedKey { key } => write!(
                 f,

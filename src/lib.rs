@@ -34,6 +34,7 @@ pub use crate::reader::Reader;
 pub use crate::record::{Event, Header, Record};
 pub use crate::storage::hash::{key_hash, partition_for};
 pub use crate::stream::read::GlobalReader;
+pub use crate::stream::snapshot::{Snapshot, SNAPSHOT_BYTES_MAX};
 pub use crate::stream::Expected;
 pub use crate::write::recovery::{PartitionRecovery, RecoveryReport};
 pub use crate::write::ticket::Ticket;

@@ -15,6 +15,7 @@ use crate::record::Event;
 use crate::storage::hash;
 use crate::storage::io;
 use crate::storage::meta::{self, Meta};
+use crate::stream::snapshot::SnapshotStore;
 use crate::stream::Expected;
 use crate::write::journal::JournalWriter;
 use crate::write::partition::Partition;
@@ -56,6 +57,7 @@ pub struct Log {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     report: RecoveryReport,
+    pub(crate) snapshots: SnapshotStore,
     /// The process that opened the log: only it has the writer thread.
     pid: u32,
     /// Held for the life of the `Log`: its `flock` keeps other `Log`s out of the directory.
@@ -144,12 +146,14 @@ impl Log {
             .name("annal-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
+        let snapshots = SnapshotStore::new(&dir, options.fail_points.clone());
         Ok(Log {
             dir,
             options,
             shared,
             writer: Mutex::new(Some(handle)),
             report: recovered.report,
+            snapshots,
             pid: std::process::id(),
             _lock: lock,
         })

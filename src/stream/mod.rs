@@ -12,6 +12,7 @@ pub(crate) mod bloom;
 pub(crate) mod ids;
 pub(crate) mod lookup;
 pub(crate) mod read;
+pub(crate) mod snapshot;
 pub(crate) mod table;
 pub(crate) mod versions;
 
