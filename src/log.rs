@@ -257,10 +257,10 @@ impl Log {
         expected: Expected,
         events: &[Event<'_>],
     ) -> Result<Appended> {
-        let queued = self.enqueue(&[KeyAppend::new(key, expected, events)])?;
+        let queued = self.enqueue_one(key, expected, events)?;
         match self.options.durability {
             Durability::Sync => queued.ticket(&self.shared.progress).wait(),
-            Durability::Interval(_) | Durability::Buffered => Ok(queued.appended[0]),
+            Durability::Interval(_) | Durability::Buffered => Ok(queued.first),
         }
     }
 
@@ -275,7 +275,7 @@ impl Log {
         expected: Expected,
         events: &[Event<'_>],
     ) -> Result<Ticket> {
-        let queued = self.enqueue(&[KeyAppend::new(key, expected, events)])?;
+        let queued = self.enqueue_one(key, expected, events)?;
         Ok(queued.ticket(&self.shared.progress))
     }
 
@@ -293,11 +293,25 @@ impl Log {
             return Err(Error::EmptyBatch);
         }
         let queued = self.enqueue(appends)?;
-        let appended = queued.appended.clone();
+        let appended = queued.all();
         if self.options.durability == Durability::Sync {
             queued.ticket(&self.shared.progress).wait()?;
         }
         Ok(appended)
+    }
+
+    /// One key's append: no allocation on the way to the sequencer.
+    fn enqueue_one(&self, key: &[u8], expected: Expected, events: &[Event<'_>]) -> Result<Queued> {
+        self.check_process()?;
+        let write = [KeyWrite {
+            partition: self.route(key)?,
+            key,
+            expected,
+            events,
+        }];
+        self.shared
+            .sequencer
+            .enqueue(&self.shared.partitions, &write)
     }
 
     fn enqueue(&self, appends: &[KeyAppend<'_, '_>]) -> Result<Queued> {

@@ -8,7 +8,7 @@
 //!   0  u32 crc              CRC-32 (IEEE) of bytes [4, frame_len)
 //!   4  u32 frame_len        the whole frame, header included
 //!   8  u8  magic            FRAME_MAGIC
-//!   9  u8  flags            0, or FLAG_PADDING: anything else is "unknown frame flags"
+//!   9  u8  flags            0, FLAG_EVENT_IDS, or FLAG_PADDING alone: else "unknown frame flags"
 //!  10  u16 reserved         0: anything else is refused too, with its own reason
 //!  12  u32 record_count     at least 1
 //!  16  u64 base_offset      offset of the first record in its partition
@@ -61,6 +61,9 @@ pub const FRAME_LEN_MIN: usize = FRAME_HEADER_LEN + KEY_PREFIX_LEN + RECORD_FIXE
 /// path appends one at a checkpoint so that the next frame starts on a fresh 4 KiB page and no
 /// later write ever rewrites a page that holds checkpointed data.
 pub const FLAG_PADDING: u8 = 0x01;
+/// The `flags` bit of a frame in which at least one record carries an event id. Records may
+/// carry ids only in such frames, so that indexing a frame without ids never walks its records.
+pub const FLAG_EVENT_IDS: u8 = 0x02;
 /// Smallest padding frame: a header and an empty key.
 pub const PADDING_LEN_MIN: usize = FRAME_HEADER_LEN + KEY_PREFIX_LEN;
 /// The byte at `MAGIC_OFFSET` of every frame. Not zero, so that zeroed space never looks like a
@@ -175,6 +178,9 @@ fn encode_frame(
     let header = &mut buf[start..start + FRAME_HEADER_LEN];
     header[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&(frame_len as u32).to_le_bytes());
     header[MAGIC_OFFSET] = FRAME_MAGIC;
+    if events.iter().any(|event| event.event_id().is_some()) {
+        header[FLAGS_OFFSET] = FLAG_EVENT_IDS;
+    }
     header[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&(events.len() as u32).to_le_bytes());
     header[BASE_OFFSET_OFFSET..BASE_OFFSET_OFFSET + 8]
         .copy_from_slice(&stamp.base_offset.to_le_bytes());
@@ -247,6 +253,8 @@ pub struct FrameInfo {
     pub timestamp_ms: u64,
     pub base_version: u64,
     pub global_position: u64,
+    /// Some record of the frame may carry an event id (`FLAG_EVENT_IDS`).
+    pub has_ids: bool,
     /// Range of the key bytes, relative to the frame start.
     pub key: (u32, u32),
     /// Where the first record starts, relative to the frame start.
@@ -320,11 +328,13 @@ pub fn probe(bytes: &[u8]) -> Probe {
             timestamp_ms: read_u64(header, TIMESTAMP_OFFSET),
             base_version: 0,
             global_position: 0,
+            has_ids: false,
             key: (PADDING_LEN_MIN as u32, PADDING_LEN_MIN as u32),
             records_start: frame_len as u32,
         });
     }
-    if header[FLAGS_OFFSET] != 0 {
+    let flags = header[FLAGS_OFFSET];
+    if flags & !FLAG_EVENT_IDS != 0 {
         return Probe::Invalid("unknown frame flags");
     }
     if frame_len < FRAME_LEN_MIN {
@@ -355,6 +365,7 @@ pub fn probe(bytes: &[u8]) -> Probe {
         timestamp_ms: read_u64(header, TIMESTAMP_OFFSET),
         base_version,
         global_position,
+        has_ids: flags & FLAG_EVENT_IDS != 0,
         key: (key_start as u32, records_start as u32),
         records_start: records_start as u32,
     })
@@ -414,6 +425,7 @@ pub struct RecordRanges {
 pub struct RecordCursor {
     position: usize,
     remaining: u32,
+    ids_allowed: bool,
 }
 
 impl RecordCursor {
@@ -421,6 +433,7 @@ impl RecordCursor {
         RecordCursor {
             position: info.records_start as usize,
             remaining: info.record_count,
+            ids_allowed: info.has_ids,
         }
     }
 
@@ -442,7 +455,7 @@ impl RecordCursor {
         let attributes = take(frame, &mut at, 1)?[0];
         let event_id = match attributes {
             0 => None,
-            ATTRIBUTE_EVENT_ID => {
+            ATTRIBUTE_EVENT_ID if self.ids_allowed => {
                 let mut id = [0u8; EVENT_ID_LEN];
                 id.copy_from_slice(take(frame, &mut at, EVENT_ID_LEN)?);
                 Some(u128::from_le_bytes(id))
@@ -658,6 +671,7 @@ mod tests {
         let torn = edited(|buf| {
             buf.truncate(RECORD_START + RECORD_FIXED_LEN);
             buf[RECORD_START] = ATTRIBUTE_EVENT_ID;
+            buf[FLAGS_OFFSET] = FLAG_EVENT_IDS;
             let len = buf.len() as u32;
             buf[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&len.to_le_bytes());
         });
@@ -667,6 +681,17 @@ mod tests {
                 RECORD_START + 1,
                 "record field extends past the end of its frame"
             )
+        );
+    }
+
+    #[test]
+    fn an_event_id_in_a_frame_not_flagged_for_ids_is_damage() {
+        let unflagged = edited(|buf| {
+            buf[RECORD_START] = ATTRIBUTE_EVENT_ID;
+        });
+        assert_eq!(
+            record_damage(&unflagged),
+            Damage::at(RECORD_START, "unknown record attributes")
         );
     }
 

@@ -9,7 +9,6 @@ use crate::stream::table::{self, HashKind, IdEntry, KeyEntry, TableFor};
 
 /// Entries of the frames of one segment from its start up to `position`.
 pub(crate) struct MemTable {
-    pub base_offset: u64,
     /// Where the next frame to index starts, and the offset it holds.
     pub position: u64,
     pub offset: u64,
@@ -27,7 +26,6 @@ pub(crate) struct Broken {
 impl MemTable {
     pub fn new(base_offset: u64) -> MemTable {
         MemTable {
-            base_offset,
             position: crate::storage::segment::SEGMENT_HEADER_LEN as u64,
             offset: base_offset,
             keys: HashMap::new(),
@@ -64,6 +62,9 @@ impl MemTable {
                 count: info.record_count,
             };
             self.keys.entry(entry.hash).or_default().push(entry);
+            if !info.has_ids {
+                continue;
+            }
             let mut cursor = RecordCursor::new(&info);
             let mut index = 0u32;
             loop {

@@ -28,8 +28,10 @@ pub(crate) struct StreamIndex {
     hash_kind: HashKind,
     /// Tables of sealed segments, by base offset, once loaded or built.
     tables: Mutex<HashMap<u64, Arc<Table>>>,
-    /// The in-memory table of the newest segment that was consulted.
-    mem: Mutex<Option<MemTable>>,
+    /// The in-memory table of the newest segment that was consulted, and that segment.
+    mem: Mutex<Option<(Arc<Segment>, MemTable)>>,
+    /// Sealed segments whose table file was found lying: not read again by this process.
+    forget_file: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// A checked frame of the key asked for.
@@ -60,6 +62,7 @@ impl StreamIndex {
             hash_kind,
             tables: Mutex::new(HashMap::new()),
             mem: Mutex::new(None),
+            forget_file: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -99,16 +102,17 @@ impl StreamIndex {
     pub fn find_id(&self, partition: &Partition, id: u128) -> Result<Option<FoundId>> {
         for segment in visible_segments(partition).iter().rev() {
             let pin = segment.pin();
-            let map = pin.map()?;
-            let data_len = pin.data(&map).len();
             let entry = if pin.end_offset() == u64::MAX {
+                let map = pin.map()?;
                 let mut mem = self.mem.lock();
                 self.caught_up(&mut mem, partition, &pin, &map)?
                     .id_entry_of(id)
             } else {
-                self.table_of(&pin, &map)?.id_entry_of(id)
+                self.table_of(partition, &pin)?.id_entry_of(id)
             };
             let Some(entry) = entry else { continue };
+            let map = pin.map()?;
+            let data_len = pin.data(&map).len();
             let found = check_id(&map, data_len, entry.position as usize, entry.index, id);
             let Some((key, info, index)) = found else {
                 return Err(Error::corrupt(
@@ -143,19 +147,23 @@ impl StreamIndex {
         let hash = self.hash_kind.hash(key);
         for segment in visible_segments(partition).iter().rev() {
             let pin = segment.pin();
-            let map = pin.map()?;
             let mut retried = false;
             loop {
-                let (entries, sealed) = if pin.end_offset() == u64::MAX {
+                let sealed = pin.end_offset() != u64::MAX;
+                let entries = if sealed {
+                    Source::Sealed(self.table_of(partition, &pin)?).entries(hash)
+                } else {
+                    let map = pin.map()?;
                     let mut mem = self.mem.lock();
                     let mem = self.caught_up(&mut mem, partition, &pin, &map)?;
-                    (Source::Mem(mem).entries(hash), false)
-                } else {
-                    (
-                        Source::Sealed(self.table_of(&pin, &map)?).entries(hash),
-                        true,
-                    )
+                    Source::Mem(mem).entries(hash)
                 };
+                if entries.is_empty() {
+                    break;
+                }
+                // Mapped only now: most segments hold none of a key's frames, and mapping a
+                // sealed segment costs a system call and page faults.
+                let map = pin.map()?;
                 let data = pin.data(&map);
                 match check_frames(data, &entries, key) {
                     Ok(found) => {
@@ -172,12 +180,12 @@ impl StreamIndex {
                         }
                         break;
                     }
-                    Err(position) if sealed && !retried => {
+                    Err(_) if sealed && !retried => {
                         // The table lied: forget it (file included) and build it anew.
                         self.tables.lock().remove(&pin.base_offset);
                         let path = segment::table_path(&partition.dir, pin.base_offset);
                         let _ = io::remove_file(&path, &io::INDEX_FAULTS);
-                        let _ = position;
+                        self.forget_file.lock().insert(pin.base_offset);
                         retried = true;
                     }
                     Err(position) => {
@@ -193,25 +201,38 @@ impl StreamIndex {
         Ok(())
     }
 
-    /// The in-memory table of the segment being written, caught up with what is visible.
+    /// The in-memory table of the segment being written, caught up with what is visible. When
+    /// the segment it held was sealed since, that table is finished and kept as the sealed
+    /// segment's table first, so that no segment is walked twice.
     fn caught_up<'m>(
         &self,
-        mem: &'m mut Option<MemTable>,
+        mem: &'m mut Option<(Arc<Segment>, MemTable)>,
         partition: &Partition,
         pin: &SegmentPin,
         map: &Bytes,
     ) -> Result<&'m MemTable> {
+        if let Some((old, _)) = mem
+            .as_ref()
+            .filter(|(s, _)| s.base_offset != pin.base_offset)
+        {
+            let old = old.clone();
+            let (_, table) = mem.take().expect("checked above");
+            if old.end_offset() != u64::MAX {
+                let old_pin = old.pin();
+                // Best effort: if it fails, the table is built from the segment when needed.
+                let _ = self.finish_table(partition, &old_pin, table);
+            }
+        }
         // The visible end first: the writer moves the segment's readable end before it, so the
         // bytes of every frame below it are within `data`.
         let end_offset = partition.visible_end().min(pin.end_offset());
         let data = pin.data(map);
-        if mem
-            .as_ref()
-            .is_none_or(|m| m.base_offset != pin.base_offset)
-        {
-            *mem = Some(MemTable::new(pin.base_offset));
-        }
-        let table = mem.as_mut().expect("set above");
+        let (_, table) = mem.get_or_insert_with(|| {
+            (
+                partition_segment(partition, pin.base_offset),
+                MemTable::new(pin.base_offset),
+            )
+        });
         if table.offset < end_offset {
             table
                 .catch_up(data, end_offset, self.hash_kind)
@@ -222,68 +243,94 @@ impl StreamIndex {
 
     /// The table of a sealed segment: cached, else read from its file, else built from the
     /// segment (and its file written, for the next process).
-    fn table_of(&self, pin: &SegmentPin, map: &Bytes) -> Result<Arc<Table>> {
+    fn table_of(&self, partition: &Partition, pin: &SegmentPin) -> Result<Arc<Table>> {
         if let Some(table) = self.tables.lock().get(&pin.base_offset) {
             return Ok(table.clone());
         }
-        let data = pin.data(map);
+        let path = segment::table_path(&partition.dir, pin.base_offset);
+        let distrusted = self.forget_file.lock().contains(&pin.base_offset);
+        if !distrusted {
+            if let Some(table) = self.table_file(pin, &path) {
+                let table = Arc::new(table);
+                self.tables.lock().insert(pin.base_offset, table.clone());
+                return Ok(table);
+            }
+        }
+        // Continue the in-memory table if it holds this segment, else walk it from its start.
+        let held = {
+            let mut mem = self.mem.lock();
+            match mem.take() {
+                Some((segment, table)) if segment.base_offset == pin.base_offset => Some(table),
+                other => {
+                    *mem = other;
+                    None
+                }
+            }
+        };
+        let table = held.unwrap_or_else(|| MemTable::new(pin.base_offset));
+        self.finish_table(partition, pin, table)
+    }
+
+    /// Reads a sealed segment's table file, if it is there and checks out.
+    fn table_file(&self, pin: &SegmentPin, path: &std::path::Path) -> Option<Table> {
+        // Mapped, not read: the table stays in the page cache, not on the heap, however many
+        // segments a long-lived process has looked into. Table files are never written in
+        // place (a new one is renamed over the old), so the mapped bytes never change.
+        let file = std::fs::File::open(path).ok()?;
+        let bytes = segment::map_file(&file, path).ok()?;
+        // A segment sealed before this open is read whole; one sealed since ends at its data.
+        let data_end = match pin.end_position() {
+            u64::MAX => std::fs::metadata(&pin.path).ok()?.len(),
+            end => end,
+        };
+        let of = TableFor {
+            base_offset: pin.base_offset,
+            end_offset: pin.end_offset(),
+            hash_kind: self.hash_kind,
+            data_end,
+        };
+        Table::parse(bytes, &of).ok()
+    }
+
+    /// Walks the rest of a sealed segment into `table`, keeps the result as the segment's
+    /// table and writes its file.
+    fn finish_table(
+        &self,
+        partition: &Partition,
+        pin: &SegmentPin,
+        mut table: MemTable,
+    ) -> Result<Arc<Table>> {
+        let map = pin.map()?;
+        let data = pin.data(&map);
+        table
+            .catch_up(data, pin.end_offset(), self.hash_kind)
+            .map_err(|broken| Error::corrupt(&pin.path, broken.position, broken.reason))?;
         let of = TableFor {
             base_offset: pin.base_offset,
             end_offset: pin.end_offset(),
             hash_kind: self.hash_kind,
             data_end: data.len() as u64,
         };
-        let dir = pin.path.parent().unwrap_or(std::path::Path::new("."));
-        let path = segment::table_path(dir, pin.base_offset);
-        let from_file = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| Table::parse(bytes.into(), &of).ok());
-        let table = match from_file {
-            Some(table) => table,
-            None => {
-                let bytes = self.build_table(pin, data, &of)?;
-                // Best effort: the table is derived, and a failed write only means the next
-                // process builds it again.
-                let _ = write_table(&path, &bytes);
-                Table::parse(bytes.into(), &of)
-                    .map_err(|reason| Error::corrupt(&path, 0, reason))?
-            }
-        };
+        let bytes = table.encode(&of);
+        let path = segment::table_path(&partition.dir, pin.base_offset);
+        // Best effort: the table is derived, and a failed write only means that the next
+        // process builds it again.
+        if write_table(&path, &bytes).is_ok() {
+            self.forget_file.lock().remove(&pin.base_offset);
+        }
+        let table =
+            Table::parse(bytes.into(), &of).map_err(|reason| Error::corrupt(&path, 0, reason))?;
         let table = Arc::new(table);
         self.tables.lock().insert(pin.base_offset, table.clone());
         Ok(table)
     }
+}
 
-    /// Walks a sealed segment (continuing the in-memory table when it holds this segment).
-    fn build_table(&self, pin: &SegmentPin, data: &[u8], of: &TableFor) -> Result<Vec<u8>> {
-        let mut mem = self.mem.lock();
-        let mut own;
-        let table = match mem.as_mut() {
-            Some(table) if table.base_offset == pin.base_offset => table,
-            _ => {
-                own = MemTable::new(pin.base_offset);
-                &mut own
-            }
-        };
-        table
-            .catch_up(data, of.end_offset, self.hash_kind)
-            .map_err(|broken| Error::corrupt(&pin.path, broken.position, broken.reason))?;
-        if table.position != data.len() as u64 && pin.end_position() != u64::MAX {
-            return Err(Error::corrupt(
-                &pin.path,
-                table.position,
-                "bytes after the last frame of a sealed segment",
-            ));
-        }
-        let bytes = table.encode(of);
-        if mem
-            .as_ref()
-            .is_some_and(|m| m.base_offset == pin.base_offset)
-        {
-            *mem = None;
-        }
-        Ok(bytes)
-    }
+/// The partition's segment at `base_offset` (which exists: the caller holds a pin on it).
+fn partition_segment(partition: &Partition, base_offset: u64) -> Arc<Segment> {
+    let segments = partition.segments.read();
+    let at = segments.partition_point(|s| s.base_offset < base_offset);
+    segments[at].clone()
 }
 
 impl Source<'_> {

@@ -75,7 +75,9 @@ pub(crate) struct KeyWrite<'c, 'e> {
 
 /// A queued (or deduplicated) call: where each key's events are, and what its ticket waits for.
 pub(crate) struct Queued {
-    pub appended: Vec<Appended>,
+    /// The first key's place; `more` holds the others' (empty for one key: no allocation).
+    pub first: Appended,
+    pub more: Vec<Appended>,
     pub generation: Arc<Generation>,
     /// One past the global position of the call's last event (of the originals, for a
     /// duplicate still being written; 0 when they are already visible).
@@ -83,12 +85,20 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
+    /// Every key's place, in the order of the call.
+    pub fn all(&self) -> Vec<Appended> {
+        let mut all = Vec::with_capacity(1 + self.more.len());
+        all.push(self.first);
+        all.extend_from_slice(&self.more);
+        all
+    }
+
     /// A ticket for the call; it reports the first key's place.
     pub fn ticket(self, progress: &Arc<Progress>) -> Ticket {
         Ticket {
             progress: progress.clone(),
             generation: self.generation,
-            appended: self.appended[0],
+            appended: self.first,
             global_end: self.global_end,
         }
     }
@@ -119,6 +129,36 @@ fn check_call(writes: &[KeyWrite<'_, '_>]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps the ids of a queued frame's events findable until the frame is visible.
+fn record_ids(
+    ids: &mut UnpublishedIds,
+    write: &KeyWrite<'_, '_>,
+    frame: &QueuedFrame,
+    done: &Appended,
+) {
+    if write.events.iter().all(|e| e.event_id().is_none()) {
+        return;
+    }
+    let key: Arc<[u8]> = write.key.into();
+    for (i, event) in write.events.iter().enumerate() {
+        if let Some(id) = event.event_id() {
+            let i = i as u64;
+            let place = IdPlace {
+                key: key.clone(),
+                appended: Appended {
+                    offset: done.offset + i,
+                    count: 1,
+                    version: done.version + i,
+                    global_position: done.global_position + i,
+                    ..*done
+                },
+                frame_global_end: frame.global_end(),
+            };
+            ids.insert(id, place);
+        }
+    }
 }
 
 /// Why appends are refused before they are queued.
@@ -220,7 +260,8 @@ impl Sequencer {
         let wants_ids = writes
             .iter()
             .any(|w| w.events.iter().any(|e| e.event_id().is_some()));
-        let mut cold: Vec<Option<(u64, u64)>> = vec![None; writes.len()];
+        // Allocated only when a key is missing from the versions map.
+        let mut cold: Vec<Option<(u64, u64)>> = Vec::new();
         let mut on_disk: Option<(u64, Vec<Option<FoundId>>)> = None;
         let mut attempts = 0;
         let mut pending = self.pending.lock();
@@ -229,7 +270,7 @@ impl Sequencer {
             let epoch = pending.versions.epoch();
             let mut missing = Vec::new();
             for (i, write) in writes.iter().enumerate() {
-                let known = match cold[i] {
+                let known = match cold.get(i).copied().flatten() {
                     Some((next, looked_up_in)) => {
                         pending.versions.offer(write.key, next, looked_up_in)
                     }
@@ -247,6 +288,7 @@ impl Sequencer {
             attempts += 1;
             // After a few tries that the writer raced, look up under the lock: slower for
             // everyone for a moment, but bounded.
+            cold.resize(writes.len(), None);
             let mut look_up = || -> Result<()> {
                 for &i in &missing {
                     let write = &writes[i];
@@ -322,7 +364,7 @@ impl Sequencer {
         let mut found = found.iter();
         let mut present = Vec::new();
         let mut absent = false;
-        let mut appended = Vec::with_capacity(writes.len());
+        let mut appended = Vec::new();
         let mut global_end = 0;
         for write in writes {
             let mut first: Option<Appended> = None;
@@ -365,8 +407,10 @@ impl Sequencer {
                 present: present.into(),
             });
         }
+        let first = appended.remove(0);
         Ok(Some(Queued {
-            appended,
+            first,
+            more: appended,
             generation: pending.generation.clone(),
             global_end,
         }))
@@ -402,36 +446,41 @@ impl Sequencer {
             pending.bytes.resize(RECORD_HEADER_LEN, 0);
         }
         let call_start = pending.bytes.len();
-        let mut frames = Vec::with_capacity(writes.len());
+        let frames_start = pending.frames.len();
         let mut global = global_position;
+        let mut failure = None;
         for (i, write) in writes.iter().enumerate() {
-            let result =
-                self.encode_one(pending, write, global, timestamp_ms, i + 1 < writes.len());
-            match result {
+            let joined = i + 1 < writes.len();
+            match self.encode_one(pending, write, global, timestamp_ms, joined) {
                 Ok(frame) => {
                     global = frame.global_end();
-                    frames.push(frame);
+                    pending.frames.push(frame);
                 }
                 Err(error) => {
-                    // Take back the call's frames (and the record header room, if they were
-                    // the first).
-                    let keep = if first { 0 } else { call_start };
-                    pending.bytes.truncate(keep);
-                    return Err(error);
+                    failure = Some(error);
+                    break;
                 }
             }
         }
         let call_bytes = (pending.bytes.len() - call_start) as u64;
-        if writes.len() > 1 && call_bytes > self.config.limits.batch_bytes_max {
-            let keep = if first { 0 } else { call_start };
-            pending.bytes.truncate(keep);
-            return Err(Error::BatchTooLarge {
+        if failure.is_none() && writes.len() > 1 && call_bytes > self.config.limits.batch_bytes_max
+        {
+            failure = Some(Error::BatchTooLarge {
                 bytes: call_bytes,
                 limit: self.config.limits.batch_bytes_max,
             });
         }
-        let mut appended = Vec::with_capacity(writes.len());
-        for (write, frame) in writes.iter().zip(&frames) {
+        if let Some(error) = failure {
+            // Take back the call's frames (and the record header room, if they were the first).
+            pending.bytes.truncate(if first { 0 } else { call_start });
+            pending.frames.truncate(frames_start);
+            return Err(error);
+        }
+        let mut first_place = None;
+        let mut more = Vec::new();
+        for i in 0..writes.len() {
+            let frame = pending.frames[frames_start + i];
+            let write = &writes[i];
             pending.next_offsets[frame.partition as usize] = frame.end_offset();
             pending.versions.set(
                 write.key,
@@ -445,33 +494,17 @@ impl Sequencer {
                 global_position: frame.global_position,
                 duplicate: false,
             };
-            if write.events.iter().any(|e| e.event_id().is_some()) {
-                let key: Arc<[u8]> = write.key.into();
-                for (i, event) in write.events.iter().enumerate() {
-                    if let Some(id) = event.event_id() {
-                        let i = i as u64;
-                        let place = IdPlace {
-                            key: key.clone(),
-                            appended: Appended {
-                                offset: done.offset + i,
-                                count: 1,
-                                version: done.version + i,
-                                global_position: done.global_position + i,
-                                ..done
-                            },
-                            frame_global_end: frame.global_end(),
-                        };
-                        pending.ids.insert(id, place);
-                    }
-                }
+            record_ids(&mut pending.ids, write, &frame, &done);
+            match first_place {
+                None => first_place = Some(done),
+                Some(_) => more.push(done),
             }
-            appended.push(done);
         }
-        pending.frames.extend_from_slice(&frames);
         pending.next_global = global;
         pending.last_timestamp_ms = timestamp_ms;
         let queued = Queued {
-            appended,
+            first: first_place.expect("a call has at least one key"),
+            more,
             generation: pending.generation.clone(),
             global_end: global,
         };
