@@ -179,7 +179,7 @@ impl Segment {
     /// Maps the file and checks its header against its name and partition.
     fn load_map(&self) -> Result<Bytes> {
         let file = std::fs::File::open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
-        let map = map_file(&file, &self.path)?;
+        let map = super::map_file_with(&file, &self.path, super::Populate::Now)?;
         let header = SegmentHeader::decode(&map, &self.path)?;
         if header.partition != self.partition {
             return Err(Error::corrupt(
