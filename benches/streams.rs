@@ -188,6 +188,62 @@ fn summary(dir: &std::path::Path, events: u64, keys: u64, build_time: Duration) 
     }
 }
 
+/// Counts the bytes allocated on the heap and not yet freed, to measure what keys cost.
+struct CountingAllocator;
+
+static HEAP_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter only observes
+// the sizes.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        HEAP_BYTES.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        HEAP_BYTES.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract for `dealloc` is passed on as is.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+fn heap_bytes() -> i64 {
+    HEAP_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What a million keys cost in memory: one event appended to each of 1,000,000 new keys. The
+/// heap is measured before and after (mappings, which are page cache, are not counted).
+fn memory_per_key() {
+    let keys = 1_000_000u64;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(
+        scratch.path(),
+        Options::default().durability(Durability::Buffered),
+    )
+    .expect("open");
+    let payload = common::payload(64, 0);
+    let before = heap_bytes();
+    for n in 0..keys {
+        log.append(&key(n), &payload).expect("append");
+    }
+    log.flush().expect("flush");
+    let after = heap_bytes();
+    let grown = (after - before).max(0) as f64;
+    println!(
+        "memory: 1,000,000 keys appended since open (one 64-byte event each, keys of 15 bytes): \
+         the heap grew by {:.0} MB, {:.0} bytes per key (the versions map, and the in-memory \
+         tables of the segments being written, one frame per key)",
+        grown / 1e6,
+        grown / keys as f64
+    );
+    log.close().expect("close");
+}
+
 fn main() {
     let events = env_u64("ANNAL_BENCH_STREAM_EVENTS", 10_000_000);
     let keys = env_u64("ANNAL_BENCH_STREAM_KEYS", 100_000);
@@ -201,4 +257,5 @@ fn main() {
         criterion.final_summary();
     }
     summary(dir.path(), events, keys, build_time);
+    memory_per_key();
 }

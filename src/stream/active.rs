@@ -7,13 +7,20 @@ use std::collections::HashMap;
 use crate::storage::frame::{self, Chain, RecordCursor};
 use crate::stream::table::{self, HashKind, IdEntry, KeyEntry, TableFor};
 
+/// No previous entry.
+const NONE: u32 = u32::MAX;
+
 /// Entries of the frames of one segment from its start up to `position`.
 pub(crate) struct MemTable {
     /// Where the next frame to index starts, and the offset it holds.
     pub position: u64,
     pub offset: u64,
-    keys: HashMap<u64, Vec<KeyEntry>>,
-    ids: HashMap<u128, IdEntry>,
+    /// Every frame's entry, in walk order, each with the index of the previous entry of the
+    /// same hash (`NONE` for the first): one allocation for all entries, not one per key.
+    entries: Vec<(KeyEntry, u32)>,
+    /// The newest entry of each hash.
+    heads: HashMap<u64, u32>,
+    ids: HashMap<u128, (u32, u32)>,
 }
 
 /// The walk stopped before the bound it was given: the bytes there are not the next frame.
@@ -28,7 +35,8 @@ impl MemTable {
         MemTable {
             position: crate::storage::segment::SEGMENT_HEADER_LEN as u64,
             offset: base_offset,
-            keys: HashMap::new(),
+            entries: Vec::new(),
+            heads: HashMap::new(),
             ids: HashMap::new(),
         }
     }
@@ -61,7 +69,9 @@ impl MemTable {
                 position: at as u32,
                 count: info.record_count,
             };
-            self.keys.entry(entry.hash).or_default().push(entry);
+            let index = self.entries.len() as u32;
+            let previous = self.heads.insert(entry.hash, index).unwrap_or(NONE);
+            self.entries.push((entry, previous));
             if !info.has_ids {
                 continue;
             }
@@ -71,12 +81,7 @@ impl MemTable {
                 match cursor.next_record(frame_bytes) {
                     Ok(Some(ranges)) => {
                         if let Some(id) = ranges.event_id {
-                            let entry = IdEntry {
-                                id,
-                                position: at as u32,
-                                index,
-                            };
-                            self.ids.insert(id, entry);
+                            self.ids.insert(id, (at as u32, index));
                         }
                         index += 1;
                     }
@@ -95,19 +100,40 @@ impl MemTable {
         Ok(())
     }
 
-    /// The frames of keys hashing to `hash`, in version order.
-    pub fn key_entries(&self, hash: u64) -> &[KeyEntry] {
-        self.keys.get(&hash).map_or(&[], Vec::as_slice)
+    /// The frames of keys hashing to `hash`, in walk order (for one key: version order).
+    pub fn key_entries(&self, hash: u64) -> Vec<KeyEntry> {
+        let mut found = Vec::new();
+        let mut at = self.heads.get(&hash).copied().unwrap_or(NONE);
+        while at != NONE {
+            let (entry, previous) = self.entries[at as usize];
+            found.push(entry);
+            at = previous;
+        }
+        found.reverse();
+        found
     }
 
     pub fn id_entry_of(&self, id: u128) -> Option<IdEntry> {
-        self.ids.get(&id).copied()
+        let &(position, index) = self.ids.get(&id)?;
+        Some(IdEntry {
+            id,
+            position,
+            index,
+        })
     }
 
     /// The table file of the segment, once the walk reached its end.
     pub fn encode(&self, of: &TableFor) -> Vec<u8> {
-        let mut keys: Vec<KeyEntry> = self.keys.values().flatten().copied().collect();
-        let mut ids: Vec<IdEntry> = self.ids.values().copied().collect();
+        let mut keys: Vec<KeyEntry> = self.entries.iter().map(|&(entry, _)| entry).collect();
+        let mut ids: Vec<IdEntry> = self
+            .ids
+            .iter()
+            .map(|(&id, &(position, index))| IdEntry {
+                id,
+                position,
+                index,
+            })
+            .collect();
         table::encode(of, &mut keys, &mut ids)
     }
 }

@@ -337,7 +337,7 @@ impl Source<'_> {
     fn entries(&self, hash: u64) -> Vec<KeyEntry> {
         match self {
             Source::Sealed(table) => table.key_entries(hash),
-            Source::Mem(mem) => mem.key_entries(hash).to_vec(),
+            Source::Mem(mem) => mem.key_entries(hash),
         }
     }
 }
