@@ -426,7 +426,13 @@ impl Log {
         // A writer that panicked has poisoned the log (see writer.rs), which is reported below;
         // the join error itself carries nothing more.
         let _ = writer.join();
-        self.shared.progress.final_report()
+        self.shared.progress.final_report()?;
+        // Everything is durable now: each partition's in-memory key table can be kept for the
+        // next open (best effort; without it, the next process walks the segment instead).
+        for partition in &self.shared.partitions {
+            let _ = partition.streams.persist(partition);
+        }
+        Ok(())
     }
 
     pub(crate) fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {

@@ -3,9 +3,10 @@
 //! the source a sealed segment's table file is built from.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::storage::frame::{self, Chain, RecordCursor};
-use crate::stream::table::{self, HashKind, IdEntry, KeyEntry, TableFor};
+use crate::stream::table::{self, HashKind, IdEntry, KeyEntry, Table, TableFor};
 
 /// No previous entry.
 const NONE: u32 = u32::MAX;
@@ -21,6 +22,9 @@ pub(crate) struct MemTable {
     /// The newest entry of each hash.
     heads: HashMap<u64, u32>,
     ids: HashMap<u128, (u32, u32)>,
+    /// A table file written for the first frames of the segment (when a log is closed), which
+    /// this table continues: its entries come first.
+    prefix: Option<Arc<Table>>,
 }
 
 /// The walk stopped before the bound it was given: the bytes there are not the next frame.
@@ -38,6 +42,27 @@ impl MemTable {
             entries: Vec::new(),
             heads: HashMap::new(),
             ids: HashMap::new(),
+            prefix: None,
+        }
+    }
+
+    /// A table that continues `prefix` (a table of the segment's first frames).
+    pub fn after(prefix: Arc<Table>) -> MemTable {
+        let covers = *prefix.covers();
+        let mut table = MemTable::new(covers.base_offset);
+        table.position = covers.end_position;
+        table.offset = covers.end_offset;
+        table.prefix = Some(prefix);
+        table
+    }
+
+    /// What the table covers now.
+    pub fn covers(&self, base_offset: u64, hash_kind: HashKind) -> TableFor {
+        TableFor {
+            base_offset,
+            end_offset: self.offset,
+            end_position: self.position,
+            hash_kind,
         }
     }
 
@@ -103,6 +128,7 @@ impl MemTable {
     /// The frames of keys hashing to `hash`, in walk order (for one key: version order).
     pub fn key_entries(&self, hash: u64) -> Vec<KeyEntry> {
         let mut found = Vec::new();
+        let prefix = self.prefix.as_ref().map(|p| p.key_entries(hash));
         let mut at = self.heads.get(&hash).copied().unwrap_or(NONE);
         while at != NONE {
             let (entry, previous) = self.entries[at as usize];
@@ -110,16 +136,24 @@ impl MemTable {
             at = previous;
         }
         found.reverse();
-        found
+        match prefix {
+            Some(mut prefix) if !prefix.is_empty() => {
+                prefix.extend_from_slice(&found);
+                prefix
+            }
+            _ => found,
+        }
     }
 
     pub fn id_entry_of(&self, id: u128) -> Option<IdEntry> {
-        let &(position, index) = self.ids.get(&id)?;
-        Some(IdEntry {
-            id,
-            position,
-            index,
-        })
+        match self.ids.get(&id) {
+            Some(&(position, index)) => Some(IdEntry {
+                id,
+                position,
+                index,
+            }),
+            None => self.prefix.as_ref()?.id_entry_of(id),
+        }
     }
 
     /// The table file of the segment, once the walk reached its end.
@@ -134,6 +168,10 @@ impl MemTable {
                 index,
             })
             .collect();
+        if let Some(prefix) = &self.prefix {
+            keys.extend(prefix.all_key_entries());
+            ids.extend(prefix.all_id_entries());
+        }
         table::encode(of, &mut keys, &mut ids)
     }
 }

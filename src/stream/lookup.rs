@@ -19,7 +19,7 @@ use crate::storage::frame::{self, FrameInfo, Probe, RecordCursor};
 use crate::storage::io;
 use crate::storage::segment::{self, Segment, SegmentPin};
 use crate::stream::active::MemTable;
-use crate::stream::table::{HashKind, KeyEntry, Table, TableFor};
+use crate::stream::table::{HashKind, KeyEntry, Table};
 use crate::write::partition::Partition;
 use crate::write::Appended;
 
@@ -227,12 +227,18 @@ impl StreamIndex {
         // bytes of every frame below it are within `data`.
         let end_offset = partition.visible_end().min(pin.end_offset());
         let data = pin.data(map);
-        let (_, table) = mem.get_or_insert_with(|| {
-            (
-                partition_segment(partition, pin.base_offset),
-                MemTable::new(pin.base_offset),
-            )
-        });
+        if mem.is_none() {
+            // A table file written when the log was last closed covers the segment's first
+            // frames: continue from it instead of walking them.
+            let path = segment::table_path(&partition.dir, pin.base_offset);
+            let prefix = self.read_table(&path, pin.base_offset, end_offset, data.len() as u64);
+            let table = match prefix {
+                Some(prefix) => MemTable::after(Arc::new(prefix)),
+                None => MemTable::new(pin.base_offset),
+            };
+            *mem = Some((partition_segment(partition, pin.base_offset), table));
+        }
+        let (_, table) = mem.as_mut().expect("set above");
         if table.offset < end_offset {
             table
                 .catch_up(data, end_offset, self.hash_kind)
@@ -271,25 +277,55 @@ impl StreamIndex {
         self.finish_table(partition, pin, table)
     }
 
-    /// Reads a sealed segment's table file, if it is there and checks out.
+    /// Reads a sealed segment's table file, if it is there, checks out and covers the whole
+    /// segment.
     fn table_file(&self, pin: &SegmentPin, path: &std::path::Path) -> Option<Table> {
-        // Mapped, not read: the table stays in the page cache, not on the heap, however many
-        // segments a long-lived process has looked into. Table files are never written in
-        // place (a new one is renamed over the old), so the mapped bytes never change.
-        let file = std::fs::File::open(path).ok()?;
-        let bytes = segment::map_file(&file, path).ok()?;
         // A segment sealed before this open is read whole; one sealed since ends at its data.
         let data_end = match pin.end_position() {
             u64::MAX => std::fs::metadata(&pin.path).ok()?.len(),
             end => end,
         };
-        let of = TableFor {
-            base_offset: pin.base_offset,
-            end_offset: pin.end_offset(),
-            hash_kind: self.hash_kind,
-            data_end,
+        let table = self.read_table(path, pin.base_offset, pin.end_offset(), data_end)?;
+        (table.covers().end_offset == pin.end_offset()).then_some(table)
+    }
+
+    /// A table file of the segment at `base_offset`, covering at most `end_offset` and
+    /// `data_end`, if it checks out.
+    fn read_table(
+        &self,
+        path: &std::path::Path,
+        base_offset: u64,
+        end_offset: u64,
+        data_end: u64,
+    ) -> Option<Table> {
+        // Mapped, not read: the table stays in the page cache, not on the heap, however many
+        // segments a long-lived process has looked into. Table files are never written in
+        // place (a new one is renamed over the old), so the mapped bytes never change.
+        let file = std::fs::File::open(path).ok()?;
+        let bytes = segment::map_file(&file, path).ok()?;
+        Table::parse(bytes, base_offset, self.hash_kind, end_offset, data_end).ok()
+    }
+
+    /// Writes the in-memory table of the segment being written as a table file covering what
+    /// it holds, so that the next process starts from it instead of walking the segment. Only
+    /// for a log whose data is all durable (it is closed cleanly): recovery keeps such a table
+    /// only while the segment is not cut below its end.
+    pub fn persist(&self, partition: &Partition) -> Result<()> {
+        let mut mem = self.mem.lock();
+        let Some((segment, _)) = mem.as_ref() else {
+            return Ok(());
         };
-        Table::parse(bytes, &of).ok()
+        if segment.end_offset() != u64::MAX {
+            return Ok(());
+        }
+        let pin = segment.pin();
+        let map = pin.map()?;
+        let table = self.caught_up(&mut mem, partition, &pin, &map)?;
+        let bytes = table.encode(&table.covers(pin.base_offset, self.hash_kind));
+        write_table(
+            &segment::table_path(&partition.dir, pin.base_offset),
+            &bytes,
+        )
     }
 
     /// Walks the rest of a sealed segment into `table`, keeps the result as the segment's
@@ -305,12 +341,7 @@ impl StreamIndex {
         table
             .catch_up(data, pin.end_offset(), self.hash_kind)
             .map_err(|broken| Error::corrupt(&pin.path, broken.position, broken.reason))?;
-        let of = TableFor {
-            base_offset: pin.base_offset,
-            end_offset: pin.end_offset(),
-            hash_kind: self.hash_kind,
-            data_end: data.len() as u64,
-        };
+        let of = table.covers(pin.base_offset, self.hash_kind);
         let bytes = table.encode(&of);
         let path = segment::table_path(&partition.dir, pin.base_offset);
         // Best effort: the table is derived, and a failed write only means that the next
@@ -318,8 +349,14 @@ impl StreamIndex {
         if write_table(&path, &bytes).is_ok() {
             self.forget_file.lock().remove(&pin.base_offset);
         }
-        let table =
-            Table::parse(bytes.into(), &of).map_err(|reason| Error::corrupt(&path, 0, reason))?;
+        let table = Table::parse(
+            bytes.into(),
+            of.base_offset,
+            of.hash_kind,
+            of.end_offset,
+            of.end_position,
+        )
+        .map_err(|reason| Error::corrupt(&path, 0, reason))?;
         let table = Arc::new(table);
         self.tables.lock().insert(pin.base_offset, table.clone());
         Ok(table)

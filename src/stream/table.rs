@@ -16,13 +16,14 @@
 //!   8  u32     format version
 //!  12  u32     hash kind: 0 = key_hash; 1 = every key hashes to 0 (a test hook)
 //!  16  u64     base offset of the segment
-//!  24  u64     end offset of the segment (one past its last record)
+//!  24  u64     end offset: one past the last record the table covers (for a sealed segment,
+//!              its end; for the segment being written, where the table was written)
 //!  32  u32     key entry count
 //!  36  u32     id entry count
 //!  40  u32     key filter words
 //!  44  u32     id filter words
 //!  48  u32     CRC-32 of the body
-//!  52  [u8; 8] reserved, 0
+//!  52  u64     end position: where the frames the table covers end in the segment file
 //!  60  u32     CRC-32 of bytes [0, 60)
 //! body
 //!      key filter: u64 words      Bloom filter of the key hashes
@@ -44,15 +45,15 @@ pub const ID_COUNT_OFFSET: usize = KEY_COUNT_OFFSET + 4;
 pub const KEY_FILTER_OFFSET: usize = ID_COUNT_OFFSET + 4;
 pub const ID_FILTER_OFFSET: usize = KEY_FILTER_OFFSET + 4;
 pub const BODY_CRC_OFFSET: usize = ID_FILTER_OFFSET + 4;
-pub const RESERVED_OFFSET: usize = BODY_CRC_OFFSET + 4;
-pub const RESERVED_LEN: usize = 8;
-pub const HEADER_CRC_OFFSET: usize = RESERVED_OFFSET + RESERVED_LEN;
+pub const END_POSITION_OFFSET: usize = BODY_CRC_OFFSET + 4;
+pub const HEADER_CRC_OFFSET: usize = END_POSITION_OFFSET + 8;
 pub const TABLE_HEADER_LEN: usize = HEADER_CRC_OFFSET + codec::CRC_LEN;
 pub const KEY_ENTRY_LEN: usize = 24;
 pub const ID_ENTRY_LEN: usize = 24;
 
 const _: () = assert!(HASH_KIND_OFFSET == 12 && END_OFFSET_OFFSET == 24);
-const _: () = assert!(BODY_CRC_OFFSET == 48 && HEADER_CRC_OFFSET == 60);
+const _: () = assert!(BODY_CRC_OFFSET == 48 && END_POSITION_OFFSET == 52);
+const _: () = assert!(HEADER_CRC_OFFSET == 60);
 const _: () = assert!(TABLE_HEADER_LEN == 64);
 
 /// Which hash a table's key entries use.
@@ -99,14 +100,15 @@ pub struct IdEntry {
     pub index: u32,
 }
 
-/// What a table is for: the segment it describes and the hash it must use.
+/// What a table is for: the segment it describes, how far, and the hash it must use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableFor {
     pub base_offset: u64,
+    /// One past the last record covered.
     pub end_offset: u64,
+    /// Where the covered frames end in the segment file: no entry points at or past it.
+    pub end_position: u64,
     pub hash_kind: HashKind,
-    /// One past the last byte of the segment's data: no entry points at or past it.
-    pub data_end: u64,
 }
 
 /// Encodes a table of `keys` and `ids` (sorted here) for the segment `of`.
@@ -155,6 +157,7 @@ pub fn encode(of: &TableFor, keys: &mut [KeyEntry], ids: &mut [IdEntry]) -> Vec<
     put_u32(&mut header, KEY_FILTER_OFFSET, key_words as u32);
     put_u32(&mut header, ID_FILTER_OFFSET, id_words as u32);
     put_u32(&mut header, BODY_CRC_OFFSET, body_crc);
+    header[END_POSITION_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&of.end_position.to_le_bytes());
     codec::seal_header(&mut header);
     bytes[..TABLE_HEADER_LEN].copy_from_slice(&header);
     bytes
@@ -172,29 +175,50 @@ pub struct Table {
     id_filter: std::ops::Range<usize>,
     keys: std::ops::Range<usize>,
     ids: std::ops::Range<usize>,
+    of: TableFor,
+}
+
+/// The header's description of a table, if the header checks out (magic, checksum, version,
+/// known hash kind). Recovery reads it to decide whether a table may stay.
+pub fn read_header(bytes: &[u8]) -> Option<TableFor> {
+    codec::check_header(bytes, TABLE_HEADER_LEN, &TABLE_MAGIC).ok()?;
+    let h = &bytes[..TABLE_HEADER_LEN];
+    let hash_kind = match read_u32(h, HASH_KIND_OFFSET) {
+        0 => HashKind::Standard,
+        1 => HashKind::Colliding,
+        _ => return None,
+    };
+    Some(TableFor {
+        base_offset: read_u64(h, BASE_OFFSET_OFFSET),
+        end_offset: read_u64(h, END_OFFSET_OFFSET),
+        end_position: read_u64(h, END_POSITION_OFFSET),
+        hash_kind,
+    })
 }
 
 impl Table {
-    /// Checks `bytes` as the table `of` needs: header, checksums, sizes, order and bounds.
-    /// `Err` says what is wrong; the caller rebuilds the table from the segment.
-    pub fn parse(bytes: bytes::Bytes, of: &TableFor) -> Result<Table, &'static str> {
-        codec::check_header(&bytes, TABLE_HEADER_LEN, &TABLE_MAGIC)
-            .map_err(|_| "table header damaged or of another version")?;
-        let h = &bytes[..TABLE_HEADER_LEN];
-        if read_u32(h, HASH_KIND_OFFSET) != of.hash_kind.code() {
+    /// Checks `bytes` as a table of the segment at `base_offset`, with `hash_kind`, covering
+    /// at most `end_offset` and `data_end` (the segment's readable data): header, checksums,
+    /// sizes, order and bounds. `Err` says what is wrong; the caller rebuilds the table from
+    /// the segment. What the table covers is [`Table::covers`].
+    pub fn parse(
+        bytes: bytes::Bytes,
+        base_offset: u64,
+        hash_kind: HashKind,
+        end_offset: u64,
+        data_end: u64,
+    ) -> Result<Table, &'static str> {
+        let of = read_header(&bytes).ok_or("table header damaged or of another version")?;
+        if of.hash_kind != hash_kind {
             return Err("table built with another key hash");
         }
-        if read_u64(h, BASE_OFFSET_OFFSET) != of.base_offset
-            || read_u64(h, END_OFFSET_OFFSET) != of.end_offset
-        {
-            return Err("table of another segment, or of a shorter one");
+        if of.base_offset != base_offset {
+            return Err("table of another segment");
         }
-        if h[RESERVED_OFFSET..HEADER_CRC_OFFSET]
-            .iter()
-            .any(|&b| b != 0)
-        {
-            return Err("non-zero reserved bytes in a table header");
+        if of.end_offset > end_offset || of.end_position > data_end || of.end_offset < base_offset {
+            return Err("table covers more than the segment holds");
         }
+        let h = &bytes[..TABLE_HEADER_LEN];
         let key_count = read_u32(h, KEY_COUNT_OFFSET) as usize;
         let id_count = read_u32(h, ID_COUNT_OFFSET) as usize;
         let key_words = read_u32(h, KEY_FILTER_OFFSET) as usize;
@@ -219,13 +243,29 @@ impl Table {
             id_filter,
             keys,
             ids,
+            of,
         };
-        table.check_entries(of)?;
+        table.check_entries()?;
         Ok(table)
     }
 
-    fn check_entries(&self, of: &TableFor) -> Result<(), &'static str> {
-        let in_bounds = |position: u32| u64::from(position) < of.data_end;
+    /// The segment, records and bytes the table covers.
+    pub fn covers(&self) -> &TableFor {
+        &self.of
+    }
+
+    /// Every key entry, in table order.
+    pub fn all_key_entries(&self) -> impl Iterator<Item = KeyEntry> + '_ {
+        (0..self.key_count()).map(|i| self.key_entry(i))
+    }
+
+    /// Every id entry, in table order.
+    pub fn all_id_entries(&self) -> impl Iterator<Item = IdEntry> + '_ {
+        (0..self.id_count()).map(|i| self.id_entry(i))
+    }
+
+    fn check_entries(&self) -> Result<(), &'static str> {
+        let in_bounds = |position: u32| u64::from(position) < self.of.end_position;
         let mut last = None;
         for i in 0..self.key_count() {
             let entry = self.key_entry(i);
@@ -323,9 +363,19 @@ mod tests {
     const OF: TableFor = TableFor {
         base_offset: 100,
         end_offset: 200,
+        end_position: 10_000,
         hash_kind: HashKind::Standard,
-        data_end: 10_000,
     };
+
+    fn parse(bytes: bytes::Bytes, of: &TableFor) -> Result<Table, &'static str> {
+        Table::parse(
+            bytes,
+            of.base_offset,
+            of.hash_kind,
+            of.end_offset,
+            of.end_position,
+        )
+    }
 
     fn sample() -> Vec<u8> {
         let mut keys: Vec<KeyEntry> = (0..50u32)
@@ -348,7 +398,7 @@ mod tests {
 
     #[test]
     fn entries_come_back_by_key_hash_in_version_order_and_by_id() {
-        let table = Table::parse(sample().into(), &OF).unwrap();
+        let table = parse(sample().into(), &OF).unwrap();
         let entries = table.key_entries(3);
         assert_eq!(entries.len(), 7);
         assert!(entries
@@ -363,27 +413,38 @@ mod tests {
     fn every_damaged_or_torn_byte_is_refused() {
         let bytes = sample();
         for len in 0..bytes.len() {
-            assert!(Table::parse(bytes[..len].to_vec().into(), &OF).is_err());
+            assert!(parse(bytes[..len].to_vec().into(), &OF).is_err());
         }
         for at in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            assert!(Table::parse(damaged.into(), &OF).is_err(), "byte {at}");
+            assert!(parse(damaged.into(), &OF).is_err(), "byte {at}");
         }
     }
 
     #[test]
-    fn a_table_of_another_segment_or_hash_is_refused() {
+    fn a_table_of_another_segment_or_hash_or_covering_too_much_is_refused() {
         let bytes: bytes::Bytes = sample().into();
-        let other = TableFor {
-            end_offset: 201,
+        let shorter = TableFor {
+            end_offset: 199,
             ..OF
         };
-        assert!(Table::parse(bytes.clone(), &other).is_err());
+        assert!(parse(bytes.clone(), &shorter).is_err());
+        let other = TableFor {
+            base_offset: 101,
+            ..OF
+        };
+        assert!(parse(bytes.clone(), &other).is_err());
         let colliding = TableFor {
             hash_kind: HashKind::Colliding,
             ..OF
         };
-        assert!(Table::parse(bytes, &colliding).is_err());
+        assert!(parse(bytes.clone(), &colliding).is_err());
+        let longer = TableFor {
+            end_offset: 300,
+            ..OF
+        };
+        let table = parse(bytes, &longer).unwrap();
+        assert_eq!(*table.covers(), OF);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{map_file, rebuild_index, scan_index, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::{rebuild_index, scan_index, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::storage::index::{self, IndexEntry, IndexPolicy};
 
@@ -579,7 +579,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_sealed_segment(dir.path());
         let path = segment_path(dir.path(), 0);
-        let map = map_file(&std::fs::File::open(&path).unwrap(), &path).unwrap();
+        let map = super::super::map_file(&std::fs::File::open(&path).unwrap(), &path).unwrap();
         let len = map.len() as u64;
         let segment = Arc::new(Segment::active(dir.path(), 0, 0, len, map, Vec::new()));
         drop(segment.pin());

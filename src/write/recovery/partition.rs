@@ -11,7 +11,7 @@ use crate::storage::index::{self, IndexEntry, IndexPolicy};
 use crate::storage::io;
 use crate::storage::journal::{PartitionMark, NO_SEGMENT};
 use crate::storage::segment::{self, Segment, SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::stream::table::HashKind;
+use crate::stream::table::{self, HashKind};
 use crate::write::active::{Active, Lane, Resumed};
 use crate::write::partition::{partition_dir, Partition};
 use crate::write::recovery::PartitionRecovery;
@@ -103,12 +103,24 @@ pub(super) fn prepare_partition(
         io::remove_file(&seg_path, &config.faults)?;
         io::remove_file(&segment::index_path(&path, base), &config.faults)?;
     }
-    // Key tables are written only for sealed segments. One for the segment at the mark (which
-    // recovery may cut) or after it describes bytes that may change: it goes.
+    // A key table describes bytes of its segment. Those of a segment sealed before the mark
+    // never change; those of the segment at the mark change past the mark (recovery cuts and
+    // replays there), so its table (written at a clean close) stays only if it ends within
+    // the mark; segments after the mark are gone.
     for &base in &listing.tables {
-        let sealed_before_mark = mark.segment_base != NO_SEGMENT && base < mark.segment_base;
-        if !sealed_before_mark || listing.segments.binary_search(&base).is_err() {
-            io::remove_file(&segment::table_path(&path, base), &config.faults)?;
+        let table_path = segment::table_path(&path, base);
+        let keep =
+            if mark.segment_base == NO_SEGMENT || listing.segments.binary_search(&base).is_err() {
+                false
+            } else if base < mark.segment_base {
+                true
+            } else if base == mark.segment_base {
+                table_within_mark(&table_path, &mark)
+            } else {
+                false
+            };
+        if !keep {
+            io::remove_file(&table_path, &config.faults)?;
         }
     }
     for &base in &listing.indexes {
@@ -347,6 +359,19 @@ fn list(dir: &Path, faults: &io::Faults) -> Result<Listing> {
     listing.segments.sort_unstable();
     listing.indexes.sort_unstable();
     Ok(listing)
+}
+
+/// Whether the key table at `path` (of the segment at the mark) covers nothing past the mark.
+fn table_within_mark(path: &Path, mark: &PartitionMark) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; table::TABLE_HEADER_LEN];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut header));
+    read.is_ok()
+        && table::read_header(&header).is_some_and(|of| {
+            of.base_offset == mark.segment_base
+                && of.end_offset <= mark.end_offset
+                && of.end_position <= mark.synced_position
+        })
 }
 
 /// The key hash of the partition's key tables: the standard one, unless a test forces
