@@ -83,7 +83,7 @@ fn producers(log: &Log, threads: u64, per_thread: u64, keys: u64, kind: Kind) ->
         for t in 0..threads {
             let payload = &payload;
             scope.spawn(move || {
-                let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (t + 1) * 0x9e37_79b9);
+                let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((t + 1) * 0x9e37_79b9));
                 let mut versions = std::collections::HashMap::new();
                 for i in 0..per_thread {
                     // Keys of thread t are those with n % threads == t.

@@ -141,8 +141,8 @@ pub enum Error {
     /// Some of the call's event ids are already in the log and some are not: a retry must
     /// repeat the original call exactly. Nothing was written; `present` names the ids found.
     IdsPartlyPresent { present: Arc<[u128]> },
-    /// An event id is already in the log under another key, or appears twice in one call.
-    /// Nothing was written.
+    /// An event id is already in its key's partition under another key, or appears twice in one
+    /// call. Nothing was written. (Ids identify events within a partition.)
     IdReused { id: u128 },
     /// One call names the same key twice (multi-key appends take each key once).
     RepeatedKey { key: Bytes },

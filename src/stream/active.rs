@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::storage::frame::{self, Chain, RecordCursor};
-use crate::stream::table::{self, HashKind, IdEntry, KeyEntry, Table, TableFor};
+use crate::stream::table::{self, HashKind, IdEntry, KeyEntry, SegmentId, Table, TableFor};
 
 /// No previous entry.
 const NONE: u32 = u32::MAX;
@@ -56,13 +56,14 @@ impl MemTable {
         table
     }
 
-    /// What the table covers now.
-    pub fn covers(&self, base_offset: u64, hash_kind: HashKind) -> TableFor {
+    /// What the table covers now, of `segment`.
+    pub fn covers(&self, segment: &SegmentId) -> TableFor {
         TableFor {
-            base_offset,
+            base_offset: segment.base_offset,
+            segment_crc: segment.segment_crc,
             end_offset: self.offset,
             end_position: self.position,
-            hash_kind,
+            hash_kind: segment.hash_kind,
         }
     }
 

@@ -25,15 +25,16 @@ pub(crate) struct IdPlace {
 
 #[derive(Default)]
 pub(crate) struct UnpublishedIds {
-    places: HashMap<u128, IdPlace>,
+    /// By partition and id: an id identifies an event within its key's partition.
+    places: HashMap<(u32, u128), IdPlace>,
     /// Ids in the order of their frames' global positions, for removal once published.
-    order: VecDeque<(u64, u128)>,
+    order: VecDeque<(u64, u32, u128)>,
     epoch: u64,
 }
 
 impl UnpublishedIds {
-    pub fn get(&self, id: u128) -> Option<&IdPlace> {
-        self.places.get(&id)
+    pub fn get(&self, partition: u32, id: u128) -> Option<&IdPlace> {
+        self.places.get(&(partition, id))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -41,19 +42,21 @@ impl UnpublishedIds {
     }
 
     pub fn insert(&mut self, id: u128, place: IdPlace) {
-        self.order.push_back((place.frame_global_end, id));
-        self.places.insert(id, place);
+        let partition = place.appended.partition;
+        self.order
+            .push_back((place.frame_global_end, partition, id));
+        self.places.insert((partition, id), place);
     }
 
     /// Forgets the ids of frames wholly below `visible_global`: readers find them on disk now.
     pub fn remove_visible(&mut self, visible_global: u64) {
         let mut removed = false;
-        while let Some(&(end, id)) = self.order.front() {
+        while let Some(&(end, partition, id)) = self.order.front() {
             if end > visible_global {
                 break;
             }
             self.order.pop_front();
-            self.places.remove(&id);
+            self.places.remove(&(partition, id));
             removed = true;
         }
         if removed {

@@ -19,7 +19,7 @@ use crate::storage::frame::{self, FrameInfo, Probe, RecordCursor};
 use crate::storage::io;
 use crate::storage::segment::{self, Segment, SegmentPin};
 use crate::stream::active::MemTable;
-use crate::stream::table::{HashKind, KeyEntry, Table};
+use crate::stream::table::{HashKind, KeyEntry, SegmentId, Table};
 use crate::write::partition::Partition;
 use crate::write::Appended;
 
@@ -102,39 +102,59 @@ impl StreamIndex {
     pub fn find_id(&self, partition: &Partition, id: u128) -> Result<Option<FoundId>> {
         for segment in visible_segments(partition).iter().rev() {
             let pin = segment.pin();
-            let entry = if pin.end_offset() == u64::MAX {
+            let mut retried = false;
+            loop {
+                let sealed = pin.end_offset() != u64::MAX;
+                let entry = if sealed {
+                    self.table_of(partition, &pin)?.id_entry_of(id)
+                } else {
+                    let map = pin.map()?;
+                    let mut mem = self.mem.lock();
+                    self.caught_up(&mut mem, partition, &pin, &map)?
+                        .id_entry_of(id)
+                };
+                let Some(entry) = entry else { break };
                 let map = pin.map()?;
-                let mut mem = self.mem.lock();
-                self.caught_up(&mut mem, partition, &pin, &map)?
-                    .id_entry_of(id)
-            } else {
-                self.table_of(partition, &pin)?.id_entry_of(id)
-            };
-            let Some(entry) = entry else { continue };
-            let map = pin.map()?;
-            let data_len = pin.data(&map).len();
-            let found = check_id(&map, data_len, entry.position as usize, entry.index, id);
-            let Some((key, info, index)) = found else {
-                return Err(Error::corrupt(
-                    &pin.path,
-                    u64::from(entry.position),
-                    "an id table points at a frame without that id",
-                ));
-            };
-            let index = u64::from(index);
-            return Ok(Some(FoundId {
-                key,
-                appended: Appended {
-                    partition: partition.id,
-                    offset: info.base_offset + index,
-                    count: 1,
-                    version: info.base_version + index,
-                    global_position: info.global_position + index,
-                    duplicate: true,
-                },
-            }));
+                let data_len = pin.data(&map).len();
+                let found = check_id(&map, data_len, entry.position as usize, entry.index, id);
+                match found {
+                    Some((key, info, index)) => {
+                        let index = u64::from(index);
+                        return Ok(Some(FoundId {
+                            key,
+                            appended: Appended {
+                                partition: partition.id,
+                                offset: info.base_offset + index,
+                                count: 1,
+                                version: info.base_version + index,
+                                global_position: info.global_position + index,
+                                duplicate: true,
+                            },
+                        }));
+                    }
+                    None if sealed && !retried => {
+                        self.distrust(partition, pin.base_offset);
+                        retried = true;
+                    }
+                    None => {
+                        return Err(Error::corrupt(
+                            &pin.path,
+                            u64::from(entry.position),
+                            "an id table points at a frame without that id",
+                        ))
+                    }
+                }
+            }
         }
         Ok(None)
+    }
+
+    /// Forgets a sealed segment's table that lied (its file too): the next use rebuilds it.
+    fn distrust(&self, partition: &Partition, base_offset: u64) {
+        self.tables.lock().remove(&base_offset);
+        let path = segment::table_path(&partition.dir, base_offset);
+        let _ = io::remove_file(&path, &io::INDEX_FAULTS);
+        self.forget_file.lock().insert(base_offset);
     }
 
     /// Calls `visit` with the frames of `key`, newest first, until it returns false.
@@ -182,10 +202,7 @@ impl StreamIndex {
                     }
                     Err(_) if sealed && !retried => {
                         // The table lied: forget it (file included) and build it anew.
-                        self.tables.lock().remove(&pin.base_offset);
-                        let path = segment::table_path(&partition.dir, pin.base_offset);
-                        let _ = io::remove_file(&path, &io::INDEX_FAULTS);
-                        self.forget_file.lock().insert(pin.base_offset);
+                        self.distrust(partition, pin.base_offset);
                         retried = true;
                     }
                     Err(position) => {
@@ -231,7 +248,8 @@ impl StreamIndex {
             // A table file written when the log was last closed covers the segment's first
             // frames: continue from it instead of walking them.
             let path = segment::table_path(&partition.dir, pin.base_offset);
-            let prefix = self.read_table(&path, pin.base_offset, end_offset, data.len() as u64);
+            let id = self.segment_id(pin, map);
+            let prefix = self.read_table(&path, &id, end_offset, data.len() as u64);
             let table = match prefix {
                 Some(prefix) => MemTable::after(Arc::new(prefix)),
                 None => MemTable::new(pin.base_offset),
@@ -285,8 +303,35 @@ impl StreamIndex {
             u64::MAX => std::fs::metadata(&pin.path).ok()?.len(),
             end => end,
         };
-        let table = self.read_table(path, pin.base_offset, pin.end_offset(), data_end)?;
+        let id = self.segment_id_from_file(pin)?;
+        let table = self.read_table(path, &id, pin.end_offset(), data_end)?;
         (table.covers().end_offset == pin.end_offset()).then_some(table)
+    }
+
+    /// The identity a table of this segment must carry, from the segment file's header (read
+    /// without mapping the segment: most tables are read for segments that hold nothing of the
+    /// key looked up).
+    fn segment_id_from_file(&self, pin: &SegmentPin) -> Option<SegmentId> {
+        use std::io::Read;
+        let mut header = [0u8; segment::SEGMENT_HEADER_LEN];
+        std::fs::File::open(&pin.path)
+            .and_then(|mut file| file.read_exact(&mut header))
+            .ok()?;
+        Some(self.segment_id(pin, &header))
+    }
+
+    /// The identity of the segment whose header starts `bytes` (its mapping or its header).
+    fn segment_id(&self, pin: &SegmentPin, bytes: &[u8]) -> SegmentId {
+        let crc = bytes
+            .get(segment::SEGMENT_HEADER_CRC_OFFSET..segment::SEGMENT_HEADER_LEN)
+            .map_or(0, |crc| {
+                u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
+            });
+        SegmentId {
+            base_offset: pin.base_offset,
+            segment_crc: crc,
+            hash_kind: self.hash_kind,
+        }
     }
 
     /// A table file of the segment at `base_offset`, covering at most `end_offset` and
@@ -294,7 +339,7 @@ impl StreamIndex {
     fn read_table(
         &self,
         path: &std::path::Path,
-        base_offset: u64,
+        segment: &SegmentId,
         end_offset: u64,
         data_end: u64,
     ) -> Option<Table> {
@@ -303,7 +348,7 @@ impl StreamIndex {
         // place (a new one is renamed over the old), so the mapped bytes never change.
         let file = std::fs::File::open(path).ok()?;
         let bytes = segment::map_file(&file, path).ok()?;
-        Table::parse(bytes, base_offset, self.hash_kind, end_offset, data_end).ok()
+        Table::parse(bytes, segment, end_offset, data_end).ok()
     }
 
     /// Writes the in-memory table of the segment being written as a table file covering what
@@ -320,8 +365,9 @@ impl StreamIndex {
         }
         let pin = segment.pin();
         let map = pin.map()?;
+        let id = self.segment_id(&pin, &map);
         let table = self.caught_up(&mut mem, partition, &pin, &map)?;
-        let bytes = table.encode(&table.covers(pin.base_offset, self.hash_kind));
+        let bytes = table.encode(&table.covers(&id));
         write_table(
             &segment::table_path(&partition.dir, pin.base_offset),
             &bytes,
@@ -341,7 +387,7 @@ impl StreamIndex {
         table
             .catch_up(data, pin.end_offset(), self.hash_kind)
             .map_err(|broken| Error::corrupt(&pin.path, broken.position, broken.reason))?;
-        let of = table.covers(pin.base_offset, self.hash_kind);
+        let of = table.covers(&self.segment_id(pin, &map));
         let bytes = table.encode(&of);
         let path = segment::table_path(&partition.dir, pin.base_offset);
         // Best effort: the table is derived, and a failed write only means that the next
@@ -349,14 +395,9 @@ impl StreamIndex {
         if write_table(&path, &bytes).is_ok() {
             self.forget_file.lock().remove(&pin.base_offset);
         }
-        let table = Table::parse(
-            bytes.into(),
-            of.base_offset,
-            of.hash_kind,
-            of.end_offset,
-            of.end_position,
-        )
-        .map_err(|reason| Error::corrupt(&path, 0, reason))?;
+        let id = self.segment_id(pin, &map);
+        let table = Table::parse(bytes.into(), &id, of.end_offset, of.end_position)
+            .map_err(|reason| Error::corrupt(&path, 0, reason))?;
         let table = Arc::new(table);
         self.tables.lock().insert(pin.base_offset, table.clone());
         Ok(table)

@@ -23,7 +23,9 @@
 //!  40  u32     key filter words
 //!  44  u32     id filter words
 //!  48  u32     CRC-32 of the body
-//!  52  u64     end position: where the frames the table covers end in the segment file
+//!  52  u32     CRC-32 field of the segment's header (bytes 60..64 of the segment file): ties
+//!              the table to one segment file (partition, base offset, creation time)
+//!  56  u32     end position: where the frames the table covers end in the segment file
 //!  60  u32     CRC-32 of bytes [0, 60)
 //! body
 //!      key filter: u64 words      Bloom filter of the key hashes
@@ -45,14 +47,16 @@ pub const ID_COUNT_OFFSET: usize = KEY_COUNT_OFFSET + 4;
 pub const KEY_FILTER_OFFSET: usize = ID_COUNT_OFFSET + 4;
 pub const ID_FILTER_OFFSET: usize = KEY_FILTER_OFFSET + 4;
 pub const BODY_CRC_OFFSET: usize = ID_FILTER_OFFSET + 4;
-pub const END_POSITION_OFFSET: usize = BODY_CRC_OFFSET + 4;
-pub const HEADER_CRC_OFFSET: usize = END_POSITION_OFFSET + 8;
+pub const SEGMENT_CRC_OFFSET: usize = BODY_CRC_OFFSET + 4;
+pub const END_POSITION_OFFSET: usize = SEGMENT_CRC_OFFSET + 4;
+pub const HEADER_CRC_OFFSET: usize = END_POSITION_OFFSET + 4;
 pub const TABLE_HEADER_LEN: usize = HEADER_CRC_OFFSET + codec::CRC_LEN;
 pub const KEY_ENTRY_LEN: usize = 24;
 pub const ID_ENTRY_LEN: usize = 24;
 
 const _: () = assert!(HASH_KIND_OFFSET == 12 && END_OFFSET_OFFSET == 24);
-const _: () = assert!(BODY_CRC_OFFSET == 48 && END_POSITION_OFFSET == 52);
+const _: () =
+    assert!(BODY_CRC_OFFSET == 48 && SEGMENT_CRC_OFFSET == 52 && END_POSITION_OFFSET == 56);
 const _: () = assert!(HEADER_CRC_OFFSET == 60);
 const _: () = assert!(TABLE_HEADER_LEN == 64);
 
@@ -104,6 +108,8 @@ pub struct IdEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableFor {
     pub base_offset: u64,
+    /// The checksum field of the segment's header: which segment file, exactly.
+    pub segment_crc: u32,
     /// One past the last record covered.
     pub end_offset: u64,
     /// Where the covered frames end in the segment file: no entry points at or past it.
@@ -157,7 +163,9 @@ pub fn encode(of: &TableFor, keys: &mut [KeyEntry], ids: &mut [IdEntry]) -> Vec<
     put_u32(&mut header, KEY_FILTER_OFFSET, key_words as u32);
     put_u32(&mut header, ID_FILTER_OFFSET, id_words as u32);
     put_u32(&mut header, BODY_CRC_OFFSET, body_crc);
-    header[END_POSITION_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&of.end_position.to_le_bytes());
+    put_u32(&mut header, SEGMENT_CRC_OFFSET, of.segment_crc);
+    // Positions inside a segment fit in u32: segments are at most SEGMENT_BYTES_MAX long.
+    put_u32(&mut header, END_POSITION_OFFSET, of.end_position as u32);
     codec::seal_header(&mut header);
     bytes[..TABLE_HEADER_LEN].copy_from_slice(&header);
     bytes
@@ -190,10 +198,19 @@ pub fn read_header(bytes: &[u8]) -> Option<TableFor> {
     };
     Some(TableFor {
         base_offset: read_u64(h, BASE_OFFSET_OFFSET),
+        segment_crc: read_u32(h, SEGMENT_CRC_OFFSET),
         end_offset: read_u64(h, END_OFFSET_OFFSET),
-        end_position: read_u64(h, END_POSITION_OFFSET),
+        end_position: u64::from(read_u32(h, END_POSITION_OFFSET)),
         hash_kind,
     })
+}
+
+/// Which segment file a table must describe, and with which hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentId {
+    pub base_offset: u64,
+    pub segment_crc: u32,
+    pub hash_kind: HashKind,
 }
 
 impl Table {
@@ -203,19 +220,21 @@ impl Table {
     /// the segment. What the table covers is [`Table::covers`].
     pub fn parse(
         bytes: bytes::Bytes,
-        base_offset: u64,
-        hash_kind: HashKind,
+        segment: &SegmentId,
         end_offset: u64,
         data_end: u64,
     ) -> Result<Table, &'static str> {
         let of = read_header(&bytes).ok_or("table header damaged or of another version")?;
-        if of.hash_kind != hash_kind {
+        if of.hash_kind != segment.hash_kind {
             return Err("table built with another key hash");
         }
-        if of.base_offset != base_offset {
+        if of.base_offset != segment.base_offset || of.segment_crc != segment.segment_crc {
             return Err("table of another segment");
         }
-        if of.end_offset > end_offset || of.end_position > data_end || of.end_offset < base_offset {
+        if of.end_offset > end_offset
+            || of.end_position > data_end
+            || of.end_offset < segment.base_offset
+        {
             return Err("table covers more than the segment holds");
         }
         let h = &bytes[..TABLE_HEADER_LEN];
@@ -362,19 +381,19 @@ mod tests {
 
     const OF: TableFor = TableFor {
         base_offset: 100,
+        segment_crc: 0xfeed,
         end_offset: 200,
         end_position: 10_000,
         hash_kind: HashKind::Standard,
     };
 
     fn parse(bytes: bytes::Bytes, of: &TableFor) -> Result<Table, &'static str> {
-        Table::parse(
-            bytes,
-            of.base_offset,
-            of.hash_kind,
-            of.end_offset,
-            of.end_position,
-        )
+        let segment = SegmentId {
+            base_offset: of.base_offset,
+            segment_crc: of.segment_crc,
+            hash_kind: of.hash_kind,
+        };
+        Table::parse(bytes, &segment, of.end_offset, of.end_position)
     }
 
     fn sample() -> Vec<u8> {
@@ -435,6 +454,11 @@ mod tests {
             ..OF
         };
         assert!(parse(bytes.clone(), &other).is_err());
+        let another_file = TableFor {
+            segment_crc: 0xbeef,
+            ..OF
+        };
+        assert!(parse(bytes.clone(), &another_file).is_err());
         let colliding = TableFor {
             hash_kind: HashKind::Colliding,
             ..OF

@@ -375,7 +375,9 @@ impl Sequencer {
                 };
                 // `found` has one answer per id of the call, in order: always step it.
                 let disk = found.next().cloned().flatten();
-                let place = match pending.ids.get(id) {
+                // Ids are looked for in the key's partition (on disk, and so here too).
+                let queued = pending.ids.get(write.partition, id);
+                let place = match queued {
                     Some(place) => {
                         global_end = global_end.max(place.frame_global_end);
                         Some((Bytes::copy_from_slice(&place.key), place.appended))
@@ -454,6 +456,8 @@ impl Sequencer {
             match self.encode_one(pending, write, global, timestamp_ms, joined) {
                 Ok(frame) => {
                     global = frame.global_end();
+                    // At once: the call's next frame may go to the same partition.
+                    pending.next_offsets[frame.partition as usize] = frame.end_offset();
                     pending.frames.push(frame);
                 }
                 Err(error) => {
@@ -471,17 +475,18 @@ impl Sequencer {
             });
         }
         if let Some(error) = failure {
-            // Take back the call's frames (and the record header room, if they were the first).
+            // Take back the call's frames (and the record header room, if they were the first),
+            // and the offsets they took: each partition continues at its first frame's base.
+            for frame in pending.frames.split_off(frames_start).iter().rev() {
+                pending.next_offsets[frame.partition as usize] = frame.base_offset;
+            }
             pending.bytes.truncate(if first { 0 } else { call_start });
-            pending.frames.truncate(frames_start);
             return Err(error);
         }
         let mut first_place = None;
         let mut more = Vec::new();
-        for i in 0..writes.len() {
+        for (i, write) in writes.iter().enumerate() {
             let frame = pending.frames[frames_start + i];
-            let write = &writes[i];
-            pending.next_offsets[frame.partition as usize] = frame.end_offset();
             pending.versions.set(
                 write.key,
                 frame.base_version + u64::from(frame.record_count),

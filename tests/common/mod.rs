@@ -1,13 +1,17 @@
 //! Helpers shared by the integration tests, each of which includes them with `mod common;`:
 //! options for small logs, reading records back, a log with a sealed segment, payloads, and in
-//! the submodules the on-disk layout (`segment_files`), deterministic generators (`rng`) and
-//! child processes (`child`).
+//! the submodules the on-disk layout (`segment_files`), deterministic generators (`rng`), aggregate
+//! streams (`streams`) and child processes (`child`).
 #![allow(dead_code)]
 
 pub mod child;
 pub mod rng;
 pub mod segment_files;
+pub mod streams;
 
+use std::sync::Arc;
+
+use annal::io::FailPoints;
 use annal::{Durability, Log, Options, Record};
 
 use segment_files::segment_bases;
@@ -101,4 +105,25 @@ pub fn sealed_log(options: Options, count: usize, payload: &[u8]) -> tempfile::T
     let segments = segment_bases(dir.path(), 0).len();
     assert!(segments >= 2, "segment 0 is sealed");
     dir
+}
+
+/// Holds the syncs of a log's fail points from `new` until dropped. Declared after the `Log`
+/// (locals drop in reverse order), it releases them before the log's drop waits for its
+/// writer: a test that fails while syncs are held fails instead of hanging.
+pub struct SyncsHeld(Arc<FailPoints>);
+
+impl SyncsHeld {
+    pub fn new(fail_points: &Arc<FailPoints>) -> SyncsHeld {
+        fail_points.hold_syncs();
+        SyncsHeld(fail_points.clone())
+    }
+
+    /// Lets the held syncs (and every later one) go.
+    pub fn release(self) {}
+}
+
+impl Drop for SyncsHeld {
+    fn drop(&mut self) {
+        self.0.release_syncs();
+    }
 }
