@@ -48,7 +48,39 @@ fn build(dir: &std::path::Path, events: u64, keys: u64) -> Duration {
             .expect("append");
     }
     log.close().expect("close");
-    started.elapsed()
+    let built = started.elapsed();
+    // The indexer builds sealed segments' key tables in the background, at the lowest priority:
+    // while one producer keeps both cores busy it falls behind. A log in service has them; wait
+    // for them here (an open starts the indexer on the segments still without a table).
+    let log = Log::open(dir, Options::default()).expect("open");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !all_tables_built(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log.close().expect("close");
+    built
+}
+
+/// Whether every sealed segment (every segment but the last of each partition) has its table.
+fn all_tables_built(dir: &std::path::Path) -> bool {
+    let Ok(partitions) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    for partition in partitions.flatten().filter(|e| e.path().is_dir()) {
+        let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(partition.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        segments.sort();
+        segments.pop();
+        if segments.iter().any(|s| !s.with_extension("keys").exists()) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Median and 99th percentile of `samples`.

@@ -15,6 +15,7 @@ use crate::record::Event;
 use crate::storage::hash;
 use crate::storage::io;
 use crate::storage::meta::{self, Meta};
+use crate::stream::indexer::Indexer;
 use crate::stream::snapshot::SnapshotStore;
 use crate::stream::Expected;
 use crate::write::journal::JournalWriter;
@@ -56,6 +57,8 @@ pub struct Log {
     options: Options,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Builds the key tables of sealed segments in the background (`stream/indexer.rs`).
+    indexer: Mutex<Option<Indexer>>,
     report: RecoveryReport,
     pub(crate) snapshots: SnapshotStore,
     /// The process that opened the log: only it has the writer thread.
@@ -133,6 +136,7 @@ impl Log {
             partitions: recovered.partitions,
             counters,
         });
+        let indexer = Indexer::start(&shared.partitions)?;
         let writer = Writer::new(
             shared.clone(),
             WriterStart {
@@ -152,6 +156,7 @@ impl Log {
             options,
             shared,
             writer: Mutex::new(Some(handle)),
+            indexer: Mutex::new(Some(indexer)),
             report: recovered.report,
             snapshots,
             pid: std::process::id(),
@@ -426,6 +431,9 @@ impl Log {
         // A writer that panicked has poisoned the log (see writer.rs), which is reported below;
         // the join error itself carries nothing more.
         let _ = writer.join();
+        if let Some(indexer) = self.indexer.lock().take() {
+            indexer.stop(&self.shared.partitions);
+        }
         self.shared.progress.final_report()?;
         // Everything is durable now: each partition's in-memory key table can be kept for the
         // next open (best effort; without it, the next process walks the segment instead).

@@ -1,5 +1,5 @@
 //! What a log costs is proportional to its data, not to its partition count: a new empty log
-//! takes kilobytes of disk, one thread and no partition directory, at any partition count; and a
+//! takes kilobytes of disk, two threads (the writer and the indexer) and no partition directory, at any partition count; and a
 //! written partition holds one open file.
 //!
 //! Regression test for a fixed defect: an empty default log (8 partitions) took 257 MB of disk
@@ -36,7 +36,7 @@ fn disk_bytes(dir: &Path) -> u64 {
 }
 
 #[test]
-fn an_empty_log_costs_kilobytes_one_thread_and_one_file_per_written_partition() {
+fn an_empty_log_costs_kilobytes_two_threads_and_one_file_per_written_partition() {
     for partitions in [1u32, 8, 64, 1024, 4096] {
         let root = tempfile::tempdir().unwrap();
         let threads_before = threads();
@@ -44,8 +44,8 @@ fn an_empty_log_costs_kilobytes_one_thread_and_one_file_per_written_partition() 
         let log = Log::open(root.path(), Options::default().partitions(partitions)).unwrap();
         assert_eq!(
             threads() - threads_before,
-            1,
-            "{partitions} partitions: one writer"
+            2,
+            "{partitions} partitions: one writer and one indexer"
         );
         // The lock and the journal stay open.
         assert_eq!(open_files() - files_before, 2, "{partitions} partitions");

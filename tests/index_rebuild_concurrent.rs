@@ -17,8 +17,8 @@ use annal::{Durability, Event, Log, Options};
 use common::rng::SplitMix64;
 use common::segment_files::{index_path, segment_bases, INDEX_ENTRY_LEN, INDEX_HEADER_LEN};
 
-/// More sealed segments than the process keeps idle (`SEALED_SEGMENTS_IDLE_MAX`, 16), so that
-/// readers also race with releases.
+/// More sealed segments than the process keeps idle (lowered to 16 for this test, from 1,024), so
+/// that readers also race with releases.
 const SEALED_SEGMENTS_MIN: usize = 24;
 const PAYLOAD_BYTES: usize = 200;
 const READERS: usize = 4;
@@ -26,6 +26,7 @@ const ROUNDS: usize = 50;
 const READS_PER_ROUND: usize = 100;
 
 fn options() -> Options {
+    annal::io::set_sealed_segments_idle_max(16);
     common::small_segments(Durability::Buffered).index_interval_bytes(1)
 }
 

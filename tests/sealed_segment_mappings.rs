@@ -13,8 +13,9 @@ use std::path::Path;
 use annal::{Durability, Event, Log, Record};
 use common::segment_files::segment_bases;
 
-/// Mirrors `SEALED_SEGMENTS_IDLE_MAX` in `src/storage/segment.rs`: sealed segments kept mapped
-/// per process after their last reader left.
+/// Sealed segments kept mapped per process after their last reader left: lowered from the
+/// default (`SEALED_SEGMENTS_IDLE_MAX`, 1,024) so that a hundred small segments exceed it. Every
+/// test of this file sets it first (they run in one process).
 const SEALED_SEGMENTS_IDLE_MAX: usize = 16;
 /// Enough events of `PAYLOAD_BYTES` for about 120 small segments: one mapping per segment is
 /// then unmistakable.
@@ -35,6 +36,7 @@ fn segment_mappings(dir: &Path) -> usize {
 /// A log of `EVENTS` events in many small segments, appended in batches without waiting for
 /// fsyncs.
 fn many_segments(dir: &Path) -> Log {
+    annal::io::set_sealed_segments_idle_max(SEALED_SEGMENTS_IDLE_MAX);
     let log = Log::open(dir, common::small_segments(Durability::Buffered)).unwrap();
     let payload = vec![3u8; PAYLOAD_BYTES];
     let batch: Vec<Event<'_>> = (0..10).map(|_| Event::new(&payload)).collect();

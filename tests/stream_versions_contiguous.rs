@@ -302,9 +302,18 @@ fn a_stalled_write_under_buffered_keeps_the_versions_it_acknowledged() {
     log.flush().unwrap();
 
     fail_points.fail_writes(u32::MAX);
-    // Acknowledged when queued, with its version: that version is final.
+    // Acknowledged when queued, with its version: that version is final. The second append
+    // meets the stall if the writer already tried the first (its linger is 200 us): it is then
+    // refused, and `b` stays empty.
     assert_eq!(log.append(&a, b"a1").unwrap().version, 1);
-    assert_eq!(log.append(&b, b"b0").unwrap().version, 0);
+    let b_queued = match log.append(&b, b"b0") {
+        Ok(appended) => {
+            assert_eq!(appended.version, 0);
+            true
+        }
+        Err(Error::WritesStalled { .. }) => false,
+        Err(other) => panic!("{other:?}"),
+    };
     let stalled = log.flush().unwrap_err();
     assert!(
         matches!(stalled, Error::WritesStalled { .. }),
@@ -334,7 +343,14 @@ fn a_stalled_write_under_buffered_keeps_the_versions_it_acknowledged() {
             a.clone(),
             vec![b"a0".to_vec(), b"a1".to_vec(), b"a2".to_vec()],
         ),
-        (b.clone(), vec![b"b0".to_vec()]),
+        (
+            b.clone(),
+            if b_queued {
+                vec![b"b0".to_vec()]
+            } else {
+                Vec::new()
+            },
+        ),
     ]
     .into_iter()
     .collect();

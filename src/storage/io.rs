@@ -16,6 +16,11 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::storage::simdisk;
 
+/// Lowers (or raises) the process's bound on idle sealed segments kept mapped, for tests of
+/// their release (`storage/segment/cache.rs`).
+#[doc(hidden)]
+pub use crate::storage::segment::set_sealed_segments_idle_max;
+
 /// Failures to inject into the file operations of one log. For tests of error handling.
 ///
 /// Each counter makes the next `n` calls of that operation fail; `disk_full` makes every write

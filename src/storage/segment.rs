@@ -34,7 +34,7 @@ use crate::FORMAT_VERSION;
 mod cache;
 
 use cache::Cache;
-pub use cache::{ScanStart, SegmentPin};
+pub use cache::{set_sealed_segments_idle_max, ScanStart, SegmentPin};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ANNALSEG";
 pub const SEGMENT_PARTITION_OFFSET: usize = codec::HEADER_PREFIX_LEN;

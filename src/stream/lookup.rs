@@ -19,9 +19,13 @@ use crate::storage::frame::{self, FrameInfo, Probe, RecordCursor};
 use crate::storage::io;
 use crate::storage::segment::{self, Segment, SegmentPin};
 use crate::stream::active::MemTable;
+use crate::stream::indexer::Job;
 use crate::stream::table::{HashKind, KeyEntry, SegmentId, Table};
 use crate::write::partition::Partition;
 use crate::write::Appended;
+
+/// Sealed segments' tables kept per partition (each is a mapping of its file).
+const TABLES_CACHED_MAX: usize = 1024;
 
 /// The key lookup state of one partition.
 pub(crate) struct StreamIndex {
@@ -32,6 +36,8 @@ pub(crate) struct StreamIndex {
     mem: Mutex<Option<(Arc<Segment>, MemTable)>>,
     /// Sealed segments whose table file was found lying: not read again by this process.
     forget_file: Mutex<std::collections::HashSet<u64>>,
+    /// Where the writer's sealed segments go to have their tables built (`indexer.rs`).
+    sealed_to: Mutex<Option<crossbeam_channel::Sender<Job>>>,
 }
 
 /// A checked frame of the key asked for.
@@ -63,7 +69,32 @@ impl StreamIndex {
             tables: Mutex::new(HashMap::new()),
             mem: Mutex::new(None),
             forget_file: Mutex::new(std::collections::HashSet::new()),
+            sealed_to: Mutex::new(None),
         }
+    }
+
+    /// Sends the segments sealed from now on to `jobs`.
+    pub fn send_sealed_to(&self, jobs: crossbeam_channel::Sender<Job>) {
+        *self.sealed_to.lock() = Some(jobs);
+    }
+
+    pub fn stop_sending_sealed(&self) {
+        self.sealed_to.lock().take();
+    }
+
+    /// Called by the writer when it sealed `segment`: its table is built in the background.
+    pub fn sealed(&self, partition: u32, segment: &Arc<Segment>) {
+        if let Some(jobs) = self.sealed_to.lock().as_ref() {
+            let _ = jobs.send(Job {
+                partition,
+                segment: segment.clone(),
+            });
+        }
+    }
+
+    /// Builds (or loads) the table of a sealed segment, for the indexer.
+    pub fn index_sealed(&self, partition: &Partition, segment: &Arc<Segment>) -> Result<()> {
+        self.table_of(partition, &segment.pin()).map(drop)
     }
 
     /// The last version of `key` among the partition's visible events; `None` if it has none.
@@ -100,6 +131,7 @@ impl StreamIndex {
 
     /// The visible event with this id in the partition, if any.
     pub fn find_id(&self, partition: &Partition, id: u128) -> Result<Option<FoundId>> {
+        let visible_end = partition.visible_end();
         for segment in visible_segments(partition).iter().rev() {
             let pin = segment.pin();
             let mut retried = false;
@@ -118,6 +150,8 @@ impl StreamIndex {
                 let data_len = pin.data(&map).len();
                 let found = check_id(&map, data_len, entry.position as usize, entry.index, id);
                 match found {
+                    // Not visible yet: the sequencer still holds it among its queued ids.
+                    Some((_, info, _)) if info.base_offset >= visible_end => return Ok(None),
                     Some((key, info, index)) => {
                         let index = u64::from(index);
                         return Ok(Some(FoundId {
@@ -165,6 +199,9 @@ impl StreamIndex {
         mut visit: impl FnMut(FoundFrame) -> bool,
     ) -> Result<()> {
         let hash = self.hash_kind.hash(key);
+        // A sealed segment's table covers all of it, also while the round that sealed it is
+        // not yet published: frames past the visible end are not returned.
+        let visible_end = partition.visible_end();
         for segment in visible_segments(partition).iter().rev() {
             let pin = segment.pin();
             let mut retried = false;
@@ -187,7 +224,10 @@ impl StreamIndex {
                 let data = pin.data(&map);
                 match check_frames(data, &entries, key) {
                     Ok(found) => {
-                        for (position, info) in found.into_iter().rev() {
+                        let visible = found
+                            .into_iter()
+                            .filter(|(_, f)| f.base_offset < visible_end);
+                        for (position, info) in visible.rev() {
                             let frame = FoundFrame {
                                 map: map.clone(),
                                 segment_base: pin.base_offset,
@@ -276,7 +316,7 @@ impl StreamIndex {
         if !distrusted {
             if let Some(table) = self.table_file(pin, &path) {
                 let table = Arc::new(table);
-                self.tables.lock().insert(pin.base_offset, table.clone());
+                self.keep_table(pin.base_offset, table.clone());
                 return Ok(table);
             }
         }
@@ -347,7 +387,7 @@ impl StreamIndex {
         // segments a long-lived process has looked into. Table files are never written in
         // place (a new one is renamed over the old), so the mapped bytes never change.
         let file = std::fs::File::open(path).ok()?;
-        let bytes = segment::map_file(&file, path).ok()?;
+        let bytes = segment::map_file_with(&file, path, segment::Populate::Now).ok()?;
         Table::parse(bytes, segment, end_offset, data_end).ok()
     }
 
@@ -399,8 +439,20 @@ impl StreamIndex {
         let table = Table::parse(bytes.into(), &id, of.end_offset, of.end_position)
             .map_err(|reason| Error::corrupt(&path, 0, reason))?;
         let table = Arc::new(table);
-        self.tables.lock().insert(pin.base_offset, table.clone());
+        self.keep_table(pin.base_offset, table.clone());
         Ok(table)
+    }
+
+    /// Caches a sealed segment's table, within `TABLES_CACHED_MAX` (each one is a mapping).
+    fn keep_table(&self, base_offset: u64, table: Arc<Table>) {
+        let mut tables = self.tables.lock();
+        if tables.len() >= TABLES_CACHED_MAX {
+            // Any one: a table dropped is mapped again when needed.
+            if let Some(&victim) = tables.keys().next() {
+                tables.remove(&victim);
+            }
+        }
+        tables.insert(base_offset, table);
     }
 }
 

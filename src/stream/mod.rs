@@ -10,6 +10,7 @@
 pub(crate) mod active;
 pub(crate) mod bloom;
 pub(crate) mod ids;
+pub(crate) mod indexer;
 pub(crate) mod lookup;
 pub(crate) mod read;
 pub(crate) mod snapshot;

@@ -341,10 +341,10 @@ impl Table {
             return Vec::new();
         }
         let n = self.key_count();
-        let (mut low, mut high) = (0, n);
+        let (mut low, mut high) = self.bracket(hash, n);
         while low < high {
             let mid = (low + high) / 2;
-            if self.key_entry(mid).hash < hash {
+            if self.key_hash_at(mid) < hash {
                 low = mid + 1;
             } else {
                 high = mid;
@@ -354,6 +354,48 @@ impl Table {
             .map(|i| self.key_entry(i))
             .take_while(|entry| entry.hash == hash)
             .collect()
+    }
+
+    /// A range `[low, high)` of entries holding the first entry whose hash is at least `hash`.
+    ///
+    /// Key hashes are spread evenly over `u64`, so an entry's place is about `hash / 2^64` of
+    /// the way through the table: start there and widen the window by doubling until it
+    /// brackets the hash. Typically a few probes near each other (one or two page touches)
+    /// instead of the 17 scattered ones of a binary search over 100,000 entries. Any order of
+    /// hashes (colliding ones included) still gives the right range, only more probes.
+    fn bracket(&self, hash: u64, n: usize) -> (usize, usize) {
+        if n == 0 {
+            return (0, 0);
+        }
+        let guess = ((u128::from(hash) * n as u128) >> 64) as usize;
+        let guess = guess.min(n - 1);
+        let mut step = 16;
+        if self.key_hash_at(guess) < hash {
+            // The entry is after `guess`.
+            let mut low = guess + 1;
+            loop {
+                let probe = low.saturating_add(step).min(n);
+                if probe == n || self.key_hash_at(probe) >= hash {
+                    return (low, probe);
+                }
+                low = probe + 1;
+                step *= 2;
+            }
+        }
+        // The entry is at or before `guess`.
+        let mut high = guess;
+        loop {
+            let probe = high.saturating_sub(step);
+            if probe == 0 || self.key_hash_at(probe - 1) < hash {
+                return (probe, high);
+            }
+            high = probe - 1;
+            step *= 2;
+        }
+    }
+
+    fn key_hash_at(&self, i: usize) -> u64 {
+        read_u64(&self.bytes, self.keys.start + i * KEY_ENTRY_LEN)
     }
 
     /// The event with this id, if the table has it.
@@ -426,6 +468,52 @@ mod tests {
         assert!(table.key_entries(1 << 40).is_empty());
         assert_eq!(table.id_entry_of(7u128 << 70 | 5).unwrap().position, 764);
         assert_eq!(table.id_entry_of(7u128 << 70 | 6), None);
+    }
+
+    #[test]
+    fn the_interpolated_search_finds_what_a_scan_finds() {
+        // Spread hashes, clustered hashes and runs of equal hashes.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut hashes: Vec<u64> = (0..3_000).map(|_| next()).collect();
+        hashes.extend((0..500).map(|i| 1_000 + i / 50));
+        hashes.extend([0, 0, 0, u64::MAX, u64::MAX]);
+        let mut keys: Vec<KeyEntry> = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, &hash)| KeyEntry {
+                hash,
+                base_version: i as u64,
+                position: 64,
+                count: 1,
+            })
+            .collect();
+        let bytes = encode(&OF, &mut keys, &mut []);
+        let table = parse(bytes.into(), &OF).unwrap();
+        let mut probes = hashes.clone();
+        probes.extend((0..2_000).map(|_| next()));
+        probes.extend([1, 999, 1_005, u64::MAX - 1]);
+        for hash in probes {
+            let expected: Vec<u64> = keys
+                .iter()
+                .filter(|e| e.hash == hash)
+                .map(|e| e.base_version)
+                .collect();
+            let mut found: Vec<u64> = table
+                .key_entries(hash)
+                .iter()
+                .map(|e| e.base_version)
+                .collect();
+            found.sort_unstable();
+            let mut expected = expected;
+            expected.sort_unstable();
+            assert_eq!(found, expected, "hash {hash:#x}");
+        }
     }
 
     #[test]

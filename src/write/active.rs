@@ -300,6 +300,9 @@ impl Lane {
         flush_entries(&mut old);
         persist_index(&mut old);
         old.segment.seal(old.written_end, old.written_position);
+        self.partition
+            .streams
+            .sealed(self.partition.id, &old.segment);
         // The cut is tidiness: an uncut tail is never read (a sealed segment ends at the next
         // one's base offset).
         let _ = old.data.set_len(old.written_position);
