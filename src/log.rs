@@ -125,8 +125,8 @@ impl Log {
         let config = Arc::new(Config::new(&options));
         let counters = Arc::new(Counters::default());
         let recovered = recovery::recover(&dir, meta.partitions, &config, &counters)?;
-        let progress = Arc::new(Progress::new(recovered.start.next_global));
-        let global_end = recovered.start.next_global;
+        let progress = Arc::new(Progress::new(recovered.start.next_journal));
+        let journal_end = recovered.start.next_journal;
         let last_timestamp_ms = recovered.start.last_timestamp_ms;
         let shared = Arc::new(Shared {
             dir: dir.clone(),
@@ -142,7 +142,7 @@ impl Log {
             WriterStart {
                 lanes: recovered.lanes,
                 journal: recovered.journal,
-                global_end,
+                journal_end,
                 last_timestamp_ms,
             },
         );

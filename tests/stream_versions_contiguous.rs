@@ -416,8 +416,15 @@ fn versions_stay_contiguous_when_writes_fail_under_concurrent_appends() {
             let mut injected = 0;
             while !done.load(Ordering::SeqCst) {
                 fail_points.hold_syncs();
-                std::thread::sleep(Duration::from_millis(2));
-                fail_points.fail_writes(1);
+                // Only once the writer waits in a sync (its round's writes done) is the next
+                // write a journal write; on a loaded machine it may take a while to get there.
+                let deadline = std::time::Instant::now() + Duration::from_millis(50);
+                while fail_points.syncs_waiting() == 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                if fail_points.syncs_waiting() > 0 {
+                    fail_points.fail_writes(1);
+                }
                 fail_points.release_syncs();
                 injected += 1;
                 std::thread::sleep(Duration::from_millis(3));

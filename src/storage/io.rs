@@ -40,6 +40,8 @@ pub struct FailPoints {
     /// While true, syncs wait: lets a test look at the log between a write and its sync.
     syncs_held: parking_lot::Mutex<bool>,
     syncs_released: parking_lot::Condvar,
+    /// Syncs waiting because syncs are held.
+    syncs_waiting: AtomicU32,
     /// The simulated disk's record, while recording (`simdisk.rs`).
     recording: parking_lot::Mutex<Option<Recording>>,
 }
@@ -102,6 +104,12 @@ impl FailPoints {
         *self.syncs_held.lock() = true;
     }
 
+    /// How many syncs are waiting for `release_syncs`: lets a test act only once the writer is
+    /// inside a sync (its round's writes done).
+    pub fn syncs_waiting(&self) -> u32 {
+        self.syncs_waiting.load(Ordering::SeqCst)
+    }
+
     pub fn release_syncs(&self) {
         *self.syncs_held.lock() = false;
         self.syncs_released.notify_all();
@@ -136,8 +144,12 @@ impl FailPoints {
 
     fn check_sync(&self) -> io::Result<()> {
         let mut held = self.syncs_held.lock();
-        while *held {
-            self.syncs_released.wait(&mut held);
+        if *held {
+            self.syncs_waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                self.syncs_released.wait(&mut held);
+            }
+            self.syncs_waiting.fetch_sub(1, Ordering::SeqCst);
         }
         drop(held);
         if Self::take(&self.sync_failures) {

@@ -17,7 +17,7 @@
 //!  16  u64      checkpoint number (the valid slot with the higher number wins)
 //!  24  u64      sequence of the first record to replay
 //!  32  u64      byte position of that record in the journal
-//!  40  u64      global position of its first event
+//!  40  u64      journal index of its first event (its place in the journal's order of events)
 //!  48  u64      last timestamp_ms assigned before it
 //!  56  u32      reserved, 0
 //!  60  u32      CRC-32 of bytes [0, 60) followed by the partition entries
@@ -35,7 +35,7 @@
 //!  16  u64      sequence, one more than the previous record's
 //!  24  u64      durable_before: every record with a lower sequence was synced before this one
 //!               was written
-//!  32  u64      global position of the record's first event
+//!  32  u64      journal index of the record's first event
 //!  40  u64      epoch: the number of the checkpoint in force when it was written
 //!  48  entries: u32 partition, u32 reserved 0, then one frame (`frame.rs`)
 //!      zeros up to the next multiple of JOURNAL_ALIGN
@@ -120,7 +120,7 @@ pub struct Checkpoint {
     pub number: u64,
     pub journal_sequence: u64,
     pub journal_position: u64,
-    pub global_position: u64,
+    pub journal_index: u64,
     pub last_timestamp_ms: u64,
     pub partitions: Vec<PartitionMark>,
 }
@@ -132,7 +132,7 @@ impl Checkpoint {
             number: 0,
             journal_sequence: 0,
             journal_position: records_start(partitions),
-            global_position: 0,
+            journal_index: 0,
             last_timestamp_ms: 0,
             partitions: vec![PartitionMark::EMPTY; partitions as usize],
         }
@@ -153,7 +153,7 @@ impl Checkpoint {
         bytes[16..24].copy_from_slice(&self.number.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.journal_sequence.to_le_bytes());
         bytes[32..40].copy_from_slice(&self.journal_position.to_le_bytes());
-        bytes[40..48].copy_from_slice(&self.global_position.to_le_bytes());
+        bytes[40..48].copy_from_slice(&self.journal_index.to_le_bytes());
         bytes[48..56].copy_from_slice(&self.last_timestamp_ms.to_le_bytes());
         let mut at = SLOT_HEADER_LEN;
         for mark in &self.partitions {
@@ -218,7 +218,7 @@ impl Checkpoint {
             number: read_u64(bytes, 16),
             journal_sequence: read_u64(bytes, 24),
             journal_position: read_u64(bytes, 32),
-            global_position: read_u64(bytes, 40),
+            journal_index: read_u64(bytes, 40),
             last_timestamp_ms: read_u64(bytes, 48),
             partitions: marks,
         }))
@@ -258,7 +258,7 @@ pub fn seal_record(record: &mut [u8], stamp: &RecordStamp) {
         count,
         sequence,
         durable_before,
-        global_position: global,
+        journal_index: global,
         epoch,
     } = *stamp;
     let len = record.len() as u32;
@@ -295,7 +295,7 @@ pub struct RecordStamp {
     pub count: u32,
     pub sequence: u64,
     pub durable_before: u64,
-    pub global_position: u64,
+    pub journal_index: u64,
     pub epoch: u64,
 }
 
@@ -315,15 +315,15 @@ pub struct RecordInfo {
     pub len: u32,
     pub sequence: u64,
     pub durable_before: u64,
-    pub global_position: u64,
+    pub journal_index: u64,
     pub epoch: u64,
     pub entries: Vec<Entry>,
 }
 
 impl RecordInfo {
-    /// One past the global position of the record's last event.
-    pub fn global_end(&self) -> u64 {
-        self.global_position
+    /// One past the journal index of the record's last event.
+    pub fn journal_end(&self) -> u64 {
+        self.journal_index
             + self
                 .entries
                 .iter()
@@ -424,7 +424,7 @@ pub fn probe_record(bytes: &[u8], partitions: u32) -> RecordProbe {
         len: len as u32,
         sequence: read_u64(header, RECORD_SEQUENCE_OFFSET),
         durable_before: read_u64(header, RECORD_DURABLE_OFFSET),
-        global_position: read_u64(header, RECORD_GLOBAL_OFFSET),
+        journal_index: read_u64(header, RECORD_GLOBAL_OFFSET),
         epoch: read_u64(header, RECORD_EPOCH_OFFSET),
         entries,
     })
@@ -459,7 +459,7 @@ mod tests {
             count: frames.len() as u32,
             sequence: 7,
             durable_before: 6,
-            global_position: 100,
+            journal_index: 100,
             epoch: 2,
         };
         seal_record(&mut bytes, &stamp);
@@ -474,7 +474,7 @@ mod tests {
         };
         assert_eq!(info.sequence, 7);
         assert_eq!(info.durable_before, 6);
-        assert_eq!(info.global_position, 100);
+        assert_eq!(info.journal_index, 100);
         assert_eq!(info.epoch, 2);
         assert_eq!(info.entries.len(), 2);
         assert_eq!(info.entries[1].partition, 3);

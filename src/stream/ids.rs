@@ -20,7 +20,7 @@ pub(crate) struct IdPlace {
     pub appended: Appended,
     /// One past the global position of the last event of its frame: the ticket of a retry
     /// waits for it.
-    pub frame_global_end: u64,
+    pub frame_journal_end: u64,
 }
 
 #[derive(Default)]
@@ -44,7 +44,7 @@ impl UnpublishedIds {
     pub fn insert(&mut self, id: u128, place: IdPlace) {
         let partition = place.appended.partition;
         self.order
-            .push_back((place.frame_global_end, partition, id));
+            .push_back((place.frame_journal_end, partition, id));
         self.places.insert((partition, id), place);
     }
 

@@ -141,7 +141,7 @@ impl JournalWriter {
     /// written: recovery never reads it. On error nothing changes: the next write goes to the
     /// same position with the same sequence, and recovery treats what a failed write left as a
     /// torn tail.
-    pub fn write(&mut self, record: &mut [u8], count: u32, global_position: u64) -> Result<()> {
+    pub fn write(&mut self, record: &mut [u8], count: u32, journal_index: u64) -> Result<()> {
         debug_assert!(self.fits(record.len()));
         seal_record(
             record,
@@ -149,7 +149,7 @@ impl JournalWriter {
                 count,
                 sequence: self.next_sequence,
                 durable_before: self.durable_before,
-                global_position,
+                journal_index,
                 epoch: self.epoch,
             },
         );

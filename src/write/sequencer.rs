@@ -39,7 +39,10 @@ pub(crate) struct QueuedFrame {
     pub base_offset: u64,
     pub record_count: u32,
     pub timestamp_ms: u64,
-    pub global_position: u64,
+    /// Where the frame's first event is in the journal's order of events: what the writer,
+    /// tickets and recovery count with. Every event is in the log's global order today, so
+    /// this is also its global position (stored in the frame header).
+    pub journal_index: u64,
     pub base_version: u64,
     /// The frame belongs to one multi-key append with the next one: the writer puts both in
     /// the same journal record, so that a crash keeps both or neither.
@@ -51,8 +54,8 @@ impl QueuedFrame {
         self.base_offset + u64::from(self.record_count)
     }
 
-    pub fn global_end(&self) -> u64 {
-        self.global_position + u64::from(self.record_count)
+    pub fn journal_end(&self) -> u64 {
+        self.journal_index + u64::from(self.record_count)
     }
 
     /// The frame's bytes inside the pending bytes it was taken with.
@@ -79,9 +82,9 @@ pub(crate) struct Queued {
     pub first: Appended,
     pub more: Vec<Appended>,
     pub generation: Arc<Generation>,
-    /// One past the global position of the call's last event (of the originals, for a
+    /// One past the journal index of the call's last event (of the originals, for a
     /// duplicate still being written; 0 when they are already visible).
-    pub global_end: u64,
+    pub journal_end: u64,
 }
 
 impl Queued {
@@ -99,7 +102,7 @@ impl Queued {
             progress: progress.clone(),
             generation: self.generation,
             appended: self.first,
-            global_end: self.global_end,
+            journal_end: self.journal_end,
         }
     }
 }
@@ -154,7 +157,7 @@ fn record_ids(
                     global_position: done.global_position + i,
                     ..*done
                 },
-                frame_global_end: frame.global_end(),
+                frame_journal_end: frame.journal_end(),
             };
             ids.insert(id, place);
         }
@@ -177,7 +180,7 @@ pub(crate) struct Pending {
     pub bytes: Vec<u8>,
     pub frames: Vec<QueuedFrame>,
     pub next_offsets: Vec<u64>,
-    pub next_global: u64,
+    pub next_journal: u64,
     pub last_timestamp_ms: u64,
     pub generation: Arc<Generation>,
     pub refusal: Option<Refusal>,
@@ -214,7 +217,7 @@ pub(crate) struct Sequencer {
 /// Where a recovered log continues.
 pub(crate) struct Start {
     pub next_offsets: Vec<u64>,
-    pub next_global: u64,
+    pub next_journal: u64,
     pub last_timestamp_ms: u64,
 }
 
@@ -225,7 +228,7 @@ impl Sequencer {
                 bytes: Vec::new(),
                 frames: Vec::new(),
                 next_offsets: start.next_offsets,
-                next_global: start.next_global,
+                next_journal: start.next_journal,
                 last_timestamp_ms: start.last_timestamp_ms,
                 generation: Arc::new(Generation::default()),
                 refusal: None,
@@ -365,7 +368,7 @@ impl Sequencer {
         let mut present = Vec::new();
         let mut absent = false;
         let mut appended = Vec::new();
-        let mut global_end = 0;
+        let mut journal_end = 0;
         for write in writes {
             let mut first: Option<Appended> = None;
             for event in write.events {
@@ -379,7 +382,7 @@ impl Sequencer {
                 let queued = pending.ids.get(write.partition, id);
                 let place = match queued {
                     Some(place) => {
-                        global_end = global_end.max(place.frame_global_end);
+                        journal_end = journal_end.max(place.frame_journal_end);
                         Some((Bytes::copy_from_slice(&place.key), place.appended))
                     }
                     None => disk.map(|f| (f.key, f.appended)),
@@ -414,7 +417,7 @@ impl Sequencer {
             first,
             more: appended,
             generation: pending.generation.clone(),
-            global_end,
+            journal_end,
         }))
     }
 
@@ -436,7 +439,7 @@ impl Sequencer {
                 });
             }
         }
-        let global_position = pending.next_global;
+        let global_position = pending.next_journal;
         if global_position > POSITION_MAX {
             return Err(Error::InvalidOptions(
                 "the log's offsets are exhausted (2^62 events)".into(),
@@ -455,7 +458,7 @@ impl Sequencer {
             let joined = i + 1 < writes.len();
             match self.encode_one(pending, write, global, timestamp_ms, joined) {
                 Ok(frame) => {
-                    global = frame.global_end();
+                    global = frame.journal_end();
                     // At once: the call's next frame may go to the same partition.
                     pending.next_offsets[frame.partition as usize] = frame.end_offset();
                     pending.frames.push(frame);
@@ -496,7 +499,7 @@ impl Sequencer {
                 offset: frame.base_offset,
                 count: frame.record_count,
                 version: frame.base_version,
-                global_position: frame.global_position,
+                global_position: frame.journal_index,
                 duplicate: false,
             };
             record_ids(&mut pending.ids, write, &frame, &done);
@@ -505,13 +508,13 @@ impl Sequencer {
                 Some(_) => more.push(done),
             }
         }
-        pending.next_global = global;
+        pending.next_journal = global;
         pending.last_timestamp_ms = timestamp_ms;
         let queued = Queued {
             first: first_place.expect("a call has at least one key"),
             more,
             generation: pending.generation.clone(),
-            global_end: global,
+            journal_end: global,
         };
         // Wake the writer when it has something to do at once: under Sync every append (or
         // the gathered number of them), else the first frame of a round (so that it starts
@@ -559,6 +562,7 @@ impl Sequencer {
             global_position,
         };
         let limits = &self.config.limits;
+        let journal_index = global_position;
         let count = match frame::encode(&mut pending.bytes, stamp, write.key, write.events, limits)
         {
             Ok(count) => count,
@@ -574,7 +578,7 @@ impl Sequencer {
             base_offset,
             record_count: count,
             timestamp_ms,
-            global_position,
+            journal_index,
             base_version,
             joined_to_next,
         })

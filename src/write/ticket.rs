@@ -1,7 +1,7 @@
 //! What waiters watch: how far appends are done, flushes, failures; and the [`Ticket`] of one
 //! queued append.
 //!
-//! Appends are numbered by global position (the order of the journal); "done" means visible in
+//! Appends are numbered by journal index (their place in the journal's order of events); "done" means visible in
 //! the sense of the durability mode: synced under `Sync` and `Interval`, written under
 //! `Buffered`. A write failure ends a *generation* of appends: every append of it at or past
 //! the failure's first lost position failed.
@@ -20,7 +20,7 @@ pub(crate) struct Generation {
 }
 
 struct Failure {
-    /// The first global position that was lost.
+    /// The first journal index that was lost.
     lost_from: u64,
     source: Arc<Error>,
     poisoned: bool,
@@ -48,8 +48,8 @@ pub(crate) struct Progress {
 }
 
 pub(crate) struct Status {
-    /// Every append below this global position is done.
-    pub done_global: u64,
+    /// Every append below this journal index is done.
+    pub done_journal: u64,
     /// The last flush request the writer completed.
     pub flush_done: u64,
     /// A failure that lost acknowledged appends and that no flush or close has reported yet.
@@ -63,10 +63,10 @@ pub(crate) struct Status {
 }
 
 impl Progress {
-    pub fn new(done_global: u64) -> Progress {
+    pub fn new(done_journal: u64) -> Progress {
         Progress {
             status: Mutex::new(Status {
-                done_global,
+                done_journal,
                 flush_done: 0,
                 unreported: None,
                 poisoned: None,
@@ -77,10 +77,10 @@ impl Progress {
         }
     }
 
-    /// Everything below `done_global` is done; flush request `flush_done` (if any) completed.
-    pub fn publish(&self, done_global: u64, flush_done: Option<u64>) {
+    /// Everything below `done_journal` is done; flush request `flush_done` (if any) completed.
+    pub fn publish(&self, done_journal: u64, flush_done: Option<u64>) {
         let mut status = self.status.lock();
-        status.done_global = status.done_global.max(done_global);
+        status.done_journal = status.done_journal.max(done_journal);
         if let Some(seq) = flush_done {
             status.flush_done = status.flush_done.max(seq);
         }
@@ -172,8 +172,8 @@ impl Progress {
         Ok(())
     }
 
-    pub fn done_global(&self) -> u64 {
-        self.status.lock().done_global
+    pub fn done_journal(&self) -> u64 {
+        self.status.lock().done_journal
     }
 }
 
@@ -185,8 +185,8 @@ pub struct Ticket {
     pub(crate) progress: Arc<Progress>,
     pub(crate) generation: Arc<Generation>,
     pub(crate) appended: Appended,
-    /// One past the global position of the append's last event.
-    pub(crate) global_end: u64,
+    /// One past the journal index of the append's last event.
+    pub(crate) journal_end: u64,
 }
 
 impl Ticket {
@@ -219,12 +219,12 @@ impl Ticket {
 
     fn settled(&self, status: &Status) -> Option<Result<Appended>> {
         if let Some(failure) = self.generation.failure.get() {
-            if self.global_end > failure.lost_from {
+            if self.journal_end > failure.lost_from {
                 return Some(Err(failure.error(self.appended.partition)));
             }
             return Some(Ok(self.appended));
         }
-        if status.done_global >= self.global_end {
+        if status.done_journal >= self.journal_end {
             return Some(Ok(self.appended));
         }
         if let Some(source) = &status.poisoned {

@@ -68,10 +68,10 @@ pub(crate) struct Writer {
     touched: Vec<u32>,
     /// Lanes written since they last published.
     unpublished: Vec<u32>,
-    written_global: u64,
-    durable_global: u64,
-    /// Everything below this global position is visible to readers.
-    visible_global: u64,
+    written_journal: u64,
+    durable_journal: u64,
+    /// Everything below this journal index is visible to readers.
+    visible_journal: u64,
     last_timestamp_ms: u64,
     flush_done: u64,
     next_interval_sync: Option<Instant>,
@@ -84,7 +84,7 @@ pub(crate) struct Writer {
 pub(crate) struct WriterStart {
     pub lanes: Vec<Lane>,
     pub journal: JournalWriter,
-    pub global_end: u64,
+    pub journal_end: u64,
     pub last_timestamp_ms: u64,
 }
 
@@ -102,9 +102,9 @@ impl Writer {
             demands: vec![Demand::default(); partitions],
             touched: Vec::new(),
             unpublished: Vec::new(),
-            written_global: start.global_end,
-            durable_global: start.global_end,
-            visible_global: start.global_end,
+            written_journal: start.journal_end,
+            durable_journal: start.journal_end,
+            visible_journal: start.journal_end,
             last_timestamp_ms: start.last_timestamp_ms,
             flush_done: 0,
             next_interval_sync: None,
@@ -220,7 +220,7 @@ impl Writer {
         pending.gather_target = 1;
         pending.writer_waiting = false;
         // Ids of visible frames are found on disk from now on.
-        pending.ids.remove_visible(self.visible_global);
+        pending.ids.remove_visible(self.visible_journal);
         let took_all = self.stall.is_none() || pending.frames.is_empty();
         if self.stall.is_none() {
             debug_assert!(self.frames.is_empty());
@@ -301,7 +301,7 @@ impl Writer {
                 return Err(());
             }
             self.last_sync = started.elapsed();
-            self.durable_global = self.written_global;
+            self.durable_journal = self.written_journal;
             for lane in &mut self.lanes {
                 lane.durable_end = lane.written_end();
             }
@@ -324,7 +324,7 @@ impl Writer {
             result?;
             self.written_frames = end;
             let last = &self.frames[end - 1];
-            self.written_global = last.global_end();
+            self.written_journal = last.journal_end();
             self.last_timestamp_ms = self.last_timestamp_ms.max(last.timestamp_ms);
         }
         Ok(())
@@ -450,13 +450,13 @@ impl Writer {
         let count = (end - start) as u32;
         let written = if in_place {
             self.journal
-                .write(&mut self.bytes, count, first.global_position)
+                .write(&mut self.bytes, count, first.journal_index)
         } else {
             self.record.clear();
             self.record.resize(RECORD_HEADER_LEN, 0);
             self.record.extend_from_slice(&self.bytes[entries]);
             self.journal
-                .write(&mut self.record, count, first.global_position)
+                .write(&mut self.record, count, first.journal_index)
         };
         written.map_err(Fault::Clean)?;
         for &p in &self.touched {
@@ -481,7 +481,7 @@ impl Writer {
             for p in self.unpublished.drain(..) {
                 self.lanes[p as usize].publish();
             }
-            self.visible_global = self.written_global;
+            self.visible_journal = self.written_journal;
         }
         // A flush is done when everything queued before it is written and synced: not while a
         // stalled round holds appends, nor when appends queued during a stall are still
@@ -494,7 +494,7 @@ impl Writer {
         if visible || flush_done.is_some() {
             self.shared
                 .progress
-                .publish(self.written_global, flush_done);
+                .publish(self.written_journal, flush_done);
         }
     }
 
@@ -512,7 +512,7 @@ impl Writer {
                 pending.next_offsets[lane.partition.id as usize] = lane.written_end();
                 lane.rewind();
             }
-            pending.next_global = self.written_global;
+            pending.next_journal = self.written_journal;
             // The failed appends' versions and ids were never written: what the disk holds
             // (all of it visible now) is the truth again.
             pending.versions.clear();
@@ -520,7 +520,7 @@ impl Writer {
             let ended = std::mem::take(&mut pending.generation);
             shared
                 .progress
-                .fail(&ended, self.written_global, source, None, false);
+                .fail(&ended, self.written_journal, source, None, false);
             drop(pending);
             shared.sequencer.space.notify_all();
             self.frames.clear();
@@ -560,7 +560,7 @@ impl Writer {
                 }
             });
         // Tickets already told "done" stay done; every other one fails.
-        let done = shared.progress.done_global();
+        let done = shared.progress.done_journal();
         shared.progress.fail(&ended, done, source, unreported, true);
         drop(pending);
         shared.sequencer.space.notify_all();
@@ -590,7 +590,7 @@ impl Writer {
             number: 0,
             journal_sequence: 0,
             journal_position: 0,
-            global_position: self.written_global,
+            journal_index: self.written_journal,
             last_timestamp_ms: self.last_timestamp_ms,
             partitions: marks,
         };
@@ -602,9 +602,9 @@ impl Writer {
             lane.durable_end = lane.written_end();
         }
         self.unpublished.clear();
-        self.durable_global = self.written_global;
-        self.visible_global = self.written_global;
-        self.shared.progress.publish(self.written_global, None);
+        self.durable_journal = self.written_journal;
+        self.visible_journal = self.written_journal;
+        self.shared.progress.publish(self.written_journal, None);
         Ok(())
     }
 
@@ -633,7 +633,7 @@ impl Drop for ExitGuard {
             pending.refusal = Some(Refusal::Poisoned(source.clone()));
             let ended = std::mem::take(&mut pending.generation);
             drop(pending);
-            let done = self.0.progress.done_global();
+            let done = self.0.progress.done_journal();
             self.0.progress.fail(&ended, done, source, None, true);
             self.0.sequencer.space.notify_all();
         }

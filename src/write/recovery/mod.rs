@@ -142,15 +142,15 @@ pub(crate) fn recover(
     }
 
     let mut last_timestamp_ms = checkpoint.last_timestamp_ms;
-    let mut global = checkpoint.global_position;
+    let mut global = checkpoint.journal_index;
     let mut salvage_lost: Vec<Option<LostRange>> = vec![None; partitions as usize];
     let mut ends: Vec<u64> = lanes.iter().map(Lane::written_end).collect();
     for (position, record) in &scan.records {
-        if record.global_position != global && !scan.salvaged {
+        if record.journal_index != global && !scan.salvaged {
             return Err(Error::corrupt(
                 &journal_path,
                 position + journal::RECORD_GLOBAL_OFFSET as u64,
-                "journal record's global position does not continue the log",
+                "journal record's journal index does not continue the log",
             ));
         }
         let record_bytes =
@@ -191,7 +191,7 @@ pub(crate) fn recover(
                 base_offset: info.base_offset,
                 record_count: info.record_count,
                 timestamp_ms: info.timestamp_ms,
-                global_position: info.global_position,
+                journal_index: info.global_position,
                 base_version: info.base_version,
                 joined_to_next: false,
             });
@@ -199,7 +199,7 @@ pub(crate) fn recover(
             last_timestamp_ms = last_timestamp_ms.max(info.timestamp_ms);
         }
         replay_frames(&mut lanes, &kept, record_bytes, last_timestamp_ms)?;
-        global = record.global_position
+        global = record.journal_index
             + record
                 .entries
                 .iter()
@@ -245,7 +245,7 @@ pub(crate) fn recover(
             number: 0,
             journal_sequence: 0,
             journal_position: 0,
-            global_position: global,
+            journal_index: global,
             last_timestamp_ms,
             partitions: marks,
         },
@@ -256,7 +256,7 @@ pub(crate) fn recover(
     }
     let start = Start {
         next_offsets: lanes.iter().map(Lane::written_end).collect(),
-        next_global: global,
+        next_journal: global,
         last_timestamp_ms,
     };
     Ok(Recovered {
@@ -312,13 +312,13 @@ fn replay_frames(
 /// partition, from the checkpoint on.
 fn check_chain(records: &[(u64, RecordInfo)], checkpoint: &Checkpoint, path: &Path) -> Result<()> {
     let mut ends: Vec<u64> = checkpoint.partitions.iter().map(|m| m.end_offset).collect();
-    let mut global = checkpoint.global_position;
+    let mut global = checkpoint.journal_index;
     for (position, record) in records {
-        if record.global_position != global {
+        if record.journal_index != global {
             return Err(Error::corrupt(
                 path,
                 position + journal::RECORD_GLOBAL_OFFSET as u64,
-                "journal record's global position does not continue the log",
+                "journal record's journal index does not continue the log",
             ));
         }
         for entry in &record.entries {
@@ -332,7 +332,7 @@ fn check_chain(records: &[(u64, RecordInfo)], checkpoint: &Checkpoint, path: &Pa
             }
             *end = entry.info.end_offset();
         }
-        global = record.global_end();
+        global = record.journal_end();
     }
     Ok(())
 }

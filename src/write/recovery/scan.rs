@@ -75,8 +75,8 @@ pub(super) fn scan_journal(
                 salvaged = true;
                 let chained_end = records
                     .last()
-                    .map_or(checkpoint.global_position, |(_, r)| r.global_end());
-                salvage_lost_events += evidence.global_position.saturating_sub(chained_end);
+                    .map_or(checkpoint.journal_index, |(_, r)| r.journal_end());
+                salvage_lost_events += evidence.journal_index.saturating_sub(chained_end);
                 position = evidence_at;
                 expected = evidence.sequence;
             }
