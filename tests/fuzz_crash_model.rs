@@ -1,7 +1,8 @@
 //! The `crash_model` fuzz target's body (`tests/fuzz_body/crash_model.rs`, whose header lists
 //! the invariants it checks) run over seeded programs, so that `cargo test` exercises it without
 //! cargo-fuzz: each program is random bytes, read as operations (appends, batches, pipelined
-//! bursts, power cuts) on a log recorded by the simulated disk.
+//! bursts, expected-version appends with ids, retries, multi-key appends, power cuts) on a log
+//! recorded by the simulated disk.
 //!
 //! A failing program prints its seed; `ANNAL_FUZZ_SEED=<seed>` replays it, and
 //! `ANNAL_FUZZ_CASES=<n>` runs more programs.

@@ -4,27 +4,35 @@
 //
 // The input bytes are a program: each byte picks an operation on a log of two partitions, small
 // segments and the smallest journal, recorded by the simulated disk (`src/storage/simdisk.rs`):
-// a `Sync` append, a `Sync` batch, a burst of pipelined `Sync` appends, or a power cut. At the
-// power cut (and once more at the end of the program) the body builds the image that the cut
-// could leave, chosen by the next bytes as a seed, and checks against a plain model of what was
-// acknowledged:
+// a `Sync` append, a `Sync` batch, a burst of pipelined `Sync` appends, an append with an
+// expected version and an event id, a retry of an earlier id, a multi-key append over both
+// partitions, or a power cut. At the power cut (and once more at the end of the program) the
+// body builds the image that the cut could leave, chosen by the next bytes as a seed, and checks
+// against a plain model of what was acknowledged:
 //
 // 1. The image opens (no crash image is refused).
-// 2. Every append acknowledged before the cut is there, with its payload, at its offset.
+// 2. Every append acknowledged before the cut is there, with its payload, at its offset, with
+//    the version it was acknowledged with.
 // 3. Nothing is there that was never appended; every record reads without error.
-// 4. Offsets are contiguous in each partition, and a batch is all there or all absent.
-// 5. An append after recovery lands at the end of its partition.
+// 4. Offsets are contiguous in each partition, versions contiguous for each key (`read_key`
+//    agrees with the partitions), and the global order (`read_all`) holds every event once,
+//    without a gap.
+// 5. A batch, and a multi-key append across partitions, is all there or all absent.
+// 6. After recovery, an append lands at the end of its partition, a retry of an acknowledged id
+//    writes nothing and returns the original place, and the next version of a key follows its
+//    last one.
 //
 // Operations run on one thread, so an input replays exactly.
 
 use std::collections::BTreeMap;
 
 use annal::io::FailPoints;
-use annal::{Durability, Event, Log, Options};
+use annal::{Durability, Event, Expected, KeyAppend, Log, Options};
 
 const PARTITIONS: u32 = 2;
 /// Most operations one input runs: bounds the time of one execution.
 const OPERATIONS_MAX: usize = 400;
+const KEYS: u8 = 7;
 
 fn options() -> Options {
     Options::default()
@@ -40,12 +48,55 @@ fn payload(n: u64, size: u8) -> Vec<u8> {
     payload
 }
 
-/// What the model knows was acknowledged: (partition, offset) -> payload, and each batch's
-/// records, which must all be there or all be absent.
+fn key(k: u8) -> Vec<u8> {
+    format!("key-{}", k % KEYS).into_bytes()
+}
+
+/// One acknowledged event.
+#[derive(Clone, Debug)]
+struct Acked {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    version: u64,
+}
+
+/// What the model knows was acknowledged: (partition, offset) -> event; each batch's (and
+/// multi-key append's) records, which must all be there or all be absent; the events appended
+/// with an id, by id.
 #[derive(Default)]
 struct Model {
-    acked: BTreeMap<(u32, u64), Vec<u8>>,
+    acked: BTreeMap<(u32, u64), Acked>,
     batches: Vec<Vec<(u32, u64)>>,
+    ids: Vec<(u128, Vec<u8>, (u32, u64))>,
+    /// Each key's next version, as the log said.
+    next_version: BTreeMap<Vec<u8>, u64>,
+}
+
+impl Model {
+    fn ack(&mut self, at: annal::Appended, key: &[u8], payloads: &[Vec<u8>]) {
+        assert_eq!(
+            at.version,
+            self.next_version.get(key).copied().unwrap_or(0),
+            "versions continue for {:?}",
+            String::from_utf8_lossy(key)
+        );
+        for (i, payload) in payloads.iter().enumerate() {
+            let acked = Acked {
+                key: key.to_vec(),
+                payload: payload.clone(),
+                version: at.version + i as u64,
+            };
+            self.acked.insert((at.partition, at.offset + i as u64), acked);
+        }
+        self.next_version
+            .insert(key.to_vec(), at.version + payloads.len() as u64);
+        if payloads.len() > 1 {
+            let records = (0..payloads.len() as u64)
+                .map(|i| (at.partition, at.offset + i))
+                .collect();
+            self.batches.push(records);
+        }
+    }
 }
 
 /// Runs the program in `data` and checks every power cut it makes.
@@ -62,43 +113,82 @@ pub fn check_program(data: &[u8]) {
     let mut cuts = 0u64;
     while let Some(op) = bytes.next() {
         let arg = bytes.next().unwrap_or(0);
-        let key = format!("key-{}", arg % 7);
-        match op % 8 {
+        let key = key(arg);
+        match op % 12 {
             0..=3 => {
                 let payload = payload(n, arg);
-                let at = log.append(key.as_bytes(), &payload).unwrap();
-                model.acked.insert((at.partition, at.offset), payload);
+                let at = log.append(&key, &payload).unwrap();
+                model.ack(at, &key, &[payload]);
                 n += 1;
             }
             4 => {
-                let first = payload(n, arg);
-                let second = payload(n + 1, arg / 2);
-                let events = [Event::new(&first), Event::new(&second)];
-                let at = log.append_batch(key.as_bytes(), &events).unwrap();
-                model.acked.insert((at.partition, at.offset), first);
-                model.acked.insert((at.partition, at.offset + 1), second);
-                model
-                    .batches
-                    .push(vec![(at.partition, at.offset), (at.partition, at.offset + 1)]);
+                let payloads = [payload(n, arg), payload(n + 1, arg / 2)];
+                let at = log.append_batch(&key, &payloads).unwrap();
+                model.ack(at, &key, &payloads);
                 n += 2;
             }
             5 | 6 => {
-                let burst: Vec<Vec<u8>> = (0..u64::from(arg % 32) + 1)
-                    .map(|i| payload(n + i, arg))
+                let burst: Vec<(Vec<u8>, Vec<u8>)> = (0..u64::from(arg % 32) + 1)
+                    .map(|i| (self::key(arg.wrapping_add(i as u8)), payload(n + i, arg)))
                     .collect();
                 let tickets: Vec<_> = burst
                     .iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        let key = format!("key-{}", (usize::from(arg) + i) % 7);
-                        log.append_pipelined(key.as_bytes(), p).unwrap()
-                    })
+                    .map(|(key, p)| log.append_pipelined(key, p).unwrap())
                     .collect();
-                for (ticket, payload) in tickets.into_iter().zip(burst) {
+                for (ticket, (key, payload)) in tickets.into_iter().zip(burst) {
                     let at = ticket.wait().unwrap();
-                    model.acked.insert((at.partition, at.offset), payload);
+                    model.ack(at, &key, &[payload]);
                     n += 1;
                 }
+            }
+            7 => {
+                // An expected-version append with an id; a stale expectation first, refused.
+                let next = model.next_version.get(&key).copied().unwrap_or(0);
+                let stale = log.append_to(&key, Expected::Exact(next + 1), &[Event::new(b"x")]);
+                assert!(matches!(stale, Err(annal::Error::Conflict { .. })), "{stale:?}");
+                let expected = next.checked_sub(1).map_or(Expected::NoStream, Expected::Exact);
+                let payload = payload(n, arg);
+                let id = u128::from(n) << 8 | 0x1d;
+                let at = log
+                    .append_to(&key, expected, &[Event::new(&payload).id(id)])
+                    .unwrap();
+                model.ids.push((id, key.clone(), (at.partition, at.offset)));
+                model.ack(at, &key, &[payload]);
+                n += 1;
+            }
+            8 if !model.ids.is_empty() => {
+                // A retry of an earlier call: nothing written, the original place returned.
+                let (id, key, place) = model.ids[usize::from(arg) % model.ids.len()].clone();
+                let retry = log
+                    .append_to(&key, Expected::Any, &[Event::new(b"retry").id(id)])
+                    .unwrap();
+                assert!(retry.duplicate, "a retry of id {id:#x} is a duplicate");
+                assert_eq!((retry.partition, retry.offset), place);
+            }
+            9 => {
+                // A multi-key append over keys of both partitions: all or nothing.
+                let keys: Vec<Vec<u8>> = (0..3u8).map(|i| self::key(arg.wrapping_add(i))).collect();
+                let mut keys = keys;
+                keys.dedup();
+                keys.sort();
+                keys.dedup();
+                let payloads: Vec<Vec<u8>> =
+                    (0..keys.len() as u64).map(|i| payload(n + i, arg)).collect();
+                let events: Vec<[Event<'_>; 1]> =
+                    payloads.iter().map(|p| [Event::new(p)]).collect();
+                let appends: Vec<KeyAppend<'_, '_>> = keys
+                    .iter()
+                    .zip(&events)
+                    .map(|(key, events)| KeyAppend::new(key, Expected::Any, events))
+                    .collect();
+                let at = log.append_multi(&appends).unwrap();
+                let mut group = Vec::new();
+                for ((at, key), payload) in at.iter().zip(&keys).zip(&payloads) {
+                    model.ack(*at, key, std::slice::from_ref(payload));
+                    group.push((at.partition, at.offset));
+                }
+                model.batches.push(group);
+                n += keys.len() as u64;
             }
             _ => {
                 let seed = u64::from(arg) << 8 | u64::from(bytes.next().unwrap_or(0));
@@ -119,6 +209,7 @@ fn check_cut(fail_points: &FailPoints, root: &std::path::Path, model: &Model, se
     let log = Log::open(&image, options())
         .unwrap_or_else(|e| panic!("cut {cut} (seed {seed}): the image does not open: {e}"));
     let mut ends = Vec::new();
+    let mut by_key: BTreeMap<Vec<u8>, Vec<(u32, u64)>> = BTreeMap::new();
     for p in 0..PARTITIONS {
         let end = log.end_offset(p).unwrap();
         let mut expected = 0;
@@ -126,9 +217,14 @@ fn check_cut(fail_points: &FailPoints, root: &std::path::Path, model: &Model, se
             let record = record.unwrap_or_else(|e| panic!("cut {cut}: partition {p}: {e}"));
             assert_eq!(record.offset, expected, "cut {cut}: offsets contiguous in {p}");
             assert!(record.payload.starts_with(b"event "), "cut {cut}: {p}/{expected} invented");
-            if let Some(payload) = model.acked.get(&(p, record.offset)) {
-                assert_eq!(&record.payload[..], &payload[..], "cut {cut}: {p}/{expected}");
+            if let Some(acked) = model.acked.get(&(p, record.offset)) {
+                assert_eq!(&record.payload[..], &acked.payload[..], "cut {cut}: {p}/{expected}");
+                assert_eq!(record.version, acked.version, "cut {cut}: {p}/{expected} version");
             }
+            by_key
+                .entry(record.key.to_vec())
+                .or_default()
+                .push((p, record.offset));
             expected += 1;
         }
         assert_eq!(expected, end, "cut {cut}: partition {p} reads short");
@@ -141,8 +237,40 @@ fn check_cut(fail_points: &FailPoints, root: &std::path::Path, model: &Model, se
         let present = batch.iter().filter(|(p, o)| *o < ends[*p as usize]).count();
         assert!(present == 0 || present == batch.len(), "cut {cut}: a batch is torn");
     }
+    // Each key's stream: the partition's records of the key, in order, versions 0, 1, 2, ...
+    for (key, places) in &by_key {
+        let stream = log.read_key(key, 0).unwrap();
+        let found: Vec<(u32, u64)> = stream.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(&found, places, "cut {cut}: read_key agrees with the partition");
+        for (version, record) in stream.iter().enumerate() {
+            assert_eq!(record.version, version as u64, "cut {cut}: versions contiguous");
+        }
+    }
+    // The global order: every event once, no gap.
+    let total: u64 = ends.iter().sum();
+    let mut next_global = 0;
+    for record in log.read_all(0).unwrap() {
+        let record = record.unwrap_or_else(|e| panic!("cut {cut}: read_all: {e}"));
+        assert_eq!(record.global_position, next_global, "cut {cut}: global order gap-free");
+        next_global += 1;
+    }
+    assert_eq!(next_global, total, "cut {cut}: the global order holds every event");
+    // After recovery: appends continue, retries are recognised, versions follow.
+    if let Some((id, key, place)) = model
+        .ids
+        .iter()
+        .find(|(_, _, (p, o))| *o < ends[*p as usize])
+    {
+        let retry = log
+            .append_to(key, Expected::Any, &[Event::new(b"retry").id(*id)])
+            .unwrap();
+        assert!(retry.duplicate, "cut {cut}: the retry of a surviving id is a duplicate");
+        assert_eq!((retry.partition, retry.offset), *place, "cut {cut}: the original place");
+    }
     let at = log.append(b"after the cut", b"event after").unwrap();
     assert_eq!(at.offset, ends[at.partition as usize], "cut {cut}: appends continue at the end");
+    let last = log.last_version(b"after the cut").unwrap();
+    assert_eq!(last, Some(at.version), "cut {cut}: last_version follows");
     log.close().unwrap();
     std::fs::remove_dir_all(&image).unwrap();
 }
