@@ -1,0 +1,178 @@
+//! `annal tail`: events as they arrive, from the log's files, in global order (or one key's or
+//! one partition's order).
+//!
+//! There is no wake-up API for readers yet, and a `Log` cannot be opened while its writer holds
+//! the directory, so `--follow` polls the files with a short sleep. When the engine offers
+//! wake-ups to readers in other processes (planned with consumer groups), `--follow` should
+//! wait on them instead.
+//!
+//! What the files show runs slightly ahead of what the writer has acknowledged: a round's frames
+//! are written to the segments just before the journal's fsync (`docs/design.md`), and only the
+//! writer's process knows where the acknowledged end is. An event printed here whose writer
+//! crashes before that fsync is cut by recovery. Telling the acknowledged end to other
+//! processes needs the engine (the same wake-ups would carry it).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::disk::layout::LogDir;
+use crate::disk::partition::PartitionCursor;
+use crate::failure::Failure;
+use crate::output::{Out, Row, RowFormat};
+
+/// Print events as they arrive, in global order (or one key's, or one partition's).
+///
+/// Reads the files, so it follows a log that another process is appending to.
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    annal tail annal-data                          # what is there now, in global order\n  \
+    annal tail annal-data --follow                 # then wait for more (Ctrl-C ends)\n  \
+    annal tail annal-data --key account-0007 --follow\n  \
+    annal tail annal-data --partition 3 --from-global 5000 --json\n\n\
+    --follow polls the files every --poll (there is no cross-process wake-up yet). The files \
+    can run a fsync ahead of the writer's acknowledgements: an event shown just before its \
+    writer crashes may be cut by recovery.")]
+pub struct TailArgs {
+    /// Directory of the log.
+    pub dir: PathBuf,
+    /// Only the events of this key (in version order).
+    #[arg(long, conflicts_with = "partition")]
+    pub key: Option<String>,
+    /// Only the events of this partition (in offset order).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Keep printing events as they arrive.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Start at this global position.
+    #[arg(long, default_value_t = 0)]
+    pub from_global: u64,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// How often --follow looks for new events.
+    #[arg(long, default_value = "100ms", value_parser = crate::parse_duration)]
+    pub poll: Duration,
+    /// One JSON object per event.
+    #[arg(long)]
+    pub json: bool,
+    /// Payload bytes shown per event; 0 shows the size only.
+    #[arg(long, default_value_t = 64)]
+    pub preview: usize,
+}
+
+pub fn run(args: &TailArgs) -> Result<(), Failure> {
+    let log = LogDir::read(&args.dir)?;
+    let mut source = match (&args.key, args.partition) {
+        (Some(key), _) => {
+            let partition = log.partition_of(key.as_bytes());
+            let cursor = PartitionCursor::near_global(&log.dir, partition, args.from_global)?;
+            Source::One(Box::new(cursor.only_key(key.as_bytes())))
+        }
+        (None, Some(partition)) => {
+            let partition = log.check_partition(partition)?;
+            Source::One(Box::new(PartitionCursor::near_global(
+                &log.dir,
+                partition,
+                args.from_global,
+            )?))
+        }
+        (None, None) => Source::All(GlobalMerge::new(&log, args.from_global)?),
+    };
+    let format = RowFormat {
+        json: args.json,
+        preview_bytes: args.preview,
+    };
+    let mut left = args.count.unwrap_or(u64::MAX);
+    let mut out = Out::new();
+    while left > 0 {
+        while left > 0 {
+            let Some(row) = source.next_row()? else { break };
+            if row.global_position < args.from_global {
+                continue;
+            }
+            out.row(&row, format)?;
+            left -= 1;
+        }
+        out.flush()?;
+        if !args.follow {
+            break;
+        }
+        std::thread::sleep(args.poll);
+    }
+    out.flush()
+}
+
+enum Source {
+    One(Box<PartitionCursor>),
+    All(GlobalMerge),
+}
+
+impl Source {
+    fn next_row(&mut self) -> Result<Option<Row>, Failure> {
+        match self {
+            Source::One(cursor) => cursor.next_row(),
+            Source::All(merge) => merge.next_row(),
+        }
+    }
+}
+
+/// Every partition merged into the log's global order, as `annal::GlobalReader` does: the
+/// next record is the one at the next global position. When that position is not visible yet
+/// in its partition, the merge stops there rather than skip it.
+struct GlobalMerge {
+    cursors: Vec<PartitionCursor>,
+    /// The next record of each partition, once read.
+    heads: Vec<Option<Row>>,
+    next_global: u64,
+}
+
+impl GlobalMerge {
+    fn new(log: &LogDir, from_global: u64) -> Result<GlobalMerge, Failure> {
+        let cursors = (0..log.meta.partitions)
+            .map(|p| PartitionCursor::near_global(&log.dir, p, from_global))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GlobalMerge {
+            heads: vec![None; cursors.len()],
+            cursors,
+            next_global: from_global,
+        })
+    }
+
+    fn next_row(&mut self) -> Result<Option<Row>, Failure> {
+        if let Some(row) = self.take_head()? {
+            return Ok(Some(row));
+        }
+        // The next position is in no head: read on in the partitions that have none.
+        for p in 0..self.cursors.len() {
+            if self.heads[p].is_none() {
+                self.heads[p] = self.read_head(p)?;
+            }
+        }
+        self.take_head()
+    }
+
+    fn take_head(&mut self) -> Result<Option<Row>, Failure> {
+        let at = self.heads.iter().position(|head| {
+            head.as_ref()
+                .is_some_and(|row| row.global_position == self.next_global)
+        });
+        let Some(p) = at else { return Ok(None) };
+        let row = self.heads[p].take();
+        self.next_global += 1;
+        self.heads[p] = self.read_head(p)?;
+        Ok(row)
+    }
+
+    /// The partition's next record at or past the next global position.
+    fn read_head(&mut self, p: usize) -> Result<Option<Row>, Failure> {
+        while let Some(row) = self.cursors[p].next_row()? {
+            if row.global_position >= self.next_global {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,139 @@
+//! `annal tail`: what is visible, in global order (or one key's, or one partition's), from a
+//! global position; `--follow` prints events appended by another process as they arrive.
+
+mod cli_support;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use annal::{Durability, Log, Options};
+use cli_support::*;
+
+fn globals(out: &str) -> Vec<u64> {
+    out.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["global_position"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn tail_prints_what_is_visible_in_global_order_and_exits() {
+    let root = tempfile::tempdir().unwrap();
+    sample_log(root.path());
+    let dir = root.path().display().to_string();
+    let all = annal(&["tail", &dir, "--json"]).expect_ok();
+    assert_eq!(globals(&all), (0..SAMPLE_EVENTS).collect::<Vec<_>>());
+
+    let from = annal(&["tail", &dir, "--json", "--from-global", "5990"]).expect_ok();
+    assert_eq!(globals(&from), (5990..SAMPLE_EVENTS).collect::<Vec<_>>());
+
+    let key = sample_key(5);
+    let by_key = annal(&[
+        "tail",
+        &dir,
+        "--json",
+        "--key",
+        &key,
+        "--from-global",
+        "4000",
+    ])
+    .expect_ok();
+    let rows: Vec<serde_json::Value> = by_key
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len() as u64, (SAMPLE_EVENTS - 4000) / SAMPLE_KEYS);
+    assert!(rows
+        .iter()
+        .all(|r| r["key"] == key.as_str() && r["global_position"].as_u64().unwrap() >= 4000));
+    assert!(rows
+        .windows(2)
+        .all(|w| w[0]["version"].as_u64() < w[1]["version"].as_u64()));
+
+    let partition = annal(&["tail", &dir, "--json", "--partition", "3"]).expect_ok();
+    let offsets: Vec<u64> = partition
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    assert!(!offsets.is_empty());
+}
+
+#[test]
+fn follow_prints_events_appended_by_another_writer_as_they_arrive() {
+    let root = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        root.path(),
+        Options::default()
+            .partitions(3)
+            .durability(Durability::Sync),
+    )
+    .unwrap();
+    for i in 0..3 {
+        log.append(format!("k{i}").as_bytes(), b"before").unwrap();
+    }
+    let mut child = annal_command()
+        .args([
+            "tail",
+            &root.path().display().to_string(),
+            "--follow",
+            "--json",
+            "--count",
+            "8",
+            "--poll",
+            "10ms",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        log.append(format!("k{i}").as_bytes(), b"after").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tail --follow --count 8 did not end");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(globals(&out), (0..8).collect::<Vec<_>>());
+    assert_eq!(out.matches("\"after\"").count(), 5);
+    log.close().unwrap();
+}
+
+#[test]
+fn tail_errors_are_one_line() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("missing");
+    annal(&["tail".as_ref(), missing.as_os_str()]).expect_error("does not exist");
+    let run = annal(&[
+        "tail".as_ref(),
+        root.path().as_os_str(),
+        "--key".as_ref(),
+        "a".as_ref(),
+        "--partition".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert_eq!(run.code, Some(2), "a usage error: {}", run.stderr);
+}
