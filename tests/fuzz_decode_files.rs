@@ -36,7 +36,7 @@ fn damage_to_any_file_is_reported_or_repaired_never_returned() {
         let len = match rng.below(4) {
             0 => 0,
             1 => 1,
-            _ => 1 + rng.below(64) as usize,
+            _ => 1 + rng.below(64),
         };
         input.extend(rng.bytes(len));
         let result = std::panic::catch_unwind(|| body::check_damage(&input));

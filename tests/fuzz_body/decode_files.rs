@@ -40,12 +40,15 @@ fn key(k: u32) -> Vec<u8> {
     format!("key-{k}").into_bytes()
 }
 
+/// A record as the template holds it: key, version, global position, payload.
+type Expected = (Vec<u8>, u64, u64, Vec<u8>);
+
 /// What the template log holds.
 pub struct Template {
     /// Relative path -> bytes, of every file of the closed log.
     pub files: BTreeMap<PathBuf, Vec<u8>>,
     /// (partition, offset) -> (key, version, global position, payload).
-    records: BTreeMap<(u32, u64), (Vec<u8>, u64, u64, Vec<u8>)>,
+    records: BTreeMap<(u32, u64), Expected>,
     /// Each key's (partition, offset) in version order.
     streams: BTreeMap<Vec<u8>, Vec<(u32, u64)>>,
     snapshot: (Vec<u8>, u64, Vec<u8>),
