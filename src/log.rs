@@ -122,9 +122,9 @@ impl Log {
             None => create(&dir, &options)?,
         };
 
-        let config = Arc::new(Config::new(&options));
+        let config = Arc::new(Config::new(&options, meta.partitions));
         let counters = Arc::new(Counters::default());
-        let recovered = recovery::recover(&dir, meta.partitions, &config, &counters)?;
+        let recovered = recovery::recover(&dir, &config, &counters)?;
         let progress = Arc::new(Progress::new(recovered.start.next_journal));
         let journal_end = recovered.start.next_journal;
         let last_timestamp_ms = recovered.start.last_timestamp_ms;
@@ -369,7 +369,7 @@ impl Log {
 
     /// Number of partitions, fixed when the log was created.
     pub fn partition_count(&self) -> u32 {
-        self.shared.partitions.len() as u32
+        self.shared.config.user_partitions
     }
 
     /// One past the last offset readers can see in `partition`.
@@ -443,10 +443,12 @@ impl Log {
         Ok(())
     }
 
+    /// One of the application's partitions (never the groups partition).
     pub(crate) fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
         self.shared
             .partitions
             .get(partition as usize)
+            .filter(|_| partition < self.partition_count())
             .ok_or(Error::PartitionOutOfRange {
                 partition,
                 partitions: self.partition_count(),
@@ -497,7 +499,8 @@ fn create(dir: &Path, options: &Options) -> Result<Meta> {
         partitions: options.partitions.unwrap_or(PARTITIONS_DEFAULT),
         created_ms: now_ms(),
     };
-    JournalWriter::create(dir, meta.partitions, faults)?;
+    // The journal's checkpoints hold a mark for each partition, the groups partition included.
+    JournalWriter::create(dir, meta.partitions + 1, faults)?;
     io::sync_dir(dir, faults)?;
     meta.write(dir, faults)?;
     Ok(meta)
@@ -551,4 +554,101 @@ fn has_partition_dirs(dir: &Path) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Expected;
+
+    /// Appends one event to the groups partition, as consumer groups will.
+    fn append_to_groups(log: &Log, key: &[u8]) -> Appended {
+        let events = [Event::new(b"group record")];
+        let write = [KeyWrite {
+            partition: log.shared.config.groups_partition(),
+            key,
+            expected: Expected::Any,
+            events: &events,
+        }];
+        let queued = log
+            .shared
+            .sequencer
+            .enqueue(&log.shared.partitions, &write)
+            .unwrap();
+        queued.ticket(&log.shared.progress).wait().unwrap()
+    }
+
+    fn global_positions(log: &Log) -> Vec<u64> {
+        log.read_all(0)
+            .unwrap()
+            .map(|r| r.unwrap().global_position)
+            .collect()
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else if entry.file_name() != "annal.lock" {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_groups_partition_takes_offsets_and_journal_indexes_but_no_global_positions() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("log");
+        let log = Log::open(&dir, Options::default().partitions(2)).unwrap();
+        assert_eq!(log.append(b"a", b"event").unwrap().global_position, 0);
+        let group = append_to_groups(&log, b"g/projections");
+        assert_eq!((group.offset, group.version), (0, 0));
+        assert_eq!(log.append(b"b", b"event").unwrap().global_position, 1);
+        assert_eq!(append_to_groups(&log, b"g/projections").version, 1);
+        assert_eq!(log.append(b"a", b"event").unwrap().global_position, 2);
+        assert_eq!(global_positions(&log), [0, 1, 2]);
+        // Not one of the application's partitions.
+        assert_eq!(log.partition_count(), 2);
+        assert!(matches!(
+            log.read(2, 0),
+            Err(Error::PartitionOutOfRange { .. })
+        ));
+        assert!(dir.join("groups").is_dir());
+
+        // A kill -9 (the open directory copied) and a clean close both continue both orders.
+        let image = root.path().join("image");
+        copy_dir(&dir, &image);
+        log.close().unwrap();
+        for dir in [&dir, &image] {
+            let log = Log::open(dir, Options::default()).unwrap();
+            assert_eq!(log.recovery_report().groups.partition, 2);
+            assert_eq!(log.append(b"c", b"event").unwrap().global_position, 3);
+            assert_eq!(append_to_groups(&log, b"g/projections").offset, 2);
+            assert_eq!(log.append(b"d", b"event").unwrap().global_position, 4);
+            assert_eq!(global_positions(&log), [0, 1, 2, 3, 4]);
+            log.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failed_write_rewinds_global_positions_past_groups_records() {
+        let fail_points = crate::io::FailPoints::new();
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options::default()
+            .partitions(2)
+            .fail_points(fail_points.clone());
+        let log = Log::open(dir.path(), options).unwrap();
+        append_to_groups(&log, b"g/x");
+        assert_eq!(log.append(b"a", b"event").unwrap().global_position, 0);
+        fail_points.fail_writes(1);
+        assert!(matches!(
+            log.append(b"a", b"lost"),
+            Err(Error::AppendFailed { .. })
+        ));
+        assert_eq!(log.append(b"a", b"event").unwrap().global_position, 1);
+        assert_eq!(global_positions(&log), [0, 1]);
+    }
 }

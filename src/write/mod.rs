@@ -47,10 +47,14 @@ pub(crate) struct Config {
     pub journal_bytes: u64,
     pub recovery: RecoveryMode,
     pub faults: Faults,
+    /// Partitions the application's keys go to. One more partition follows them, the groups
+    /// partition (`groups/`), where consumer groups keep their records: it takes offsets and
+    /// journal indexes like any partition, but its events have no global position.
+    pub user_partitions: u32,
 }
 
 impl Config {
-    pub fn new(options: &Options) -> Config {
+    pub fn new(options: &Options, user_partitions: u32) -> Config {
         let byte_limits = options.byte_limits();
         Config {
             durability: options.durability,
@@ -70,7 +74,18 @@ impl Config {
             journal_bytes: options.journal_bytes_resolved(),
             recovery: options.recovery,
             faults: options.fail_points.clone(),
+            user_partitions,
         }
+    }
+
+    /// The id of the groups partition: the one after the application's.
+    pub fn groups_partition(&self) -> u32 {
+        self.user_partitions
+    }
+
+    /// Every partition the writer keeps: the application's and the groups partition.
+    pub fn lanes(&self) -> u32 {
+        self.user_partitions + 1
     }
 
     /// Outside `Sync`, the pending bytes at which the writer writes at once: a batch, or the

@@ -58,7 +58,15 @@ impl Partition {
     }
 }
 
-/// The directory of partition `id` inside the log directory.
-pub(crate) fn partition_dir(dir: &std::path::Path, id: u32) -> PathBuf {
-    dir.join(format!("p{id:04}"))
+/// The directory of partition `id` inside the log directory: `p{id:04}` for the application's
+/// partitions, `groups` for the groups partition (the one after them).
+pub(crate) fn partition_dir(dir: &std::path::Path, id: u32, user_partitions: u32) -> PathBuf {
+    if id == user_partitions {
+        dir.join(GROUPS_DIR)
+    } else {
+        dir.join(format!("p{id:04}"))
+    }
 }
+
+/// The directory of the groups partition.
+pub(crate) const GROUPS_DIR: &str = "groups";

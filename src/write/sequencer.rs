@@ -40,9 +40,12 @@ pub(crate) struct QueuedFrame {
     pub record_count: u32,
     pub timestamp_ms: u64,
     /// Where the frame's first event is in the journal's order of events: what the writer,
-    /// tickets and recovery count with. Every event is in the log's global order today, so
-    /// this is also its global position (stored in the frame header).
+    /// tickets and recovery count with.
     pub journal_index: u64,
+    /// The global position of its first event (in the frame header); 0, and not counted, for
+    /// the groups partition's frames.
+    pub global_position: u64,
+    pub in_global_order: bool,
     pub base_version: u64,
     /// The frame belongs to one multi-key append with the next one: the writer puts both in
     /// the same journal record, so that a crash keeps both or neither.
@@ -63,6 +66,13 @@ impl QueuedFrame {
         let start = self.entry_start + ENTRY_TAG_LEN;
         &pending[start..start + self.frame_len as usize]
     }
+}
+
+/// Where the next frame of a call goes in the two orders.
+#[derive(Clone, Copy)]
+struct Place {
+    journal_index: u64,
+    global_position: u64,
 }
 
 /// How many times an appender looks the disk up outside the lock before it looks under it.
@@ -181,6 +191,8 @@ pub(crate) struct Pending {
     pub frames: Vec<QueuedFrame>,
     pub next_offsets: Vec<u64>,
     pub next_journal: u64,
+    /// The next global position: events of the groups partition take none.
+    pub next_global: u64,
     pub last_timestamp_ms: u64,
     pub generation: Arc<Generation>,
     pub refusal: Option<Refusal>,
@@ -192,13 +204,31 @@ pub(crate) struct Pending {
     pub first_queued_at: Option<Instant>,
     /// Under `Sync`, the number of pending frames at which the writer wants to be woken.
     pub gather_target: usize,
-    /// The next version of every key appended since open.
+    /// The next version of every key appended since open, in the application's partitions...
     pub versions: KeyVersions,
+    /// ... and in the groups partition (its keys are another namespace).
+    pub group_versions: KeyVersions,
     /// Ids of events queued or written but not yet visible.
     pub ids: UnpublishedIds,
 }
 
 impl Pending {
+    /// The versions of the keys of `partition`: the groups partition's are kept apart, since
+    /// the same bytes may be a key there and in the application's partitions.
+    pub fn versions_of(&mut self, partition: u32, groups_partition: u32) -> &mut KeyVersions {
+        if partition == groups_partition {
+            &mut self.group_versions
+        } else {
+            &mut self.versions
+        }
+    }
+
+    /// Forgets every key's version (both maps, so that their epochs move together).
+    pub fn forget_versions(&mut self) {
+        self.versions.clear();
+        self.group_versions.clear();
+    }
+
     /// Bytes of frames pending (without the room for the record header).
     pub fn frame_bytes(&self) -> usize {
         self.bytes.len().saturating_sub(RECORD_HEADER_LEN)
@@ -218,6 +248,7 @@ pub(crate) struct Sequencer {
 pub(crate) struct Start {
     pub next_offsets: Vec<u64>,
     pub next_journal: u64,
+    pub next_global: u64,
     pub last_timestamp_ms: u64,
 }
 
@@ -229,6 +260,7 @@ impl Sequencer {
                 frames: Vec::new(),
                 next_offsets: start.next_offsets,
                 next_journal: start.next_journal,
+                next_global: start.next_global,
                 last_timestamp_ms: start.last_timestamp_ms,
                 generation: Arc::new(Generation::default()),
                 refusal: None,
@@ -238,6 +270,7 @@ impl Sequencer {
                 first_queued_at: None,
                 gather_target: 1,
                 versions: KeyVersions::default(),
+                group_versions: KeyVersions::default(),
                 ids: UnpublishedIds::default(),
             }),
             work: Condvar::new(),
@@ -273,11 +306,11 @@ impl Sequencer {
             let epoch = pending.versions.epoch();
             let mut missing = Vec::new();
             for (i, write) in writes.iter().enumerate() {
+                let groups = self.config.groups_partition();
+                let versions = pending.versions_of(write.partition, groups);
                 let known = match cold.get(i).copied().flatten() {
-                    Some((next, looked_up_in)) => {
-                        pending.versions.offer(write.key, next, looked_up_in)
-                    }
-                    None => pending.versions.next(write.key).is_some(),
+                    Some((next, looked_up_in)) => versions.offer(write.key, next, looked_up_in),
+                    None => versions.next(write.key).is_some(),
                 };
                 if !known {
                     missing.push(i);
@@ -428,8 +461,10 @@ impl Sequencer {
         pending: &mut MutexGuard<'_, Pending>,
         writes: &[KeyWrite<'_, '_>],
     ) -> Result<Queued> {
+        let groups = self.config.groups_partition();
         for write in writes {
-            let next = pending.versions.next(write.key).expect("looked up before");
+            let versions = pending.versions_of(write.partition, groups);
+            let next = versions.next(write.key).expect("looked up before");
             let last = next.checked_sub(1);
             if !write.expected.holds(last) {
                 return Err(Error::Conflict {
@@ -439,8 +474,7 @@ impl Sequencer {
                 });
             }
         }
-        let global_position = pending.next_journal;
-        if global_position > POSITION_MAX {
+        if pending.next_journal > POSITION_MAX {
             return Err(Error::InvalidOptions(
                 "the log's offsets are exhausted (2^62 events)".into(),
             ));
@@ -452,13 +486,19 @@ impl Sequencer {
         }
         let call_start = pending.bytes.len();
         let frames_start = pending.frames.len();
-        let mut global = global_position;
+        let mut at = Place {
+            journal_index: pending.next_journal,
+            global_position: pending.next_global,
+        };
         let mut failure = None;
         for (i, write) in writes.iter().enumerate() {
             let joined = i + 1 < writes.len();
-            match self.encode_one(pending, write, global, timestamp_ms, joined) {
+            match self.encode_one(pending, write, at, timestamp_ms, joined) {
                 Ok(frame) => {
-                    global = frame.journal_end();
+                    at.journal_index = frame.journal_end();
+                    if frame.in_global_order {
+                        at.global_position += u64::from(frame.record_count);
+                    }
                     // At once: the call's next frame may go to the same partition.
                     pending.next_offsets[frame.partition as usize] = frame.end_offset();
                     pending.frames.push(frame);
@@ -490,7 +530,7 @@ impl Sequencer {
         let mut more = Vec::new();
         for (i, write) in writes.iter().enumerate() {
             let frame = pending.frames[frames_start + i];
-            pending.versions.set(
+            pending.versions_of(frame.partition, groups).set(
                 write.key,
                 frame.base_version + u64::from(frame.record_count),
             );
@@ -499,7 +539,7 @@ impl Sequencer {
                 offset: frame.base_offset,
                 count: frame.record_count,
                 version: frame.base_version,
-                global_position: frame.journal_index,
+                global_position: frame.global_position,
                 duplicate: false,
             };
             record_ids(&mut pending.ids, write, &frame, &done);
@@ -508,13 +548,14 @@ impl Sequencer {
                 Some(_) => more.push(done),
             }
         }
-        pending.next_journal = global;
+        pending.next_journal = at.journal_index;
+        pending.next_global = at.global_position;
         pending.last_timestamp_ms = timestamp_ms;
         let queued = Queued {
             first: first_place.expect("a call has at least one key"),
             more,
             generation: pending.generation.clone(),
-            journal_end: global,
+            journal_end: at.journal_index,
         };
         // Wake the writer when it has something to do at once: under Sync every append (or
         // the gathered number of them), else the first frame of a round (so that it starts
@@ -539,12 +580,24 @@ impl Sequencer {
         &self,
         pending: &mut Pending,
         write: &KeyWrite<'_, '_>,
-        global_position: u64,
+        at: Place,
         timestamp_ms: u64,
         joined_to_next: bool,
     ) -> Result<QueuedFrame> {
+        // The groups partition's events are outside the global order: they take a journal
+        // index (so that tickets and recovery count them) but no global position (0 on disk).
+        let in_global_order = write.partition != self.config.groups_partition();
+        let global_position = if in_global_order {
+            at.global_position
+        } else {
+            0
+        };
         let base_offset = pending.next_offsets[write.partition as usize];
-        let base_version = pending.versions.next(write.key).expect("looked up before");
+        let groups = self.config.groups_partition();
+        let base_version = pending
+            .versions_of(write.partition, groups)
+            .next(write.key)
+            .expect("looked up before");
         if base_offset > POSITION_MAX || base_version > POSITION_MAX {
             return Err(Error::InvalidOptions(
                 "the log's offsets are exhausted (2^62 events)".into(),
@@ -562,7 +615,7 @@ impl Sequencer {
             global_position,
         };
         let limits = &self.config.limits;
-        let journal_index = global_position;
+        let journal_index = at.journal_index;
         let count = match frame::encode(&mut pending.bytes, stamp, write.key, write.events, limits)
         {
             Ok(count) => count,
@@ -579,6 +632,8 @@ impl Sequencer {
             record_count: count,
             timestamp_ms,
             journal_index,
+            global_position,
+            in_global_order,
             base_version,
             joined_to_next,
         })

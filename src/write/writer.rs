@@ -513,9 +513,11 @@ impl Writer {
                 lane.rewind();
             }
             pending.next_journal = self.written_journal;
+            let groups = self.shared.config.groups_partition() as usize;
+            pending.next_global = self.written_journal - self.lanes[groups].written_end();
             // The failed appends' versions and ids were never written: what the disk holds
             // (all of it visible now) is the truth again.
-            pending.versions.clear();
+            pending.forget_versions();
             pending.ids.clear();
             let ended = std::mem::take(&mut pending.generation);
             shared

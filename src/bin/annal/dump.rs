@@ -349,7 +349,8 @@ fn dump_checkpoints(path: &Path) -> Result<(), Failure> {
     } else {
         dir
     })?;
-    let partitions = log.meta.partitions;
+    // Checkpoints hold a mark for each partition and one for the groups partition after them.
+    let partitions = log.meta.partitions + 1;
     let slot_len = headers::slot_len(partitions);
     let bytes = read(path)?;
     let mut out = Out::new();

@@ -171,7 +171,8 @@ pub fn check(dir: &Path, quiet: bool) -> Result<Findings, Failure> {
             format!("partition directory beyond the log's {partitions} partitions"),
         );
     }
-    let checkpoint = check_journal(dir, meta.map(|m| m.partitions), &mut findings)?;
+    // The journal's checkpoints also hold a mark for the groups partition, after the others.
+    let checkpoint = check_journal(dir, meta.map(|m| m.partitions + 1), &mut findings)?;
     if let Some(checkpoint) = &checkpoint {
         if checkpoint.marks.len() < partitions as usize {
             // The checkpoint names fewer partitions than there are directories: its marks do

@@ -64,6 +64,9 @@ pub struct RecoveryReport {
     pub salvage_lost_events: u64,
     /// Per partition, in partition order.
     pub partitions: Vec<PartitionRecovery>,
+    /// The groups partition (`groups/`), where consumer groups keep their records; its
+    /// `partition` is the partition count.
+    pub groups: PartitionRecovery,
 }
 
 /// What recovery did to one partition.
@@ -102,10 +105,11 @@ pub(crate) struct Recovered {
 
 pub(crate) fn recover(
     dir: &Path,
-    partitions: u32,
     config: &Arc<Config>,
     counters: &Arc<Counters>,
 ) -> Result<Recovered> {
+    // The application's partitions and the groups partition after them.
+    let partitions = config.lanes();
     let journal_path = JournalWriter::path(dir);
     let journal_file = io::File::open(&journal_path, &None)?;
     let journal_bytes = segment::map_file(journal_file.std(), &journal_path)?;
@@ -124,7 +128,8 @@ pub(crate) fn recover(
         check_chain(&scan.records, &checkpoint, &journal_path)?;
     }
     for id in 0..partitions {
-        check_partition(dir, id, checkpoint.partitions[id as usize])?;
+        let mark = checkpoint.partitions[id as usize];
+        check_partition(dir, id, config.user_partitions, mark)?;
     }
 
     let mut report = RecoveryReport {
@@ -191,7 +196,10 @@ pub(crate) fn recover(
                 base_offset: info.base_offset,
                 record_count: info.record_count,
                 timestamp_ms: info.timestamp_ms,
-                journal_index: info.global_position,
+                // Recovery replays frames as they are: these two are not used again.
+                journal_index: 0,
+                global_position: info.global_position,
+                in_global_order: true,
                 base_version: info.base_version,
                 joined_to_next: false,
             });
@@ -254,9 +262,18 @@ pub(crate) fn recover(
     for lane in &mut lanes {
         lane.publish();
     }
+    // Every event took a journal index; all but the groups partition's took a global
+    // position too, and that partition's offsets count its events.
+    let groups_events = lanes[config.groups_partition() as usize].written_end();
+    // The report is of the application's partitions; the groups partition's is kept apart.
+    report.groups = report
+        .partitions
+        .pop()
+        .expect("the groups partition comes last");
     let start = Start {
         next_offsets: lanes.iter().map(Lane::written_end).collect(),
         next_journal: global,
+        next_global: global.saturating_sub(groups_events),
         last_timestamp_ms,
     };
     Ok(Recovered {

@@ -18,11 +18,16 @@ use crate::write::recovery::PartitionRecovery;
 use crate::write::{Config, Counters};
 
 /// The checks of `prepare_partition` that can refuse the open, made before anything changes.
-pub(super) fn check_partition(dir: &Path, id: u32, mark: PartitionMark) -> Result<()> {
+pub(super) fn check_partition(
+    dir: &Path,
+    id: u32,
+    user_partitions: u32,
+    mark: PartitionMark,
+) -> Result<()> {
     if mark.segment_base == NO_SEGMENT {
         return Ok(());
     }
-    let path = segment::segment_path(&partition_dir(dir, id), mark.segment_base);
+    let path = segment::segment_path(&partition_dir(dir, id, user_partitions), mark.segment_base);
     let bytes = match std::fs::File::open(&path) {
         Ok(file) => {
             use std::io::Read;
@@ -80,7 +85,7 @@ pub(super) fn prepare_partition(
     config: &Arc<Config>,
     counters: &Arc<Counters>,
 ) -> Result<(Lane, PartitionRecovery)> {
-    let path = partition_dir(dir, id);
+    let path = partition_dir(dir, id, config.user_partitions);
     let mut report = PartitionRecovery {
         partition: id,
         ..PartitionRecovery::default()
