@@ -146,6 +146,9 @@ pub enum Error {
     IdReused { id: u128 },
     /// One call names the same key twice (multi-key appends take each key once).
     RepeatedKey { key: Bytes },
+    /// A consumer committed events of a partition it no longer owns (the group was rebalanced:
+    /// the partition's new owner delivers from the committed cursor). Nothing was committed.
+    NotAssigned { group: String, partition: u32 },
     /// A snapshot's state is larger than [`SNAPSHOT_BYTES_MAX`](crate::SNAPSHOT_BYTES_MAX).
     SnapshotTooLarge { bytes: u64, limit: u64 },
 }
@@ -350,6 +353,11 @@ impl fmt::Display for Error {
             Error::IdReused { id } => write!(
                 f,
                 "event id {id:032x} is already used by another key or twice in this call"
+            ),
+            Error::NotAssigned { group, partition } => write!(
+                f,
+                "partition {partition} is no longer assigned to this member of group {group}; \
+                 nothing was committed"
             ),
             Error::SnapshotTooLarge { bytes, limit } => write!(
                 f,

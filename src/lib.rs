@@ -9,6 +9,7 @@
 //! Start with [`Log::open`]. The on-disk format is in `docs/format.md`, the durability promises
 //! in `docs/durability.md`.
 
+mod consumer;
 mod error;
 mod log;
 mod options;
@@ -21,6 +22,7 @@ mod write;
 #[doc(hidden)]
 pub use crate::storage::io;
 
+pub use crate::consumer::{Batch, Consumer, Delivery, Group, SESSION_TIMEOUT_DEFAULT};
 pub use crate::error::{Error, LostRange, Result};
 pub use crate::log::{KeyAppend, Log};
 pub use crate::options::{

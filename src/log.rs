@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
+use crate::consumer::{Group, Groups};
 use crate::error::{Error, Result};
 use crate::options::{Options, PARTITIONS_DEFAULT};
 use crate::reader::Reader;
@@ -61,6 +62,7 @@ pub struct Log {
     indexer: Mutex<Option<Indexer>>,
     report: RecoveryReport,
     pub(crate) snapshots: SnapshotStore,
+    groups: Groups,
     /// The process that opened the log: only it has the writer thread.
     pid: u32,
     /// Held for the life of the `Log`: its `flock` keeps other `Log`s out of the directory.
@@ -159,6 +161,7 @@ impl Log {
             indexer: Mutex::new(Some(indexer)),
             report: recovered.report,
             snapshots,
+            groups: Groups::default(),
             pid: std::process::id(),
             _lock: lock,
         })
@@ -348,6 +351,34 @@ impl Log {
             });
         }
         Ok(self.partition_for(key))
+    }
+
+    /// The consumer group `name` (1 to 255 bytes): its committed cursors are loaded from the
+    /// log (a group never committed to starts at the earliest offsets). Members join it with
+    /// [`Group::join`].
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use annal::{Log, Options};
+    /// let log = Log::open(dir.path(), Options::default())?;
+    /// log.append(b"order-1", b"placed")?;
+    /// let mut consumer = log.group("projections")?.join()?;
+    /// let batch = consumer.poll(1_000, Duration::from_millis(100))?;
+    /// for delivery in &batch {
+    ///     assert_eq!(delivery.record.payload.as_ref(), b"placed");
+    /// }
+    /// consumer.commit(&batch)?; // durable: after a restart, delivery resumes after it
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] for a bad name, errors reading the group's record.
+    pub fn group(&self, name: &str) -> Result<Group> {
+        self.check_process()?;
+        Group::open(&self.shared, &self.groups, name)
     }
 
     /// Reads `partition` in offset order from `from_offset`, up to what is visible (see

@@ -365,8 +365,10 @@ fn a_close_that_cannot_write_names_the_lost_offsets() {
     log.append(b"k", b"kept").unwrap();
     log.flush().unwrap();
     fail_points.fail_writes(u32::MAX);
-    let lost_from = log.append(b"k", b"lost 1").unwrap().offset;
-    let lost_to = log.append(b"k", b"lost 2").unwrap().offset;
+    // One call: two separate appends race the writer's linger (200 us), and on a loaded
+    // machine the second may meet the stall the first caused, and be refused.
+    let lost = log.append_batch(b"k", [&b"lost 1"[..], b"lost 2"]).unwrap();
+    let (lost_from, lost_to) = (lost.offset, lost.last_offset());
     let error = log.close().unwrap_err();
     match &error {
         Error::AppendsLost { lost, .. } => {

@@ -88,6 +88,17 @@ impl Progress {
         self.changed.notify_all();
     }
 
+    /// Waits until something is done past `seen` (an append made visible), `deadline` passes,
+    /// or the writer stops: how a waiting consumer is woken, without spinning.
+    pub fn wait_past(&self, seen: u64, deadline: std::time::Instant) {
+        let mut status = self.status.lock();
+        while status.done_journal <= seen && !status.writer_exited {
+            if self.changed.wait_until(&mut status, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+
     /// Ends `generation` with a failure: appends at or past `lost_from` failed with `error`.
     /// `unreported` keeps an error for the next flush or close (appends that were acknowledged
     /// before their write); `poisoned` marks the log as refusing writes.

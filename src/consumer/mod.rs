@@ -1,0 +1,436 @@
+//! Consumer groups: named groups of members that read the application's partitions in order,
+//! from durable cursors, each partition owned by one live member at a time; at-least-once
+//! delivery across crashes of the writer and of the consumer.
+//!
+//! This subsystem owns group state (committed cursors, members, assignment) and delivery. It
+//! writes only through the sequencer: a commit is an append of the group's whole cursor state to
+//! the groups partition (`write/partition.rs`), under the key `g/<name>`, so it is as durable as
+//! an append, shares fsyncs with appends, and survives crashes whole or not at all. Loading a
+//! group reads the last record of its key (no scan).
+//!
+//! Not built yet (issue 12): retries, dead letters, retention, starting positions other than
+//! the earliest, and appending together with a commit.
+
+pub(crate) mod state;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::reader::Reader;
+use crate::record::{Event, Record};
+use crate::stream::Expected;
+use crate::write::sequencer::KeyWrite;
+use crate::write::Shared;
+use state::Cursors;
+
+/// A member that stops polling for this long loses its partitions to the others.
+pub const SESSION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// The groups of one open log, by name: members of one group in this process share its state.
+#[derive(Default)]
+pub(crate) struct Groups {
+    open: Mutex<HashMap<String, Weak<GroupState>>>,
+}
+
+/// One group's state, shared by its members.
+pub(crate) struct GroupState {
+    name: String,
+    key: Vec<u8>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    committed: Cursors,
+    /// The version of the group's last record in the groups partition (`None`: never saved).
+    version: Option<u64>,
+    /// Live members, in the order they joined.
+    members: Vec<MemberSeen>,
+    next_member: u64,
+    /// Events delivered at least once since the log was opened and not committed yet: their
+    /// delivery count, so that a redelivery says which attempt it is.
+    attempts: HashMap<(u32, u64), u32>,
+    /// Moves at every change of membership, so that members notice a new assignment.
+    generation: u64,
+}
+
+#[derive(Clone, Copy)]
+struct MemberSeen {
+    id: u64,
+    last_poll: Instant,
+}
+
+impl Inner {
+    /// The partitions `member` owns: partition `p` goes to the `p % n`-th member of `n`.
+    fn assignment(&self, member: u64, partitions: u32) -> Vec<u32> {
+        let n = self.members.len() as u32;
+        let Some(index) = self.members.iter().position(|m| m.id == member) else {
+            return Vec::new();
+        };
+        (0..partitions).filter(|p| p % n == index as u32).collect()
+    }
+
+    /// Drops members that have not polled within the session timeout (not `keep`).
+    fn expire(&mut self, keep: u64, timeout: Duration) {
+        let now = Instant::now();
+        let before = self.members.len();
+        self.members
+            .retain(|m| m.id == keep || now.duration_since(m.last_poll) < timeout);
+        if self.members.len() != before {
+            self.generation += 1;
+        }
+    }
+}
+
+/// A consumer group of a log ([`Log::group`](crate::Log::group)).
+pub struct Group {
+    shared: Arc<Shared>,
+    state: Arc<GroupState>,
+}
+
+impl Group {
+    pub(crate) fn open(shared: &Arc<Shared>, groups: &Groups, name: &str) -> Result<Group> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(Error::InvalidOptions(format!(
+                "a group name is 1 to 255 bytes long, not {}",
+                name.len()
+            )));
+        }
+        let mut open = groups.open.lock();
+        if let Some(state) = open.get(name).and_then(Weak::upgrade) {
+            return Ok(Group {
+                shared: shared.clone(),
+                state,
+            });
+        }
+        let key = format!("g/{name}").into_bytes();
+        let partitions = shared.config.user_partitions;
+        let groups_partition = &shared.partitions[shared.config.groups_partition() as usize];
+        let (committed, version) = match groups_partition
+            .streams
+            .key_frames(groups_partition, &key, 0)?
+            .last()
+        {
+            Some(found) => {
+                let record = state::last_record(groups_partition, found)?;
+                (
+                    Cursors::decode(&record.payload, partitions)?,
+                    Some(record.version),
+                )
+            }
+            None => (Cursors::new(partitions), None),
+        };
+        let state = Arc::new(GroupState {
+            name: name.to_owned(),
+            key,
+            inner: Mutex::new(Inner {
+                committed,
+                version,
+                members: Vec::new(),
+                next_member: 0,
+                attempts: HashMap::new(),
+                generation: 0,
+            }),
+        });
+        open.insert(name.to_owned(), Arc::downgrade(&state));
+        Ok(Group {
+            shared: shared.clone(),
+            state,
+        })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The committed offset of each partition: where delivery resumes after a restart.
+    pub fn committed(&self) -> Vec<u64> {
+        self.state.inner.lock().committed.offsets().to_vec()
+    }
+
+    /// Per partition, how many visible events the group has not committed.
+    pub fn lag(&self) -> Vec<u64> {
+        let committed = self.committed();
+        committed
+            .iter()
+            .enumerate()
+            .map(|(p, &c)| self.shared.partitions[p].visible_end().saturating_sub(c))
+            .collect()
+    }
+
+    /// Joins the group as a new member: partitions are spread evenly over the live members,
+    /// and each member resumes its partitions from the committed cursors.
+    pub fn join(&self) -> Result<Consumer> {
+        let mut inner = self.state.inner.lock();
+        let id = inner.next_member;
+        inner.next_member += 1;
+        inner.members.push(MemberSeen {
+            id,
+            last_poll: Instant::now(),
+        });
+        inner.generation += 1;
+        drop(inner);
+        Ok(Consumer {
+            shared: self.shared.clone(),
+            group: self.state.clone(),
+            member: id,
+            generation: u64::MAX,
+            owned: HashMap::new(),
+            session_timeout: SESSION_TIMEOUT_DEFAULT,
+        })
+    }
+}
+
+/// One member of a consumer group ([`Group::join`]). Leaves the group when dropped.
+pub struct Consumer {
+    shared: Arc<Shared>,
+    group: Arc<GroupState>,
+    member: u64,
+    /// The assignment generation `owned` was built for.
+    generation: u64,
+    /// The partitions this member owns, each with its reader (at the next offset to deliver).
+    owned: HashMap<u32, Reader>,
+    session_timeout: Duration,
+}
+
+/// One event delivered to a member.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Delivery {
+    pub record: Record,
+    /// 1 for a first delivery; more when the event is delivered again (after a restart or a
+    /// rebalance before it was committed).
+    pub attempt: u32,
+}
+
+/// What one [`Consumer::poll`] returned.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Batch {
+    pub deliveries: Vec<Delivery>,
+    /// True when, after this batch, the member's partitions hold nothing more that is visible:
+    /// the member has caught up with the live end.
+    pub caught_up: bool,
+    generation: u64,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Delivery> {
+        self.deliveries.iter()
+    }
+}
+
+impl<'b> IntoIterator for &'b Batch {
+    type Item = &'b Delivery;
+    type IntoIter = std::slice::Iter<'b, Delivery>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.deliveries.iter()
+    }
+}
+
+impl Consumer {
+    /// Sets how long this member may go without polling before the others take its
+    /// partitions (default [`SESSION_TIMEOUT_DEFAULT`]).
+    pub fn set_session_timeout(&mut self, timeout: Duration) {
+        self.session_timeout = timeout;
+    }
+
+    /// The partitions this member owns now.
+    pub fn assignment(&self) -> Vec<u32> {
+        let inner = self.group.inner.lock();
+        inner.assignment(self.member, self.shared.config.user_partitions)
+    }
+
+    /// Up to `max` events of the member's partitions, in offset order per partition, from
+    /// where the member is (the committed cursor after a join or a rebalance). Waits up to
+    /// `timeout` for events if none is visible, woken by the append that makes one visible.
+    ///
+    /// # Errors
+    ///
+    /// Errors reading the partitions (`Error::Corrupt`, I/O).
+    pub fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.shared.progress.done_journal();
+            self.refresh_assignment();
+            let batch = self.take(max)?;
+            if !batch.is_empty() || Instant::now() >= deadline {
+                return Ok(batch);
+            }
+            self.shared.progress.wait_past(seen, deadline);
+        }
+    }
+
+    /// Makes `owned` match the group's current assignment. At every change of membership each
+    /// member starts its partitions again at their committed cursors, kept or gained alike:
+    /// what was delivered and not committed is delivered again (at least once), and no member
+    /// goes on from a position another member may have committed past.
+    fn refresh_assignment(&mut self) {
+        let mut inner = self.group.inner.lock();
+        if let Some(me) = inner.members.iter_mut().find(|m| m.id == self.member) {
+            me.last_poll = Instant::now();
+        }
+        inner.expire(self.member, self.session_timeout);
+        if inner.generation == self.generation {
+            return;
+        }
+        self.generation = inner.generation;
+        let assigned = inner.assignment(self.member, self.shared.config.user_partitions);
+        self.owned = assigned
+            .into_iter()
+            .map(|p| {
+                let partition = self.shared.partitions[p as usize].clone();
+                (p, Reader::new(partition, inner.committed.get(p)))
+            })
+            .collect();
+    }
+
+    fn take(&mut self, max: usize) -> Result<Batch> {
+        let mut deliveries = Vec::new();
+        let mut partitions: Vec<u32> = self.owned.keys().copied().collect();
+        partitions.sort_unstable();
+        let mut caught_up = true;
+        for p in partitions {
+            let reader = self.owned.get_mut(&p).expect("listed above");
+            while deliveries.len() < max {
+                match reader.next() {
+                    Some(record) => {
+                        let record = record?;
+                        deliveries.push(Delivery { record, attempt: 0 });
+                    }
+                    None => break,
+                }
+            }
+            if deliveries.len() >= max {
+                caught_up = false;
+                break;
+            }
+        }
+        let mut inner = self.group.inner.lock();
+        for delivery in &mut deliveries {
+            let key = (delivery.record.partition, delivery.record.offset);
+            let attempts = inner.attempts.entry(key).or_insert(0);
+            *attempts += 1;
+            delivery.attempt = *attempts;
+        }
+        Ok(Batch {
+            deliveries,
+            caught_up,
+            generation: self.generation,
+        })
+    }
+
+    /// Commits the batch: for each partition in it, the cursor moves past its last event. One
+    /// append to the groups partition (durable as appends are: under `Sync`, once synced), so
+    /// concurrent commits, of any members and appenders, share an fsync.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAssigned`] if the member no longer owns a partition of the batch (it was
+    /// reassigned: the new owner delivers from the committed cursor again), and the errors of
+    /// appends.
+    pub fn commit(&mut self, batch: &Batch) -> Result<()> {
+        let mut ends: HashMap<u32, u64> = HashMap::new();
+        for delivery in &batch.deliveries {
+            let end = ends.entry(delivery.record.partition).or_default();
+            *end = (*end).max(delivery.record.offset + 1);
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+        let partitions = self.shared.config.user_partitions;
+        let mut inner = self.group.inner.lock();
+        let assigned = inner.assignment(self.member, partitions);
+        for &p in ends.keys() {
+            if !assigned.contains(&p) || batch.generation != inner.generation {
+                return Err(Error::NotAssigned {
+                    group: self.group.name.clone(),
+                    partition: p,
+                });
+            }
+        }
+        let mut next = inner.committed.clone();
+        for (&p, &end) in &ends {
+            next.advance(p, end);
+        }
+        let payload = next.encode();
+        let events = [Event::new(&payload)];
+        let write = [KeyWrite {
+            partition: self.shared.config.groups_partition(),
+            key: &self.group.key,
+            expected: inner.version.map_or(Expected::NoStream, Expected::Exact),
+            events: &events,
+        }];
+        let queued = self
+            .shared
+            .sequencer
+            .enqueue(&self.shared.partitions, &write)?;
+        inner.version = Some(queued.first.version);
+        inner
+            .attempts
+            .retain(|&(p, offset), _| offset >= next.get(p));
+        inner.committed = next;
+        drop(inner);
+        // Waited for outside the group's lock: other members' commits queue meanwhile and share
+        // the fsync.
+        if let Err(error) = queued.ticket(&self.shared.progress).wait() {
+            self.reload()?;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// After a failed commit: the group's state is what its last record on disk says.
+    fn reload(&self) -> Result<()> {
+        let groups_partition =
+            &self.shared.partitions[self.shared.config.groups_partition() as usize];
+        let found = groups_partition
+            .streams
+            .key_frames(groups_partition, &self.group.key, 0)?;
+        let mut inner = self.group.inner.lock();
+        match found.last() {
+            Some(found) => {
+                let record = state::last_record(groups_partition, found)?;
+                inner.committed =
+                    Cursors::decode(&record.payload, self.shared.config.user_partitions)?;
+                inner.version = Some(record.version);
+            }
+            None => {
+                inner.committed = Cursors::new(self.shared.config.user_partitions);
+                inner.version = None;
+            }
+        }
+        inner.generation += 1;
+        Ok(())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let mut inner = self.group.inner.lock();
+        inner.members.retain(|m| m.id != self.member);
+        inner.generation += 1;
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.group.name)
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,133 @@
+//! A group's committed cursors and their bytes in the groups partition.
+//!
+//! A group record (the payload of an event under key `g/<name>` in the groups partition):
+//!
+//! ```text
+//!   0  u8      record kind: 1 = cursors
+//!   1  u8      reserved, 0
+//!   2  u16     reserved, 0
+//!   4  u32     partition count
+//!   8  u64 ×   committed offset of each partition, in partition order
+//! ```
+//!
+//! The record's frame checksum covers it, so a group's state is a whole record or none.
+
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::storage::codec::{read_u32, read_u64};
+use crate::storage::frame::RecordCursor;
+use crate::storage::segment;
+use crate::stream::lookup::FoundFrame;
+use crate::write::partition::Partition;
+
+const KIND_CURSORS: u8 = 1;
+const HEADER_LEN: usize = 8;
+
+/// Where each partition's delivery resumes: everything below is committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cursors {
+    offsets: Vec<u64>,
+}
+
+impl Cursors {
+    pub fn new(partitions: u32) -> Cursors {
+        Cursors {
+            offsets: vec![0; partitions as usize],
+        }
+    }
+
+    pub fn get(&self, partition: u32) -> u64 {
+        self.offsets[partition as usize]
+    }
+
+    pub fn offsets(&self) -> &[u64] {
+        &self.offsets
+    }
+
+    /// Moves a cursor forward (never back: a commit of older events changes nothing).
+    pub fn advance(&mut self, partition: u32, end: u64) {
+        let offset = &mut self.offsets[partition as usize];
+        *offset = (*offset).max(end);
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(HEADER_LEN + 8 * self.offsets.len());
+        bytes.push(KIND_CURSORS);
+        bytes.extend_from_slice(&[0, 0, 0]);
+        bytes.extend_from_slice(&(self.offsets.len() as u32).to_le_bytes());
+        for offset in &self.offsets {
+            bytes.extend_from_slice(&offset.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Decodes a record of a log of `partitions` partitions; anything else is damage.
+    pub fn decode(bytes: &[u8], partitions: u32) -> Result<Cursors> {
+        let damaged = |reason: &'static str| Error::Corrupt {
+            path: std::path::PathBuf::from(crate::write::partition::GROUPS_DIR),
+            position: 0,
+            reason,
+        };
+        if bytes.len() < HEADER_LEN || bytes[0] != KIND_CURSORS || bytes[1..4] != [0, 0, 0] {
+            return Err(damaged("a group record of an unknown kind"));
+        }
+        if read_u32(bytes, 4) != partitions || bytes.len() != HEADER_LEN + 8 * partitions as usize {
+            return Err(damaged("a group record of another partition count"));
+        }
+        let offsets = (0..partitions as usize)
+            .map(|p| read_u64(bytes, HEADER_LEN + 8 * p))
+            .collect();
+        Ok(Cursors { offsets })
+    }
+}
+
+/// The last record of a frame found for a group's key.
+pub(crate) fn last_record(partition: &Partition, found: &FoundFrame) -> Result<Record> {
+    let frame = &found.map[found.position..found.position + found.info.frame_len as usize];
+    let mut cursor = RecordCursor::new(&found.info);
+    let mut last = None;
+    let mut index = 0u64;
+    loop {
+        match cursor.next_record(frame) {
+            Ok(Some(ranges)) => {
+                last = Some(Record::from_frame(
+                    partition.id,
+                    &found.map,
+                    found.position,
+                    &found.info,
+                    ranges,
+                    index,
+                ));
+                index += 1;
+            }
+            Ok(None) => break,
+            Err(damage) => {
+                let path = segment::segment_path(&partition.dir, found.segment_base);
+                return Err(Error::corrupt(path, found.position as u64, damage));
+            }
+        }
+    }
+    last.ok_or_else(|| Error::corrupt(&partition.dir, found.position as u64, "an empty frame"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_other_bytes_are_refused() {
+        let mut cursors = Cursors::new(3);
+        cursors.advance(1, 7);
+        cursors.advance(1, 5);
+        assert_eq!(cursors.offsets(), [0, 7, 0]);
+        let bytes = cursors.encode();
+        assert_eq!(Cursors::decode(&bytes, 3).unwrap(), cursors);
+        assert!(Cursors::decode(&bytes, 4).is_err());
+        for len in 0..bytes.len() {
+            assert!(Cursors::decode(&bytes[..len], 3).is_err());
+        }
+        let mut kind = bytes.clone();
+        kind[0] = 2;
+        assert!(Cursors::decode(&kind, 3).is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! Consumer groups, first part: durable committed cursors in the groups partition, members with
+//! an even assignment that never gives one partition to two members, redelivery of what was
+//! not committed (after a restart, a rebalance, a member leaving or timing out), and polls woken
+//! by appends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use annal::{Durability, Error, Log, Options};
+
+const PARTITIONS: u32 = 4;
+
+fn options() -> Options {
+    Options::default()
+        .partitions(PARTITIONS)
+        .durability(Durability::Sync)
+}
+
+fn append_many(log: &Log, count: u32) {
+    for i in 0..count {
+        log.append(
+            format!("key-{}", i % 13).as_bytes(),
+            format!("event {i}").as_bytes(),
+        )
+        .unwrap();
+    }
+}
+
+/// Everything delivered to one member until it is caught up: (partition, offset) in order.
+fn drain(consumer: &mut annal::Consumer) -> Vec<(u32, u64)> {
+    let mut seen = Vec::new();
+    loop {
+        let batch = consumer.poll(50, Duration::from_millis(20)).unwrap();
+        seen.extend(batch.iter().map(|d| (d.record.partition, d.record.offset)));
+        consumer.commit(&batch).unwrap();
+        if batch.is_empty() {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn committed_cursors_survive_a_restart_and_the_rest_is_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 100);
+    let group = log.group("projections").unwrap();
+    let mut consumer = group.join().unwrap();
+    let first = consumer.poll(30, Duration::from_millis(100)).unwrap();
+    assert_eq!(first.len(), 30);
+    assert!(!first.caught_up);
+    consumer.commit(&first).unwrap();
+    let second = consumer.poll(20, Duration::from_millis(100)).unwrap();
+    assert_eq!(second.len(), 20);
+    // Not committed: delivered again after the restart.
+    let committed = group.committed();
+    drop(consumer);
+    drop(group);
+    log.close().unwrap();
+
+    let log = Log::open(dir.path(), options()).unwrap();
+    let group = log.group("projections").unwrap();
+    assert_eq!(group.committed(), committed, "the cursors are durable");
+    let total: u64 = group.lag().iter().sum();
+    assert_eq!(total, 70, "lag: what is not committed");
+    let mut consumer = group.join().unwrap();
+    let mut delivered = BTreeSet::new();
+    for d in &first {
+        delivered.insert((d.record.partition, d.record.offset));
+    }
+    let rest = drain(&mut consumer);
+    for place in &rest {
+        assert!(
+            delivered.insert(*place),
+            "{place:?} committed before, delivered again"
+        );
+    }
+    assert_eq!(delivered.len(), 100, "every event delivered at least once");
+    assert_eq!(group.lag().iter().sum::<u64>(), 0);
+    // Another group is independent.
+    let mut other = log.group("audit").unwrap().join().unwrap();
+    assert_eq!(drain(&mut other).len(), 100);
+}
+
+#[test]
+fn members_split_the_partitions_and_take_over_those_of_a_member_that_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 200);
+    let group = log.group("workers").unwrap();
+    let mut members: Vec<_> = (0..4).map(|_| group.join().unwrap()).collect();
+    // Assignments settle at each member's first poll.
+    let mut owners: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut per_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (i, member) in members.iter_mut().enumerate() {
+        let batch = member.poll(10, Duration::from_millis(50)).unwrap();
+        for p in member.assignment() {
+            assert!(owners.insert(p, i).is_none(), "partition {p} owned twice");
+        }
+        for d in &batch {
+            assert_eq!(
+                owners.get(&d.record.partition),
+                Some(&i),
+                "delivered to its owner"
+            );
+            per_partition
+                .entry(d.record.partition)
+                .or_default()
+                .push(d.record.offset);
+        }
+        member.commit(&batch).unwrap();
+    }
+    assert_eq!(
+        owners.len(),
+        PARTITIONS as usize,
+        "every partition has an owner"
+    );
+    // Member 0 leaves without committing more: its partition goes to another member, which
+    // resumes from the committed cursor.
+    let left: Vec<u32> = owners
+        .iter()
+        .filter(|(_, &o)| o == 0)
+        .map(|(&p, _)| p)
+        .collect();
+    let committed_before = group.committed();
+    members.remove(0);
+    let mut taken_over = Vec::new();
+    for member in &mut members {
+        let batch = member.poll(1_000, Duration::from_millis(50)).unwrap();
+        for d in &batch {
+            if left.contains(&d.record.partition) {
+                taken_over.push(d.record.offset);
+            }
+            per_partition
+                .entry(d.record.partition)
+                .or_default()
+                .push(d.record.offset);
+        }
+        member.commit(&batch).unwrap();
+    }
+    let p = left[0];
+    assert_eq!(
+        taken_over.first().copied(),
+        Some(committed_before[p as usize]),
+        "the new owner resumes at the committed cursor"
+    );
+    // In order within each partition, each offset once (all were committed along the way).
+    for (p, offsets) in &per_partition {
+        let expected: Vec<u64> = (0..log.end_offset(*p).unwrap()).collect();
+        assert_eq!(offsets, &expected, "partition {p}");
+    }
+}
+
+#[test]
+fn a_commit_after_a_rebalance_is_refused_and_the_events_are_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 40);
+    let group = log.group("g").unwrap();
+    let mut alone = group.join().unwrap();
+    let batch = alone.poll(1_000, Duration::from_millis(50)).unwrap();
+    assert_eq!(batch.len(), 40);
+    assert!(batch.caught_up);
+    let _newcomer = group.join().unwrap();
+    let refused = alone.commit(&batch).unwrap_err();
+    assert!(matches!(refused, Error::NotAssigned { .. }), "{refused}");
+    assert_eq!(group.committed(), vec![0; PARTITIONS as usize]);
+    // The events of its partitions come again, as second attempts.
+    let again = alone.poll(1_000, Duration::from_millis(50)).unwrap();
+    assert!(!again.is_empty());
+    assert!(
+        again.iter().all(|d| d.attempt == 2),
+        "{:?}",
+        again.iter().map(|d| d.attempt).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_member_that_stops_polling_loses_its_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 40);
+    let group = log.group("g").unwrap();
+    let mut active = group.join().unwrap();
+    active.set_session_timeout(Duration::from_millis(50));
+    let mut idle = group.join().unwrap();
+    idle.poll(1, Duration::ZERO).unwrap();
+    active.poll(1, Duration::ZERO).unwrap();
+    assert_eq!(active.assignment().len(), 2);
+    std::thread::sleep(Duration::from_millis(80));
+    let all = drain(&mut active);
+    assert_eq!(active.assignment().len(), PARTITIONS as usize);
+    assert_eq!(all.len(), 40, "the active member takes every partition");
+}
+
+#[test]
+fn a_waiting_poll_is_woken_by_an_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    let mut consumer = log.group("g").unwrap().join().unwrap();
+    let empty = consumer.poll(10, Duration::from_millis(20)).unwrap();
+    assert!(empty.is_empty() && empty.caught_up);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let started = Instant::now();
+            let batch = consumer.poll(10, Duration::from_secs(20)).unwrap();
+            (batch.len(), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        log.append(b"k", b"wake up").unwrap();
+        let (len, waited) = waiter.join().unwrap();
+        assert_eq!(len, 1);
+        assert!(
+            waited < Duration::from_secs(10),
+            "woken by the append, not by the timeout"
+        );
+    });
+}
+
+#[test]
+fn bad_group_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert!(matches!(log.group(""), Err(Error::InvalidOptions(_))));
+    assert!(matches!(
+        log.group(&"x".repeat(256)),
+        Err(Error::InvalidOptions(_))
+    ));
+}
