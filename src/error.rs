@@ -149,6 +149,12 @@ pub enum Error {
     /// A consumer committed events of a partition it no longer owns (the group was rebalanced:
     /// the partition's new owner delivers from the committed cursor). Nothing was committed.
     NotAssigned { group: String, partition: u32 },
+    /// An offset past a partition's visible end (`end`) was asked for.
+    OffsetOutOfRange {
+        partition: u32,
+        offset: u64,
+        end: u64,
+    },
     /// A snapshot's state is larger than [`SNAPSHOT_BYTES_MAX`](crate::SNAPSHOT_BYTES_MAX).
     SnapshotTooLarge { bytes: u64, limit: u64 },
 }
@@ -353,6 +359,14 @@ impl fmt::Display for Error {
             Error::IdReused { id } => write!(
                 f,
                 "event id {id:032x} is already used by another key or twice in this call"
+            ),
+            Error::OffsetOutOfRange {
+                partition,
+                offset,
+                end,
+            } => write!(
+                f,
+                "offset {offset} is past the end of partition {partition} ({end})"
             ),
             Error::NotAssigned { group, partition } => write!(
                 f,

@@ -340,17 +340,7 @@ impl Log {
 
     /// Checks a key and returns the partition it belongs to.
     pub(crate) fn route(&self, key: &[u8]) -> Result<u32> {
-        if key.is_empty() {
-            return Err(Error::EmptyKey);
-        }
-        let key_limit = u64::from(self.options.key_bytes_max);
-        if key.len() as u64 > key_limit {
-            return Err(Error::KeyTooLarge {
-                bytes: key.len() as u64,
-                limit: key_limit,
-            });
-        }
-        Ok(self.partition_for(key))
+        self.shared.route(key)
     }
 
     /// The consumer group `name` (1 to 255 bytes): its committed cursors are loaded from the
@@ -562,6 +552,18 @@ impl<'c, 'e> KeyAppend<'c, 'e> {
             expected,
             events,
         }
+    }
+
+    pub(crate) fn key(&self) -> &'c [u8] {
+        self.key
+    }
+
+    pub(crate) fn expected(&self) -> Expected {
+        self.expected
+    }
+
+    pub(crate) fn events(&self) -> &'c [Event<'e>] {
+        self.events
     }
 }
 

@@ -227,3 +227,103 @@ fn bad_group_names_are_refused() {
         Err(Error::InvalidOptions(_))
     ));
 }
+
+#[test]
+fn a_group_resets_to_the_latest_end_to_a_moment_or_seeks_one_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 40);
+    std::thread::sleep(Duration::from_millis(5));
+    let moment = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(5));
+    append_many(&log, 10);
+    let group = log.group("late").unwrap();
+    let mut consumer = group.join().unwrap();
+    group.reset(annal::StartAt::Latest).unwrap();
+    assert!(consumer
+        .poll(100, Duration::from_millis(20))
+        .unwrap()
+        .is_empty());
+    log.append(b"k", b"new").unwrap();
+    let batch = consumer.poll(100, Duration::from_millis(200)).unwrap();
+    assert_eq!(batch.len(), 1, "only what came after the reset");
+    group.reset(annal::StartAt::Timestamp(moment)).unwrap();
+    assert_eq!(
+        drain(&mut consumer).len(),
+        11,
+        "the last 10 and the new one"
+    );
+    group.seek(0, 0).unwrap();
+    let again = drain(&mut consumer);
+    assert_eq!(again.len() as u64, log.end_offset(0).unwrap());
+    let end = log.end_offset(1).unwrap();
+    assert!(matches!(
+        group.seek(1, end + 1),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert!(matches!(
+        group.seek(PARTITIONS, 0),
+        Err(Error::PartitionOutOfRange { .. })
+    ));
+    // Reset durably: a restart keeps it.
+    drop(consumer);
+    drop(group);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    let committed = log.group("late").unwrap().committed();
+    let ends: Vec<u64> = (0..PARTITIONS)
+        .map(|p| log.end_offset(p).unwrap())
+        .collect();
+    assert_eq!(committed, ends);
+}
+
+#[test]
+fn appends_and_a_commit_in_one_step_are_both_there_or_neither() {
+    use annal::{Event, Expected, KeyAppend};
+    let dir = tempfile::tempdir().unwrap();
+    let fail_points = annal::io::FailPoints::new();
+    let log = Log::open(dir.path(), options().fail_points(fail_points.clone())).unwrap();
+    append_many(&log, 10);
+    let group = log.group("process-manager").unwrap();
+    let mut consumer = group.join().unwrap();
+    let batch = consumer.poll(100, Duration::from_millis(50)).unwrap();
+    assert_eq!(batch.len(), 10);
+    // A failed write: neither the follow-up event nor the commit.
+    fail_points.fail_writes(1);
+    let follow_up = [Event::new(b"shipment requested")];
+    let appends = [KeyAppend::new(b"shipments", Expected::NoStream, &follow_up)];
+    assert!(consumer.append_and_commit(&appends, &batch).is_err());
+    assert_eq!(log.last_version(b"shipments").unwrap(), None);
+    assert_eq!(group.committed(), vec![0; PARTITIONS as usize]);
+    // Both, once it works (the events come again first: the commit was not made).
+    let batch = consumer.poll(100, Duration::from_millis(50)).unwrap();
+    assert_eq!(batch.len(), 10);
+    let placed = consumer.append_and_commit(&appends, &batch).unwrap();
+    assert_eq!(placed.len(), 1);
+    assert_eq!(log.last_version(b"shipments").unwrap(), Some(0));
+    // The ten are committed; the follow-up event is new to the group.
+    assert_eq!(group.lag().iter().sum::<u64>(), 1);
+    // A failed expectation writes nothing and commits nothing.
+    log.append(b"key-1", b"one more").unwrap();
+    let batch = consumer.poll(100, Duration::from_millis(50)).unwrap();
+    assert_eq!(batch.len(), 2);
+    let stale = consumer.append_and_commit(&appends, &batch);
+    assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+    assert_eq!(group.lag().iter().sum::<u64>(), 2);
+    drop(consumer);
+    drop(group);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(
+        log.group("process-manager")
+            .unwrap()
+            .lag()
+            .iter()
+            .sum::<u64>(),
+        2
+    );
+    assert_eq!(log.read_key(b"shipments", 0).unwrap().len(), 1);
+}

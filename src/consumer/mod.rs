@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::log::KeyAppend;
 use crate::reader::Reader;
 use crate::record::{Event, Record};
 use crate::stream::Expected;
@@ -162,6 +163,95 @@ impl Group {
             .collect()
     }
 
+    /// Moves every partition's cursor to `at` (durably, as a commit is), and restarts every
+    /// member there. A new group starts at the earliest offsets; call this to start it
+    /// elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// The errors of appends, and of reading the partitions for `StartAt::Timestamp`.
+    pub fn reset(&self, at: StartAt) -> Result<()> {
+        let partitions = self.shared.config.user_partitions;
+        let mut offsets = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let partition = &self.shared.partitions[p as usize];
+            offsets.push(match at {
+                StartAt::Earliest => 0,
+                StartAt::Latest => partition.visible_end(),
+                StartAt::Timestamp(t) => {
+                    crate::stream::read::first_offset_where(partition, |r| r.timestamp_ms >= t)?
+                }
+            });
+        }
+        self.set_cursors(|cursors| {
+            for (p, offset) in offsets.iter().enumerate() {
+                cursors.set(p as u32, *offset);
+            }
+            Ok(())
+        })
+    }
+
+    /// Moves one partition's cursor to `offset` (back or forward), durably, and restarts every
+    /// member at the committed cursors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PartitionOutOfRange`], [`Error::OffsetOutOfRange`] past the partition's visible
+    /// end, and the errors of appends.
+    pub fn seek(&self, partition: u32, offset: u64) -> Result<()> {
+        let partitions = self.shared.config.user_partitions;
+        let Some(p) = self
+            .shared
+            .partitions
+            .get(partition as usize)
+            .filter(|_| partition < partitions)
+        else {
+            return Err(Error::PartitionOutOfRange {
+                partition,
+                partitions,
+            });
+        };
+        let end = p.visible_end();
+        if offset > end {
+            return Err(Error::OffsetOutOfRange {
+                partition,
+                offset,
+                end,
+            });
+        }
+        self.set_cursors(|cursors| {
+            cursors.set(partition, offset);
+            Ok(())
+        })
+    }
+
+    /// Writes the group's cursors as `change` makes them, and waits until that is durable.
+    fn set_cursors(&self, change: impl FnOnce(&mut Cursors) -> Result<()>) -> Result<()> {
+        let mut inner = self.state.inner.lock();
+        let mut next = inner.committed.clone();
+        change(&mut next)?;
+        let payload = next.encode();
+        let events = [Event::new(&payload)];
+        let write = [KeyWrite {
+            partition: self.shared.config.groups_partition(),
+            key: &self.state.key,
+            expected: inner.version.map_or(Expected::NoStream, Expected::Exact),
+            events: &events,
+        }];
+        let queued = self
+            .shared
+            .sequencer
+            .enqueue(&self.shared.partitions, &write)?;
+        let version = queued.first.version;
+        // Waited for under the lock: a reset is rare, and no commit may slip in between.
+        queued.ticket(&self.shared.progress).wait()?;
+        inner.version = Some(version);
+        inner.attempts.clear();
+        inner.committed = next;
+        inner.generation += 1;
+        Ok(())
+    }
+
     /// Joins the group as a new member: partitions are spread evenly over the live members,
     /// and each member resumes its partitions from the committed cursors.
     pub fn join(&self) -> Result<Consumer> {
@@ -183,6 +273,19 @@ impl Group {
             session_timeout: SESSION_TIMEOUT_DEFAULT,
         })
     }
+}
+
+/// Where [`Group::reset`] puts a group's cursors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartAt {
+    /// Every partition's first offset: everything is delivered.
+    Earliest,
+    /// Every partition's visible end: only what is appended from now on is delivered.
+    Latest,
+    /// In each partition, the first event appended at or after this time (ms since the Unix
+    /// epoch).
+    Timestamp(u64),
 }
 
 /// One member of a consumer group ([`Group::join`]). Leaves the group when dropped.
@@ -343,15 +446,50 @@ impl Consumer {
     /// reassigned: the new owner delivers from the committed cursor again), and the errors of
     /// appends.
     pub fn commit(&mut self, batch: &Batch) -> Result<()> {
+        self.commit_with(batch, &[]).map(drop)
+    }
+
+    /// Appends events and commits the batch in one step: after any crash, both happened or
+    /// neither (they are one journal record). A consumer whose effects all go back into the log
+    /// (a process manager's follow-up events, a projection's derived events) is so
+    /// exactly-once: a redelivered event's effects were appended only if its commit was too.
+    /// Returns where each key's events went, in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Self::commit), and those of [`Log::append_multi`](crate::Log::append_multi)
+    /// (a failed expectation writes nothing and commits nothing).
+    pub fn append_and_commit(
+        &mut self,
+        appends: &[KeyAppend<'_, '_>],
+        batch: &Batch,
+    ) -> Result<Vec<crate::Appended>> {
+        self.commit_with(batch, appends)
+    }
+
+    fn commit_with(
+        &mut self,
+        batch: &Batch,
+        appends: &[KeyAppend<'_, '_>],
+    ) -> Result<Vec<crate::Appended>> {
         let mut ends: HashMap<u32, u64> = HashMap::new();
         for delivery in &batch.deliveries {
             let end = ends.entry(delivery.record.partition).or_default();
             *end = (*end).max(delivery.record.offset + 1);
         }
-        if ends.is_empty() {
-            return Ok(());
+        if ends.is_empty() && appends.is_empty() {
+            return Ok(Vec::new());
         }
         let partitions = self.shared.config.user_partitions;
+        let mut writes = Vec::with_capacity(appends.len() + 1);
+        for append in appends {
+            writes.push(KeyWrite {
+                partition: self.shared.route(append.key())?,
+                key: append.key(),
+                expected: append.expected(),
+                events: append.events(),
+            });
+        }
         let mut inner = self.group.inner.lock();
         let assigned = inner.assignment(self.member, partitions);
         for &p in ends.keys() {
@@ -368,17 +506,19 @@ impl Consumer {
         }
         let payload = next.encode();
         let events = [Event::new(&payload)];
-        let write = [KeyWrite {
+        writes.push(KeyWrite {
             partition: self.shared.config.groups_partition(),
             key: &self.group.key,
             expected: inner.version.map_or(Expected::NoStream, Expected::Exact),
             events: &events,
-        }];
+        });
         let queued = self
             .shared
             .sequencer
-            .enqueue(&self.shared.partitions, &write)?;
-        inner.version = Some(queued.first.version);
+            .enqueue(&self.shared.partitions, &writes)?;
+        let mut places = queued.all();
+        let group_place = places.pop().expect("the group's record is the last write");
+        inner.version = Some(group_place.version);
         inner
             .attempts
             .retain(|&(p, offset), _| offset >= next.get(p));
@@ -390,7 +530,7 @@ impl Consumer {
             self.reload()?;
             return Err(error);
         }
-        Ok(())
+        Ok(places)
     }
 
     /// After a failed commit: the group's state is what its last record on disk says.

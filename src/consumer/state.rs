@@ -44,6 +44,11 @@ impl Cursors {
         &self.offsets
     }
 
+    /// Puts a cursor anywhere (a reset or a seek).
+    pub fn set(&mut self, partition: u32, offset: u64) {
+        self.offsets[partition as usize] = offset;
+    }
+
     /// Moves a cursor forward (never back: a commit of older events changes nothing).
     pub fn advance(&mut self, partition: u32, end: u64) {
         let offset = &mut self.offsets[partition as usize];

@@ -163,7 +163,10 @@ impl Log {
 
 /// The first offset of the partition whose record satisfies `past` (a predicate that is false
 /// and then true along the partition), or the visible end.
-fn first_offset_where(partition: &Arc<Partition>, past: impl Fn(&Record) -> bool) -> Result<u64> {
+pub(crate) fn first_offset_where(
+    partition: &Arc<Partition>,
+    past: impl Fn(&Record) -> bool,
+) -> Result<u64> {
     let (mut low, mut high) = (0u64, partition.visible_end());
     while low < high {
         let mid = low + (high - low) / 2;

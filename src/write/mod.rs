@@ -51,6 +51,7 @@ pub(crate) struct Config {
     /// partition (`groups/`), where consumer groups keep their records: it takes offsets and
     /// journal indexes like any partition, but its events have no global position.
     pub user_partitions: u32,
+    pub key_bytes_max: u32,
 }
 
 impl Config {
@@ -75,6 +76,7 @@ impl Config {
             recovery: options.recovery,
             faults: options.fail_points.clone(),
             user_partitions,
+            key_bytes_max: options.key_bytes_max,
         }
     }
 
@@ -104,6 +106,24 @@ pub(crate) struct Shared {
     pub progress: Arc<ticket::Progress>,
     pub partitions: Vec<Arc<partition::Partition>>,
     pub counters: Arc<Counters>,
+}
+
+impl Shared {
+    /// Checks a key and returns the partition it belongs to (`docs/format.md`, routing).
+    pub fn route(&self, key: &[u8]) -> crate::error::Result<u32> {
+        if key.is_empty() {
+            return Err(crate::error::Error::EmptyKey);
+        }
+        let key_limit = u64::from(self.config.key_bytes_max);
+        if key.len() as u64 > key_limit {
+            return Err(crate::error::Error::KeyTooLarge {
+                bytes: key.len() as u64,
+                limit: key_limit,
+            });
+        }
+        let partitions = u64::from(self.config.user_partitions);
+        Ok((crate::storage::hash::key_hash(key) % partitions) as u32)
+    }
 }
 
 /// Running totals of what the writer did, for [`Stats`].
