@@ -51,8 +51,11 @@ struct Inner {
     /// Live members, in the order they joined.
     members: Vec<MemberSeen>,
     next_member: u64,
-    /// Events delivered at least once since the log was opened and not committed yet: their
-    /// delivery count, so that a redelivery says which attempt it is.
+    /// Per partition, one past the last offset delivered since the log was opened: an event
+    /// below it is being delivered again.
+    delivered: Vec<u64>,
+    /// Delivery counts of events delivered more than once and not committed yet (first
+    /// deliveries, the common case, cost no entry).
     attempts: HashMap<(u32, u64), u32>,
     /// Moves at every change of membership, so that members notice a new assignment.
     generation: u64,
@@ -132,6 +135,7 @@ impl Group {
                 version,
                 members: Vec::new(),
                 next_member: 0,
+                delivered: vec![0; partitions as usize],
                 attempts: HashMap::new(),
                 generation: 0,
             }),
@@ -424,10 +428,16 @@ impl Consumer {
         }
         let mut inner = self.group.inner.lock();
         for delivery in &mut deliveries {
-            let key = (delivery.record.partition, delivery.record.offset);
-            let attempts = inner.attempts.entry(key).or_insert(0);
-            *attempts += 1;
-            delivery.attempt = *attempts;
+            let (p, offset) = (delivery.record.partition, delivery.record.offset);
+            let delivered = &mut inner.delivered[p as usize];
+            if offset >= *delivered {
+                *delivered = offset + 1;
+                delivery.attempt = 1;
+            } else {
+                let attempts = inner.attempts.entry((p, offset)).or_insert(1);
+                *attempts += 1;
+                delivery.attempt = *attempts;
+            }
         }
         Ok(Batch {
             deliveries,
@@ -437,8 +447,10 @@ impl Consumer {
     }
 
     /// Commits the batch: for each partition in it, the cursor moves past its last event. One
-    /// append to the groups partition (durable as appends are: under `Sync`, once synced), so
-    /// concurrent commits, of any members and appenders, share an fsync.
+    /// append to the groups partition, durable as appends are: under `Sync` it returns once
+    /// synced, and concurrent commits, of any members and appenders, share an fsync; under
+    /// `Interval` and `Buffered` it returns once queued (a crash may then take it, and the
+    /// events are delivered again).
     ///
     /// # Errors
     ///
@@ -524,11 +536,14 @@ impl Consumer {
             .retain(|&(p, offset), _| offset >= next.get(p));
         inner.committed = next;
         drop(inner);
-        // Waited for outside the group's lock: other members' commits queue meanwhile and share
-        // the fsync.
-        if let Err(error) = queued.ticket(&self.shared.progress).wait() {
-            self.reload()?;
-            return Err(error);
+        // As appends do: under `Sync` the commit returns once durable (waited for outside the
+        // group's lock, so that other members' commits queue meanwhile and share the fsync);
+        // under `Interval` and `Buffered` once queued.
+        if self.shared.config.durability == crate::Durability::Sync {
+            if let Err(error) = queued.ticket(&self.shared.progress).wait() {
+                self.reload()?;
+                return Err(error);
+            }
         }
         Ok(places)
     }
