@@ -371,6 +371,25 @@ impl Log {
         Group::open(&self.shared, &self.groups, name)
     }
 
+    /// The names of the groups that ever committed (or were reset), in name order. Reads the
+    /// groups partition (a record per commit): meant for tools, not for every request.
+    ///
+    /// # Errors
+    ///
+    /// Errors reading the groups partition.
+    pub fn group_names(&self) -> Result<Vec<String>> {
+        self.check_process()?;
+        let groups = &self.shared.partitions[self.shared.config.groups_partition() as usize];
+        let mut names = std::collections::BTreeSet::new();
+        for record in Reader::new(groups.clone(), 0) {
+            let record = record?;
+            if let Some(name) = record.key.strip_prefix(b"g/") {
+                names.insert(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
     /// Reads `partition` in offset order from `from_offset`, up to what is visible (see
     /// [`Reader`]).
     ///

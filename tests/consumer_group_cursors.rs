@@ -327,3 +327,17 @@ fn appends_and_a_commit_in_one_step_are_both_there_or_neither() {
     );
     assert_eq!(log.read_key(b"shipments", 0).unwrap().len(), 1);
 }
+
+#[test]
+fn groups_that_committed_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 5);
+    assert!(log.group_names().unwrap().is_empty());
+    for name in ["billing", "audit"] {
+        let mut consumer = log.group(name).unwrap().join().unwrap();
+        drain(&mut consumer);
+    }
+    log.group("never-committed").unwrap();
+    assert_eq!(log.group_names().unwrap(), ["audit", "billing"]);
+}
