@@ -341,3 +341,32 @@ fn groups_that_committed_are_listed() {
     log.group("never-committed").unwrap();
     assert_eq!(log.group_names().unwrap(), ["audit", "billing"]);
 }
+
+/// Regression test for a bug found by the command's tests: under `Buffered` a commit returns
+/// once queued, and a group opened again right after (every handle dropped) was loaded from the
+/// groups partition before that commit's record was visible: its cursors went back.
+#[test]
+fn a_group_opened_again_right_after_a_buffered_commit_keeps_its_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options().durability(Durability::Buffered);
+    let log = Log::open(dir.path(), options).unwrap();
+    append_many(&log, 30);
+    log.flush().unwrap();
+    for round in 0..20 {
+        let group = log.group("g").unwrap();
+        let mut consumer = group.join().unwrap();
+        let batch = consumer.poll(1, Duration::from_millis(50)).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        consumer.commit(&batch).unwrap();
+        let committed = group.committed();
+        drop(consumer);
+        drop(group);
+        assert_eq!(
+            log.group("g").unwrap().committed(),
+            committed,
+            "round {round}"
+        );
+    }
+}

@@ -14,7 +14,7 @@
 pub(crate) mod state;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -32,9 +32,12 @@ use state::Cursors;
 pub const SESSION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The groups of one open log, by name: members of one group in this process share its state.
+/// A group's state is kept for as long as the log is open, also when no handle to it is left:
+/// under `Interval` and `Buffered` a commit returns before its record is visible, so the record
+/// on disk may be behind what this process committed.
 #[derive(Default)]
 pub(crate) struct Groups {
-    open: Mutex<HashMap<String, Weak<GroupState>>>,
+    open: Mutex<HashMap<String, Arc<GroupState>>>,
 }
 
 /// One group's state, shared by its members.
@@ -104,10 +107,10 @@ impl Group {
             )));
         }
         let mut open = groups.open.lock();
-        if let Some(state) = open.get(name).and_then(Weak::upgrade) {
+        if let Some(state) = open.get(name) {
             return Ok(Group {
                 shared: shared.clone(),
-                state,
+                state: state.clone(),
             });
         }
         let key = format!("g/{name}").into_bytes();
@@ -140,7 +143,7 @@ impl Group {
                 generation: 0,
             }),
         });
-        open.insert(name.to_owned(), Arc::downgrade(&state));
+        open.insert(name.to_owned(), state.clone());
         Ok(Group {
             shared: shared.clone(),
             state,

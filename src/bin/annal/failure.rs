@@ -103,7 +103,7 @@ pub fn open_log(dir: &Path, options: annal::Options, command: &str) -> Result<an
     annal::Log::open(dir, options).map_err(|error| match error {
         annal::Error::Locked { .. } => Failure::message(format!(
             "{} is open by another process, and `annal {command}` needs the log's write lock \
-             (dump, stats, tail and verify read a log that is open elsewhere)",
+             (dump, stats, tail, verify and groups read a log that is open elsewhere)",
             dir.display()
         )),
         error => Failure::annal(format!("open {}", dir.display()), error),

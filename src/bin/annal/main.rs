@@ -11,6 +11,7 @@ mod demo_crash;
 mod disk;
 mod dump;
 mod failure;
+mod groups;
 mod output;
 mod raw_disk;
 mod stats;
@@ -31,10 +32,11 @@ use clap::{Parser, Subcommand};
     version,
     about = "annal, an embeddable event log: a demo, a load generator and operator tools",
     after_help = "Examples:\n  annal demo\n  annal bench --producers 4 --duration 5s\n  \
-                  annal stats annal-data\n  annal verify annal-data\n\n\
-                  Reading commands (dump, stats, tail, verify) read the files directly and work \
-                  while another process has the log open; append, demo and verify --repair open \
-                  it for writing."
+                  annal stats annal-data\n  annal groups annal-data\n  \
+                  annal verify annal-data\n\n\
+                  Reading commands (dump, stats, tail, verify, groups) work while another \
+                  process has the log open, reading its files directly; append, demo, groups \
+                  reset and seek, and verify --repair open it for writing."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +52,7 @@ enum Command {
     Tail(tail::TailArgs),
     Append(append::AppendArgs),
     Stats(stats::StatsArgs),
+    Groups(groups::GroupsArgs),
     /// The demo's crashing child process (started by `annal demo`).
     #[command(hide = true, name = "demo-crash-child")]
     DemoCrashChild(demo_crash::ChildArgs),
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => ("tail", tail::run(&args)),
         Command::Append(args) => ("append", append::run(&args)),
         Command::Stats(args) => ("stats", stats::run(&args)),
+        Command::Groups(args) => ("groups", groups::run(&args)),
         Command::DemoCrashChild(args) => ("demo", demo_crash::run_child(&args)),
     };
     match result {

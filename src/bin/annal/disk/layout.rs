@@ -10,6 +10,7 @@ use crate::failure::Failure;
 pub const META_FILE: &str = "annal.meta";
 pub const JOURNAL_FILE: &str = "annal.journal";
 pub const LOCK_FILE: &str = "annal.lock";
+pub const GROUPS_DIR: &str = "groups";
 pub const SEGMENT_SUFFIX: &str = "seg";
 pub const INDEX_SUFFIX: &str = "idx";
 pub const TABLE_SUFFIX: &str = "keys";
@@ -93,6 +94,13 @@ pub fn require_log_dir(dir: &Path) -> Result<(), Failure> {
 
 pub fn partition_dir(log_dir: &Path, partition: u32) -> PathBuf {
     log_dir.join(format!("p{partition:04}"))
+}
+
+/// The directory of the groups partition: consumer groups' records, in segments like any
+/// partition's, whose headers name partition number `partitions` (the one after the
+/// application's).
+pub fn groups_dir(log_dir: &Path) -> PathBuf {
+    log_dir.join(GROUPS_DIR)
 }
 
 /// The partition a directory name stands for (`p0003`), if it has that shape.

@@ -14,6 +14,7 @@
 
 pub mod bytes;
 pub mod frame;
+pub mod groups;
 pub mod headers;
 pub mod index;
 pub mod keys;

@@ -45,8 +45,18 @@ pub struct PartitionCursor {
 
 impl PartitionCursor {
     pub fn new(log_dir: &Path, partition: u32, from_offset: u64) -> PartitionCursor {
+        PartitionCursor::in_dir(
+            layout::partition_dir(log_dir, partition),
+            partition,
+            from_offset,
+        )
+    }
+
+    /// A cursor over the partition whose segments are in `dir` and whose headers name
+    /// `partition`: the groups partition (`layout::groups_dir`) is read this way.
+    pub fn in_dir(dir: PathBuf, partition: u32, from_offset: u64) -> PartitionCursor {
         PartitionCursor {
-            dir: layout::partition_dir(log_dir, partition),
+            dir,
             partition,
             current: None,
             frame_offset: from_offset,
@@ -171,6 +181,27 @@ impl PartitionCursor {
         self.current = Some(Current { segment, position });
         Ok(true)
     }
+}
+
+/// One past the last offset of the partition's valid frames now (0 before its first segment):
+/// the end `stats` reports. Walks the last segment from its index's last entry (checked
+/// against the frame there, as the index is derived data), or from its start.
+pub fn end_offset(log_dir: &Path, partition: u32) -> Result<u64, Failure> {
+    let dir = layout::partition_dir(log_dir, partition);
+    let Some(&base) = layout::list_segments(&dir)?.last() else {
+        return Ok(0);
+    };
+    let mut segment = SegmentFile::open(&layout::segment_file(&dir, base, SEGMENT_SUFFIX))?;
+    segment.check_place(partition, base)?;
+    let (mut position, mut offset) = (DATA_START, base);
+    if let Some(entry) = nearest_entry(&dir, base, u64::MAX) {
+        if matches!(segment.probe_at(entry.position)?,
+            Probe::Frame(h) if h.base_offset == entry.offset)
+        {
+            (position, offset) = (entry.position, entry.offset);
+        }
+    }
+    segment.walk(position, offset, |_, _, _| Ok(()))
 }
 
 /// The last entry of the segment's index at or before `offset`, if the index reads.
