@@ -57,6 +57,20 @@ fn read_all(log: &Log) -> u64 {
     count
 }
 
+/// The same, with records borrowed from the mapping (`Reader::next_ref`).
+fn read_all_borrowed(log: &Log) -> u64 {
+    let mut count = 0u64;
+    let mut bytes = 0usize;
+    let mut reader = log.read(0, 0).expect("read");
+    while let Some(record) = reader.next_ref() {
+        let record = record.expect("valid record");
+        bytes += record.payload.len();
+        count += 1;
+    }
+    black_box(bytes);
+    count
+}
+
 fn segment_bytes(dir: &std::path::Path) -> Vec<u8> {
     let mut all = Vec::new();
     let mut paths: Vec<_> = std::fs::read_dir(dir.join("p0000"))
@@ -91,6 +105,10 @@ fn main() {
         group.measurement_time(Duration::from_secs(3));
         group.throughput(Throughput::Elements(EVENTS));
         group.bench_function("annal_read", |b| b.iter(|| read_all(&log)));
+        assert_eq!(read_all_borrowed(&log), EVENTS);
+        group.bench_function("annal_read_borrowed", |b| {
+            b.iter(|| read_all_borrowed(&log))
+        });
         group.bench_function("baseline_crc32_same_bytes", |b| {
             b.iter(|| crc32fast::hash(black_box(data)))
         });

@@ -32,7 +32,7 @@ pub use crate::options::{
     PARTITIONS_MAX, QUEUE_BYTES_MAX_DEFAULT, SEGMENT_AGE_MIN, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
-pub use crate::reader::Reader;
+pub use crate::reader::{Reader, RecordRef};
 pub use crate::record::{Event, Header, Record};
 pub use crate::storage::hash::{key_hash, partition_for};
 pub use crate::stream::read::GlobalReader;

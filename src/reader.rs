@@ -55,6 +55,39 @@ struct SegmentCursor {
     start: ScanStart,
 }
 
+/// Where the reader's next record is (`Reader::advance`).
+struct At {
+    start: usize,
+    info: FrameInfo,
+    ranges: frame::RecordRanges,
+    index: u64,
+}
+
+/// A record borrowed from a segment's mapping ([`Reader::next_ref`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RecordRef<'m> {
+    pub partition: u32,
+    pub offset: u64,
+    pub version: u64,
+    pub global_position: u64,
+    pub timestamp_ms: u64,
+    pub event_id: Option<u128>,
+    pub key: &'m [u8],
+    pub payload: &'m [u8],
+    frame: &'m [u8],
+    headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl<'m> RecordRef<'m> {
+    /// The headers, in the order they were given.
+    pub fn headers(&self) -> impl Iterator<Item = (&'m [u8], &'m [u8])> + '_ {
+        self.headers
+            .iter()
+            .map(|(name, value)| (&self.frame[name.clone()], &self.frame[value.clone()]))
+    }
+}
+
 /// The frame being returned record by record. It lives in the current segment cursor's
 /// mapping, at `position`; records are sliced out of that mapping directly, so each record
 /// costs one reference count for its key and one for its payload, and the frame none.
@@ -84,6 +117,71 @@ impl Reader {
     }
 
     fn next_record(&mut self) -> Result<Option<Record>> {
+        let Some(at) = self.advance()? else {
+            return Ok(None);
+        };
+        let segment = self.segment.as_ref().expect("advance left the segment");
+        Ok(Some(Record::from_frame(
+            self.partition.id,
+            &segment.map,
+            at.start,
+            &at.info,
+            at.ranges,
+            at.index,
+        )))
+    }
+
+    /// The next record, borrowed from the segment's mapping: no reference count and no
+    /// allocation per record (unless it has headers), for scans that look at each record and
+    /// move on. Checked as [`Iterator::next`]'s records are; `None` at the visible end (poll
+    /// again later). After an error the reader returns nothing more.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use annal::{Log, Options};
+    /// let log = Log::open(dir.path(), Options::default().partitions(1))?;
+    /// log.append(b"k", b"12")?;
+    /// log.append(b"k", b"30")?;
+    /// let mut reader = log.read(0, 0)?;
+    /// let mut sum = 0;
+    /// while let Some(record) = reader.next_ref() {
+    ///     sum += std::str::from_utf8(record?.payload).unwrap().parse::<u32>().unwrap();
+    /// }
+    /// assert_eq!(sum, 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn next_ref(&mut self) -> Option<Result<RecordRef<'_>>> {
+        if self.failed {
+            return None;
+        }
+        let at = match self.advance() {
+            Ok(Some(at)) => at,
+            Ok(None) => return None,
+            Err(error) => {
+                self.failed = true;
+                return Some(Err(error));
+            }
+        };
+        let segment = self.segment.as_ref().expect("advance left the segment");
+        let frame = &segment.map[at.start..at.start + at.info.frame_len as usize];
+        Some(Ok(RecordRef {
+            partition: self.partition.id,
+            offset: at.info.base_offset + at.index,
+            version: at.info.base_version + at.index,
+            global_position: at.info.global_position + at.index,
+            timestamp_ms: at.info.timestamp_ms,
+            event_id: at.ranges.event_id,
+            key: &frame[at.info.key_range()],
+            payload: &frame[at.ranges.payload.clone()],
+            frame,
+            headers: at.ranges.headers,
+        }))
+    }
+
+    /// Moves to the next record: where its frame starts, the frame's header, the record's
+    /// ranges in it and its index in the frame.
+    fn advance(&mut self) -> Result<Option<At>> {
         loop {
             if let (Some(frame), Some(segment)) = (&mut self.frame, &self.segment) {
                 let start = frame.position;
@@ -96,15 +194,12 @@ impl Reader {
                             continue;
                         }
                         self.next_offset = offset + 1;
-                        let record_index = offset - frame.info.base_offset;
-                        return Ok(Some(Record::from_frame(
-                            self.partition.id,
-                            &segment.map,
+                        return Ok(Some(At {
                             start,
-                            &frame.info,
+                            info: frame.info,
                             ranges,
-                            record_index,
-                        )));
+                            index: offset - frame.info.base_offset,
+                        }));
                     }
                     Ok(None) => self.frame = None,
                     Err(reason) => {
