@@ -116,11 +116,7 @@ impl Group {
         let key = format!("g/{name}").into_bytes();
         let partitions = shared.config.user_partitions;
         let groups_partition = &shared.partitions[shared.config.groups_partition() as usize];
-        let (committed, version) = match groups_partition
-            .streams
-            .key_frames(groups_partition, &key, 0)?
-            .last()
-        {
+        let (committed, version) = match state::last_frame(groups_partition, &key)?.as_ref() {
             Some(found) => {
                 let record = state::last_record(groups_partition, found)?;
                 (
@@ -555,11 +551,9 @@ impl Consumer {
     fn reload(&self) -> Result<()> {
         let groups_partition =
             &self.shared.partitions[self.shared.config.groups_partition() as usize];
-        let found = groups_partition
-            .streams
-            .key_frames(groups_partition, &self.group.key, 0)?;
+        let found = state::last_frame(groups_partition, &self.group.key)?;
         let mut inner = self.group.inner.lock();
-        match found.last() {
+        match found.as_ref() {
             Some(found) => {
                 let record = state::last_record(groups_partition, found)?;
                 inner.committed =

@@ -86,6 +86,15 @@ impl Cursors {
     }
 }
 
+/// The frame of `key`'s last record in the groups partition, if any: found from the key's last
+/// version, so that loading a group reads one frame, not one per commit it ever made.
+pub(crate) fn last_frame(partition: &Partition, key: &[u8]) -> Result<Option<FoundFrame>> {
+    let Some(last) = partition.streams.last_version(partition, key)? else {
+        return Ok(None);
+    };
+    Ok(partition.streams.key_frames(partition, key, last)?.pop())
+}
+
 /// The last record of a frame found for a group's key.
 pub(crate) fn last_record(partition: &Partition, found: &FoundFrame) -> Result<Record> {
     let frame = &found.map[found.position..found.position + found.info.frame_len as usize];
