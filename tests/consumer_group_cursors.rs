@@ -370,3 +370,36 @@ fn a_group_opened_again_right_after_a_buffered_commit_keeps_its_cursors() {
         );
     }
 }
+
+#[test]
+fn a_busy_partition_does_not_starve_the_others_of_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    let busy = (0..)
+        .map(|n| format!("busy-{n}"))
+        .find(|k| log.partition_for(k.as_bytes()) == 0)
+        .unwrap();
+    let quiet = (0..)
+        .map(|n| format!("quiet-{n}"))
+        .find(|k| log.partition_for(k.as_bytes()) == 3)
+        .unwrap();
+    for i in 0..500 {
+        log.append(busy.as_bytes(), format!("{i}").as_bytes())
+            .unwrap();
+    }
+    log.append(quiet.as_bytes(), b"here").unwrap();
+    let mut consumer = log.group("g").unwrap().join().unwrap();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let batch = consumer.poll(10, Duration::from_millis(50)).unwrap();
+        if batch.iter().any(|d| d.record.partition == 3) {
+            break;
+        }
+        consumer.commit(&batch).unwrap();
+        assert!(
+            polls < 8,
+            "partition 3 waited {polls} polls behind partition 0"
+        );
+    }
+}

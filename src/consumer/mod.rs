@@ -274,6 +274,7 @@ impl Group {
             generation: u64::MAX,
             owned: HashMap::new(),
             session_timeout: SESSION_TIMEOUT_DEFAULT,
+            rotation: 0,
         })
     }
 }
@@ -301,6 +302,8 @@ pub struct Consumer {
     /// The partitions this member owns, each with its reader (at the next offset to deliver).
     owned: HashMap<u32, Reader>,
     session_timeout: Duration,
+    /// Where the next poll starts among the member's partitions.
+    rotation: usize,
 }
 
 /// One event delivered to a member.
@@ -408,6 +411,13 @@ impl Consumer {
         let mut deliveries = Vec::new();
         let mut partitions: Vec<u32> = self.owned.keys().copied().collect();
         partitions.sort_unstable();
+        // Each poll starts one partition further, so that a busy partition never starves the
+        // others of a member that polls fewer events than it has.
+        if !partitions.is_empty() {
+            let first = self.rotation % partitions.len();
+            partitions.rotate_left(first);
+            self.rotation = self.rotation.wrapping_add(1);
+        }
         let mut caught_up = true;
         for p in partitions {
             let reader = self.owned.get_mut(&p).expect("listed above");
