@@ -182,8 +182,8 @@ fn a_member_that_stops_polling_loses_its_partitions() {
     append_many(&log, 40);
     let group = log.group("g").unwrap();
     let mut active = group.join().unwrap();
-    active.set_session_timeout(Duration::from_millis(50));
     let mut idle = group.join().unwrap();
+    idle.set_session_timeout(Duration::from_millis(50));
     idle.poll(1, Duration::ZERO).unwrap();
     active.poll(1, Duration::ZERO).unwrap();
     assert_eq!(active.assignment().len(), 2);

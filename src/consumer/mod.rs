@@ -68,6 +68,8 @@ struct Inner {
 struct MemberSeen {
     id: u64,
     last_poll: Instant,
+    /// How long the member may go without polling before the others take its partitions.
+    session_timeout: Duration,
 }
 
 impl Inner {
@@ -80,14 +82,31 @@ impl Inner {
         (0..partitions).filter(|p| p % n == index as u32).collect()
     }
 
-    /// Drops members that have not polled within the session timeout (not `keep`).
-    fn expire(&mut self, keep: u64, timeout: Duration) {
+    /// Drops members that have not polled within their own session timeout.
+    fn expire(&mut self) {
         let now = Instant::now();
         let before = self.members.len();
         self.members
-            .retain(|m| m.id == keep || now.duration_since(m.last_poll) < timeout);
+            .retain(|m| now.duration_since(m.last_poll) < m.session_timeout);
         if self.members.len() != before {
             self.generation += 1;
+        }
+    }
+
+    /// Records that `member` polls now; a member that had expired joins again (as a new
+    /// member: its earlier batches can no longer be committed).
+    fn seen(&mut self, member: u64, session_timeout: Duration) {
+        let now = Instant::now();
+        match self.members.iter_mut().find(|m| m.id == member) {
+            Some(me) => me.last_poll = now,
+            None => {
+                self.members.push(MemberSeen {
+                    id: member,
+                    last_poll: now,
+                    session_timeout,
+                });
+                self.generation += 1;
+            }
         }
     }
 }
@@ -264,6 +283,7 @@ impl Group {
         inner.members.push(MemberSeen {
             id,
             last_poll: Instant::now(),
+            session_timeout: SESSION_TIMEOUT_DEFAULT,
         });
         inner.generation += 1;
         drop(inner);
@@ -352,9 +372,14 @@ impl<'b> IntoIterator for &'b Batch {
 
 impl Consumer {
     /// Sets how long this member may go without polling before the others take its
-    /// partitions (default [`SESSION_TIMEOUT_DEFAULT`]).
+    /// partitions (default [`SESSION_TIMEOUT_DEFAULT`]). A member that polls again after that
+    /// joins the group again.
     pub fn set_session_timeout(&mut self, timeout: Duration) {
         self.session_timeout = timeout;
+        let mut inner = self.group.inner.lock();
+        if let Some(me) = inner.members.iter_mut().find(|m| m.id == self.member) {
+            me.session_timeout = timeout;
+        }
     }
 
     /// The partitions this member owns now.
@@ -389,10 +414,8 @@ impl Consumer {
     /// goes on from a position another member may have committed past.
     fn refresh_assignment(&mut self) {
         let mut inner = self.group.inner.lock();
-        if let Some(me) = inner.members.iter_mut().find(|m| m.id == self.member) {
-            me.last_poll = Instant::now();
-        }
-        inner.expire(self.member, self.session_timeout);
+        inner.expire();
+        inner.seen(self.member, self.session_timeout);
         if inner.generation == self.generation {
             return;
         }
