@@ -371,7 +371,19 @@ impl Log {
         Group::open(&self.shared, &self.groups, name)
     }
 
-    /// The names of the groups that ever committed (or were reset), in name order. Reads the
+    /// Deletes the group `name`: its cursors go back to the start, durably, and it is no
+    /// longer listed by [`group_names`](Self::group_names) until it commits again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] while the group has members, and the errors of appends.
+    pub fn delete_group(&self, name: &str) -> Result<()> {
+        self.check_process()?;
+        Group::open(&self.shared, &self.groups, name)?.delete(&self.groups)
+    }
+
+    /// The names of the groups that committed (or were reset) and were not deleted since, in
+    /// name order. Reads the
     /// groups partition (a record per commit): meant for tools, not for every request.
     ///
     /// # Errors
@@ -380,14 +392,20 @@ impl Log {
     pub fn group_names(&self) -> Result<Vec<String>> {
         self.check_process()?;
         let groups = &self.shared.partitions[self.shared.config.groups_partition() as usize];
-        let mut names = std::collections::BTreeSet::new();
+        // A group's last record decides: deleted groups are not listed.
+        let mut names = std::collections::BTreeMap::new();
         for record in Reader::new(groups.clone(), 0) {
             let record = record?;
             if let Some(name) = record.key.strip_prefix(b"g/") {
-                names.insert(String::from_utf8_lossy(name).into_owned());
+                let deleted = crate::consumer::state::is_deleted(&record.payload);
+                names.insert(String::from_utf8_lossy(name).into_owned(), deleted);
             }
         }
-        Ok(names.into_iter().collect())
+        Ok(names
+            .into_iter()
+            .filter(|(_, deleted)| !deleted)
+            .map(|(name, _)| name)
+            .collect())
     }
 
     /// Reads `partition` in offset order from `from_offset`, up to what is visible (see

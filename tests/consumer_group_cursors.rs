@@ -403,3 +403,35 @@ fn a_busy_partition_does_not_starve_the_others_of_a_member() {
         );
     }
 }
+
+#[test]
+fn a_deleted_group_is_not_listed_and_starts_again_from_the_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 12);
+    {
+        let mut consumer = log.group("old").unwrap().join().unwrap();
+        drain(&mut consumer);
+        assert!(matches!(
+            log.delete_group("old"),
+            Err(Error::InvalidOptions(_))
+        ));
+    }
+    assert_eq!(log.group_names().unwrap(), ["old"]);
+    log.delete_group("old").unwrap();
+    assert!(log.group_names().unwrap().is_empty());
+    assert_eq!(
+        log.group("old").unwrap().committed(),
+        vec![0; PARTITIONS as usize]
+    );
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert!(log.group_names().unwrap().is_empty());
+    let mut consumer = log.group("old").unwrap().join().unwrap();
+    assert_eq!(
+        drain(&mut consumer).len(),
+        12,
+        "delivered again from the start"
+    );
+    assert_eq!(log.group_names().unwrap(), ["old"]);
+}

@@ -213,6 +213,37 @@ impl Group {
         })
     }
 
+    /// Deletes the group ([`Log::delete_group`](crate::Log::delete_group)).
+    pub(crate) fn delete(self, groups: &Groups) -> Result<()> {
+        let mut open = groups.open.lock();
+        let mut inner = self.state.inner.lock();
+        if !inner.members.is_empty() {
+            return Err(Error::InvalidOptions(format!(
+                "group {} has {} members: they must leave before it is deleted",
+                self.state.name,
+                inner.members.len()
+            )));
+        }
+        let payload = Cursors::encode_deleted(self.shared.config.user_partitions);
+        let events = [Event::new(&payload)];
+        let write = [KeyWrite {
+            partition: self.shared.config.groups_partition(),
+            key: &self.state.key,
+            expected: inner.version.map_or(Expected::NoStream, Expected::Exact),
+            events: &events,
+        }];
+        let queued = self
+            .shared
+            .sequencer
+            .enqueue(&self.shared.partitions, &write)?;
+        queued.ticket(&self.shared.progress).wait()?;
+        inner.committed = Cursors::new(self.shared.config.user_partitions);
+        inner.attempts.clear();
+        drop(inner);
+        open.remove(&self.state.name);
+        Ok(())
+    }
+
     /// Moves one partition's cursor to `offset` (back or forward), durably, and restarts every
     /// member at the committed cursors.
     ///

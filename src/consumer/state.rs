@@ -3,7 +3,7 @@
 //! A group record (the payload of an event under key `g/<name>` in the groups partition):
 //!
 //! ```text
-//!   0  u8      record kind: 1 = cursors
+//!   0  u8      record kind: 1 = cursors; 2 = the group was deleted (cursors all 0)
 //!   1  u8      reserved, 0
 //!   2  u16     reserved, 0
 //!   4  u32     partition count
@@ -21,6 +21,7 @@ use crate::stream::lookup::FoundFrame;
 use crate::write::partition::Partition;
 
 const KIND_CURSORS: u8 = 1;
+const KIND_DELETED: u8 = 2;
 const HEADER_LEN: usize = 8;
 
 /// Where each partition's delivery resumes: everything below is committed.
@@ -56,8 +57,17 @@ impl Cursors {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(KIND_CURSORS)
+    }
+
+    /// The record of a deleted group: its cursors back at 0.
+    pub fn encode_deleted(partitions: u32) -> Vec<u8> {
+        Cursors::new(partitions).encode_as(KIND_DELETED)
+    }
+
+    fn encode_as(&self, kind: u8) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(HEADER_LEN + 8 * self.offsets.len());
-        bytes.push(KIND_CURSORS);
+        bytes.push(kind);
         bytes.extend_from_slice(&[0, 0, 0]);
         bytes.extend_from_slice(&(self.offsets.len() as u32).to_le_bytes());
         for offset in &self.offsets {
@@ -73,7 +83,8 @@ impl Cursors {
             position: 0,
             reason,
         };
-        if bytes.len() < HEADER_LEN || bytes[0] != KIND_CURSORS || bytes[1..4] != [0, 0, 0] {
+        let known = [KIND_CURSORS, KIND_DELETED];
+        if bytes.len() < HEADER_LEN || !known.contains(&bytes[0]) || bytes[1..4] != [0, 0, 0] {
             return Err(damaged("a group record of an unknown kind"));
         }
         if read_u32(bytes, 4) != partitions || bytes.len() != HEADER_LEN + 8 * partitions as usize {
@@ -84,6 +95,11 @@ impl Cursors {
             .collect();
         Ok(Cursors { offsets })
     }
+}
+
+/// Whether a group record says the group was deleted.
+pub(crate) fn is_deleted(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&KIND_DELETED)
 }
 
 /// The frame of `key`'s last record in the groups partition, if any: found from the key's last

@@ -21,6 +21,8 @@ const RESERVED_LEN: usize = 3;
 const COUNT_OFFSET: usize = RESERVED_OFFSET + RESERVED_LEN;
 const OFFSETS_OFFSET: usize = COUNT_OFFSET + 4;
 const KIND_CURSORS: u8 = 1;
+/// A deleted group's record: not listed.
+const KIND_DELETED: u8 = 2;
 
 const _: () = assert!(OFFSETS_OFFSET == 8);
 
@@ -47,6 +49,7 @@ pub fn read(log: &LogDir) -> Result<GroupFiles, Failure> {
             last.insert(String::from_utf8_lossy(name).into_owned(), row);
         }
     }
+    last.retain(|_, row| row.payload.first() != Some(&KIND_DELETED));
     let invalid_end = cursor
         .stop()
         .filter(|stop| matches!(stop, Stop::Invalid { .. }))
@@ -123,7 +126,7 @@ mod tests {
             assert!(decode_cursors(&bytes[..len], 2).is_err());
         }
         let mut kind = bytes.clone();
-        kind[KIND_OFFSET] = 2;
+        kind[KIND_OFFSET] = 3;
         assert!(decode_cursors(&kind, 2).is_err());
         let mut reserved = bytes.clone();
         reserved[RESERVED_OFFSET + 1] = 1;
