@@ -379,7 +379,7 @@ impl Log {
     /// [`Error::InvalidOptions`] while the group has members, and the errors of appends.
     pub fn delete_group(&self, name: &str) -> Result<()> {
         self.check_process()?;
-        Group::open(&self.shared, &self.groups, name)?.delete(&self.groups)
+        Group::open(&self.shared, &self.groups, name)?.delete()
     }
 
     /// The names of the groups that committed (or were reset) and were not deleted since, in

@@ -435,3 +435,64 @@ fn a_deleted_group_is_not_listed_and_starts_again_from_the_beginning() {
     );
     assert_eq!(log.group_names().unwrap(), ["old"]);
 }
+
+/// Regression tests for a review's findings.
+mod review {
+    use super::*;
+    use annal::{Event, Expected, KeyAppend};
+
+    /// A retried `append_and_commit` whose events are all in the log already still commits.
+    #[test]
+    fn append_and_commit_with_events_already_in_the_log_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), options()).unwrap();
+        append_many(&log, 4);
+        let group = log.group("pm").unwrap();
+        let mut consumer = group.join().unwrap();
+        let batch = consumer.poll(100, Duration::from_millis(50)).unwrap();
+        let follow_up = [Event::new(b"shipment requested").id(77)];
+        // The follow-up is already there (appended by another path, or before a crash).
+        log.append_to(b"shipments", Expected::Any, &follow_up)
+            .unwrap();
+        let appends = [KeyAppend::new(b"shipments", Expected::Any, &follow_up)];
+        let placed = consumer.append_and_commit(&appends, &batch).unwrap();
+        assert!(placed[0].duplicate);
+        assert_eq!(log.read_key(b"shipments", 0).unwrap().len(), 1);
+        let committed: u64 = group.committed().iter().sum();
+        assert_eq!(committed, 4, "the commit happened");
+    }
+
+    /// A handle kept across `delete_group` sees the deletion and can commit again.
+    #[test]
+    fn a_group_handle_kept_across_its_deletion_works_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), options()).unwrap();
+        append_many(&log, 8);
+        let kept = log.group("g").unwrap();
+        drain(&mut kept.join().unwrap());
+        log.delete_group("g").unwrap();
+        assert_eq!(kept.committed(), vec![0; PARTITIONS as usize]);
+        let mut again = kept.join().unwrap();
+        assert_eq!(drain(&mut again).len(), 8, "delivered and committed again");
+        assert_eq!(log.group_names().unwrap(), ["g"]);
+    }
+
+    /// A commit moves cursors to what was delivered, whatever the caller did to the batch.
+    #[test]
+    fn a_commit_ignores_offsets_edited_in_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), options()).unwrap();
+        append_many(&log, 8);
+        let group = log.group("g").unwrap();
+        let mut consumer = group.join().unwrap();
+        let mut batch = consumer.poll(100, Duration::from_millis(50)).unwrap();
+        for delivery in &mut batch.deliveries {
+            delivery.record.offset = u64::MAX;
+        }
+        consumer.commit(&batch).unwrap();
+        let ends: Vec<u64> = (0..PARTITIONS)
+            .map(|p| log.end_offset(p).unwrap())
+            .collect();
+        assert_eq!(group.committed(), ends);
+    }
+}

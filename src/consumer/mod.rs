@@ -8,8 +8,7 @@
 //! an append, shares fsyncs with appends, and survives crashes whole or not at all. Loading a
 //! group reads the last record of its key (no scan).
 //!
-//! Not built yet (issue 12): retries, dead letters, retention, starting positions other than
-//! the earliest, and appending together with a commit.
+//! Not built yet (issue 12): retries and dead letters, retention.
 
 pub(crate) mod state;
 
@@ -214,8 +213,9 @@ impl Group {
     }
 
     /// Deletes the group ([`Log::delete_group`](crate::Log::delete_group)).
-    pub(crate) fn delete(self, groups: &Groups) -> Result<()> {
-        let mut open = groups.open.lock();
+    pub(crate) fn delete(self) -> Result<()> {
+        // The state stays registered (handles may still point at it): it is marked deleted in
+        // place, with its cursors back at 0, as the next open would load it.
         let mut inner = self.state.inner.lock();
         if !inner.members.is_empty() {
             return Err(Error::InvalidOptions(format!(
@@ -229,19 +229,23 @@ impl Group {
         let write = [KeyWrite {
             partition: self.shared.config.groups_partition(),
             key: &self.state.key,
-            expected: inner.version.map_or(Expected::NoStream, Expected::Exact),
+            // No expectation: the group's lock orders this process's records of the group, and
+            // the directory lock keeps other processes out. (An expectation would turn a
+            // version rewound by a failed write into conflicts until the log is reopened.)
+            expected: Expected::Any,
             events: &events,
         }];
         let queued = self
             .shared
             .sequencer
             .enqueue(&self.shared.partitions, &write)?;
-        queued.ticket(&self.shared.progress).wait()?;
+        inner.version = Some(queued.first.version);
         inner.committed = Cursors::new(self.shared.config.user_partitions);
         inner.attempts.clear();
+        inner.delivered.iter_mut().for_each(|d| *d = 0);
+        inner.generation += 1;
         drop(inner);
-        open.remove(&self.state.name);
-        Ok(())
+        queued.ticket(&self.shared.progress).wait().map(drop)
     }
 
     /// Moves one partition's cursor to `offset` (back or forward), durably, and restarts every
@@ -288,7 +292,10 @@ impl Group {
         let write = [KeyWrite {
             partition: self.shared.config.groups_partition(),
             key: &self.state.key,
-            expected: inner.version.map_or(Expected::NoStream, Expected::Exact),
+            // No expectation: the group's lock orders this process's records of the group, and
+            // the directory lock keeps other processes out. (An expectation would turn a
+            // version rewound by a failed write into conflicts until the log is reopened.)
+            expected: Expected::Any,
             events: &events,
         }];
         let queued = self
@@ -376,6 +383,9 @@ pub struct Batch {
     /// the member has caught up with the live end.
     pub caught_up: bool,
     generation: u64,
+    /// Per partition, one past the last offset delivered in the batch: what a commit of the
+    /// batch moves the cursor to (kept apart from the deliveries, which the caller may edit).
+    ends: Vec<(u32, u64)>,
 }
 
 impl Batch {
@@ -473,13 +483,22 @@ impl Consumer {
             self.rotation = self.rotation.wrapping_add(1);
         }
         let mut caught_up = true;
-        for p in partitions {
+        let mut failure = None;
+        'partitions: for p in partitions {
             let reader = self.owned.get_mut(&p).expect("listed above");
             while deliveries.len() < max {
                 match reader.next() {
-                    Some(record) => {
-                        let record = record?;
-                        deliveries.push(Delivery { record, attempt: 0 });
+                    Some(Ok(record)) => deliveries.push(Delivery { record, attempt: 0 }),
+                    Some(Err(error)) => {
+                        // A reader stops at an error: put a new one at the record that failed,
+                        // so that the next poll meets the error again instead of a partition
+                        // that looks caught up. What was read before it is delivered now.
+                        let at = reader.next_offset();
+                        let partition = self.shared.partitions[p as usize].clone();
+                        *reader = Reader::new(partition, at);
+                        failure = Some(error);
+                        caught_up = false;
+                        break 'partitions;
                     }
                     None => break,
                 }
@@ -487,6 +506,11 @@ impl Consumer {
             if deliveries.len() >= max {
                 caught_up = false;
                 break;
+            }
+        }
+        if let Some(error) = failure {
+            if deliveries.is_empty() {
+                return Err(error);
             }
         }
         let mut inner = self.group.inner.lock();
@@ -502,10 +526,19 @@ impl Consumer {
                 delivery.attempt = *attempts;
             }
         }
+        let mut ends: Vec<(u32, u64)> = Vec::new();
+        for delivery in &deliveries {
+            let (p, end) = (delivery.record.partition, delivery.record.offset + 1);
+            match ends.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, e)) => *e = (*e).max(end),
+                None => ends.push((p, end)),
+            }
+        }
         Ok(Batch {
             deliveries,
             caught_up,
             generation: self.generation,
+            ends,
         })
     }
 
@@ -547,11 +580,7 @@ impl Consumer {
         batch: &Batch,
         appends: &[KeyAppend<'_, '_>],
     ) -> Result<Vec<crate::Appended>> {
-        let mut ends: HashMap<u32, u64> = HashMap::new();
-        for delivery in &batch.deliveries {
-            let end = ends.entry(delivery.record.partition).or_default();
-            *end = (*end).max(delivery.record.offset + 1);
-        }
+        let ends: HashMap<u32, u64> = batch.ends.iter().copied().collect();
         if ends.is_empty() && appends.is_empty() {
             return Ok(Vec::new());
         }
@@ -584,7 +613,10 @@ impl Consumer {
         writes.push(KeyWrite {
             partition: self.shared.config.groups_partition(),
             key: &self.group.key,
-            expected: inner.version.map_or(Expected::NoStream, Expected::Exact),
+            // No expectation: the group's lock orders this process's records of the group, and
+            // the directory lock keeps other processes out. (An expectation would turn a
+            // version rewound by a failed write into conflicts until the log is reopened.)
+            expected: Expected::Any,
             events: &events,
         });
         let queued = self

@@ -78,6 +78,7 @@ impl MemTable {
         hash_kind: HashKind,
     ) -> Result<(), Broken> {
         let mut chain = Chain::new(data, self.position, self.offset);
+        let mut ids = Vec::new();
         while chain.offset < end_offset || padding_next(data, chain.position, chain.offset) {
             let Some((at, info)) = chain.next() else {
                 return Err(Broken {
@@ -85,44 +86,31 @@ impl MemTable {
                     reason: "the chain of frames ends before the visible end",
                 });
             };
-            if info.record_count == 0 {
-                continue;
-            }
-            let frame_bytes = &data[at as usize..at as usize + info.frame_len as usize];
-            let entry = KeyEntry {
-                hash: hash_kind.hash(&frame_bytes[info.key_range()]),
-                base_version: info.base_version,
-                position: at as u32,
-                count: info.record_count,
-            };
-            let index = self.entries.len() as u32;
-            let previous = self.heads.insert(entry.hash, index).unwrap_or(NONE);
-            self.entries.push((entry, previous));
-            if !info.has_ids {
-                continue;
-            }
-            let mut cursor = RecordCursor::new(&info);
-            let mut index = 0u32;
-            loop {
-                match cursor.next_record(frame_bytes) {
-                    Ok(Some(ranges)) => {
-                        if let Some(id) = ranges.event_id {
-                            self.ids.insert(id, (at as u32, index));
-                        }
-                        index += 1;
-                    }
-                    Ok(None) => break,
-                    Err(damage) => {
-                        return Err(Broken {
-                            position: at + damage.relative_position,
-                            reason: damage.reason,
-                        })
-                    }
+            if info.record_count > 0 {
+                let frame_bytes = &data[at as usize..at as usize + info.frame_len as usize];
+                // The frame's ids first: a frame is indexed whole or not at all.
+                ids.clear();
+                if info.has_ids {
+                    frame_ids(frame_bytes, &info, at, &mut ids)?;
+                }
+                let entry = KeyEntry {
+                    hash: hash_kind.hash(&frame_bytes[info.key_range()]),
+                    base_version: info.base_version,
+                    position: at as u32,
+                    count: info.record_count,
+                };
+                let index = self.entries.len() as u32;
+                let previous = self.heads.insert(entry.hash, index).unwrap_or(NONE);
+                self.entries.push((entry, previous));
+                for &(id, record) in &ids {
+                    self.ids.insert(id, (at as u32, record));
                 }
             }
+            // After every frame: a walk that stops later resumes after it, and never indexes
+            // a frame twice.
+            self.position = chain.position;
+            self.offset = chain.offset;
         }
-        self.position = chain.position;
-        self.offset = chain.offset;
         Ok(())
     }
 
@@ -177,6 +165,35 @@ impl MemTable {
     }
 }
 
+/// The ids of the records of the frame at `at` (whose header `info` checked out), with each
+/// record's index.
+fn frame_ids(
+    frame: &[u8],
+    info: &frame::FrameInfo,
+    at: u64,
+    ids: &mut Vec<(u128, u32)>,
+) -> Result<(), Broken> {
+    let mut cursor = RecordCursor::new(info);
+    let mut index = 0u32;
+    loop {
+        match cursor.next_record(frame) {
+            Ok(Some(ranges)) => {
+                if let Some(id) = ranges.event_id {
+                    ids.push((id, index));
+                }
+                index += 1;
+            }
+            Ok(None) => return Ok(()),
+            Err(damage) => {
+                return Err(Broken {
+                    position: at + damage.relative_position,
+                    reason: damage.reason,
+                })
+            }
+        }
+    }
+}
+
 /// Whether a padding frame (which holds no offsets) starts at `position`: the walk steps over
 /// it even at the end bound, so that a sealed segment's walk ends at its data's end.
 fn padding_next(data: &[u8], position: u64, offset: u64) -> bool {
@@ -187,4 +204,47 @@ fn padding_next(data: &[u8], position: u64, offset: u64) -> bool {
         frame::probe(rest),
         frame::Probe::Frame(info) if info.record_count == 0 && info.base_offset == offset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Event;
+    use crate::storage::frame::{EncodeLimits, FrameStamp};
+    use crate::storage::segment::SEGMENT_HEADER_LEN;
+
+    /// Regression test for a review finding: a walk that stopped at damage had indexed the
+    /// frames before it without moving on, so each later walk indexed them again, and lookups
+    /// returned a key's frames twice.
+    #[test]
+    fn a_walk_stopped_by_damage_indexes_each_frame_before_it_once() {
+        let limits = EncodeLimits {
+            event_bytes_max: 1024,
+            batch_events_max: 10,
+            batch_bytes_max: 4096,
+        };
+        let mut data = vec![0u8; SEGMENT_HEADER_LEN];
+        for offset in 0..4u64 {
+            let stamp = FrameStamp {
+                base_offset: offset,
+                timestamp_ms: 1,
+                base_version: offset,
+                global_position: offset,
+            };
+            let event = Event::new(b"payload").id(u128::from(offset) + 1);
+            frame::encode(&mut data, stamp, b"key", &[event], &limits).unwrap();
+        }
+        // Damage the last frame: the walk stops there.
+        let last = data.len() - 3;
+        data[last] ^= 0xff;
+        let mut table = MemTable::new(0);
+        for _ in 0..3 {
+            assert!(table.catch_up(&data, 4, HashKind::Standard).is_err());
+        }
+        let entries = table.key_entries(HashKind::Standard.hash(b"key"));
+        let versions: Vec<u64> = entries.iter().map(|e| e.base_version).collect();
+        assert_eq!(versions, [0, 1, 2]);
+        assert_eq!(table.offset, 3, "the walk resumes at the damaged frame");
+        assert!(table.id_entry_of(3).is_some() && table.id_entry_of(4).is_none());
+    }
 }

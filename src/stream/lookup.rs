@@ -140,10 +140,8 @@ impl StreamIndex {
                 let entry = if sealed {
                     self.table_of(partition, &pin)?.id_entry_of(id)
                 } else {
-                    let map = pin.map()?;
                     let mut mem = self.mem.lock();
-                    self.caught_up(&mut mem, partition, &pin, &map)?
-                        .id_entry_of(id)
+                    self.caught_up(&mut mem, partition, &pin)?.id_entry_of(id)
                 };
                 let Some(entry) = entry else { break };
                 let map = pin.map()?;
@@ -210,9 +208,8 @@ impl StreamIndex {
                 let entries = if sealed {
                     Source::Sealed(self.table_of(partition, &pin)?).entries(hash)
                 } else {
-                    let map = pin.map()?;
                     let mut mem = self.mem.lock();
-                    let mem = self.caught_up(&mut mem, partition, &pin, &map)?;
+                    let mem = self.caught_up(&mut mem, partition, &pin)?;
                     Source::Mem(mem).entries(hash)
                 };
                 if entries.is_empty() {
@@ -266,7 +263,6 @@ impl StreamIndex {
         mem: &'m mut Option<(Arc<Segment>, MemTable)>,
         partition: &Partition,
         pin: &SegmentPin,
-        map: &Bytes,
     ) -> Result<&'m MemTable> {
         if let Some((old, _)) = mem
             .as_ref()
@@ -280,9 +276,13 @@ impl StreamIndex {
                 let _ = self.finish_table(partition, &old_pin, table);
             }
         }
-        // The visible end first: the writer moves the segment's readable end before it, so the
-        // bytes of every frame below it are within `data`.
+        // The visible end first, then the mapping and the readable end: the writer remaps a
+        // grown file and moves the segment's readable end before it publishes, so the bytes of
+        // every frame below this visible end are within `data`. (A mapping taken before the
+        // visible end was read may be shorter than the frames it covers.)
         let end_offset = partition.visible_end().min(pin.end_offset());
+        let map = pin.map()?;
+        let map = &map;
         let data = pin.data(map);
         if mem.is_none() {
             // A table file written when the log was last closed covers the segment's first
@@ -406,7 +406,7 @@ impl StreamIndex {
         let pin = segment.pin();
         let map = pin.map()?;
         let id = self.segment_id(&pin, &map);
-        let table = self.caught_up(&mut mem, partition, &pin, &map)?;
+        let table = self.caught_up(&mut mem, partition, &pin)?;
         let bytes = table.encode(&table.covers(&id));
         write_table(
             &segment::table_path(&partition.dir, pin.base_offset),

@@ -79,6 +79,7 @@ struct Place {
 const LOOKUP_TRIES_UNLOCKED: u32 = 4;
 
 /// One key's part of an append call.
+#[derive(Clone, Copy)]
 pub(crate) struct KeyWrite<'c, 'e> {
     pub partition: u32,
     pub key: &'c [u8],
@@ -120,9 +121,10 @@ impl Queued {
 /// Checks what needs no lock: each key once, each id once.
 fn check_call(writes: &[KeyWrite<'_, '_>]) -> Result<()> {
     if writes.len() > 1 {
+        // A key per partition: the groups partition's keys are another namespace.
         let mut keys = std::collections::HashSet::with_capacity(writes.len());
         for write in writes {
-            if !keys.insert(write.key) {
+            if !keys.insert((write.partition, write.key)) {
                 return Err(Error::RepeatedKey {
                     key: Bytes::copy_from_slice(write.key),
                 });
@@ -352,7 +354,27 @@ impl Sequencer {
         }
         let found = on_disk.map(|(_, found)| found).unwrap_or_default();
         if let Some(duplicate) = self.duplicate_of(&pending, writes, &found)? {
-            return Ok(duplicate);
+            // The application's events are all in the log already. A consumer group's record
+            // in the same call (a commit made with them) is still written: the commit must
+            // happen, and the originals' places come back with it.
+            let groups = self.config.groups_partition();
+            let group_writes: Vec<KeyWrite<'_, '_>> = writes
+                .iter()
+                .copied()
+                .filter(|w| w.partition == groups)
+                .collect();
+            if group_writes.is_empty() {
+                return Ok(duplicate);
+            }
+            let queued = self.queue(&mut pending, &group_writes)?;
+            let mut more = duplicate.more;
+            more.extend(queued.all());
+            return Ok(Queued {
+                first: duplicate.first,
+                more,
+                generation: queued.generation,
+                journal_end: queued.journal_end.max(duplicate.journal_end),
+            });
         }
         self.queue(&mut pending, writes)
     }
@@ -402,7 +424,8 @@ impl Sequencer {
         let mut absent = false;
         let mut appended = Vec::new();
         let mut journal_end = 0;
-        for write in writes {
+        let groups = self.config.groups_partition();
+        for write in writes.iter().filter(|w| w.partition != groups) {
             let mut first: Option<Appended> = None;
             for event in write.events {
                 let Some(id) = event.event_id() else {
