@@ -157,7 +157,10 @@ mod tests {
             assert!(Cursors::decode(&bytes[..len], 3).is_err());
         }
         let mut kind = bytes.clone();
-        kind[0] = 2;
+        kind[0] = 3;
         assert!(Cursors::decode(&kind, 3).is_err());
+        let deleted = Cursors::encode_deleted(3);
+        assert!(is_deleted(&deleted) && !is_deleted(&bytes));
+        assert_eq!(Cursors::decode(&deleted, 3).unwrap(), Cursors::new(3));
     }
 }
