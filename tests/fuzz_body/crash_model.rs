@@ -6,7 +6,7 @@
 // segments and the smallest journal, recorded by the simulated disk (`src/storage/simdisk.rs`):
 // a `Sync` append, a `Sync` batch, a burst of pipelined `Sync` appends, an append with an
 // expected version and an event id, a retry of an earlier id, a multi-key append over both
-// partitions, or a power cut. At the power cut (and once more at the end of the program) the
+// partitions, a consumer group member polling and committing, or a power cut. At the power cut (and once more at the end of the program) the
 // body builds the image that the cut could leave, chosen by the next bytes as a seed, and checks
 // against a plain model of what was acknowledged:
 //
@@ -21,6 +21,9 @@
 // 6. After recovery, an append lands at the end of its partition, a retry of an acknowledged id
 //    writes nothing and returns the original place, and the next version of a key follows its
 //    last one.
+// 7. The consumer group's cursors are each at most its partition's end and at least what the
+//    last acknowledged commit set; a new member is delivered each partition from the cursor to
+//    the end, in order, without a gap.
 //
 // Operations run on one thread, so an input replays exactly.
 
@@ -33,6 +36,7 @@ const PARTITIONS: u32 = 2;
 /// Most operations one input runs: bounds the time of one execution.
 const OPERATIONS_MAX: usize = 400;
 const KEYS: u8 = 7;
+const GROUP: &str = "fuzz";
 
 fn options() -> Options {
     Options::default()
@@ -70,6 +74,8 @@ struct Model {
     ids: Vec<(u128, Vec<u8>, (u32, u64))>,
     /// Each key's next version, as the log said.
     next_version: BTreeMap<Vec<u8>, u64>,
+    /// The group's cursors after its last acknowledged commit.
+    committed: Vec<u64>,
 }
 
 impl Model {
@@ -107,14 +113,19 @@ pub fn check_program(data: &[u8]) {
     let fail_points = FailPoints::new();
     fail_points.record_crashes(&dir);
     let log = Log::open(&dir, options().fail_points(fail_points.clone())).unwrap();
-    let mut model = Model::default();
+    let mut model = Model {
+        committed: vec![0; PARTITIONS as usize],
+        ..Model::default()
+    };
+    let group = log.group(GROUP).unwrap();
+    let mut consumer = group.join().unwrap();
     let mut n = 0u64;
     let mut bytes = data.iter().copied().take(OPERATIONS_MAX * 3);
     let mut cuts = 0u64;
     while let Some(op) = bytes.next() {
         let arg = bytes.next().unwrap_or(0);
         let key = key(arg);
-        match op % 12 {
+        match op % 13 {
             0..=3 => {
                 let payload = payload(n, arg);
                 let at = log.append(&key, &payload).unwrap();
@@ -190,6 +201,14 @@ pub fn check_program(data: &[u8]) {
                 model.batches.push(group);
                 n += keys.len() as u64;
             }
+            10 => {
+                // A member polls what is visible and commits it (durable when it returns).
+                let batch = consumer
+                    .poll(usize::from(arg % 40) + 1, std::time::Duration::ZERO)
+                    .unwrap();
+                consumer.commit(&batch).unwrap();
+                model.committed = group.committed();
+            }
             _ => {
                 let seed = u64::from(arg) << 8 | u64::from(bytes.next().unwrap_or(0));
                 check_cut(&fail_points, root.path(), &model, seed, cuts);
@@ -197,6 +216,8 @@ pub fn check_program(data: &[u8]) {
             }
         }
     }
+    drop(consumer);
+    drop(group);
     check_cut(&fail_points, root.path(), &model, n, cuts);
     log.close().unwrap();
 }
@@ -267,6 +288,33 @@ fn check_cut(fail_points: &FailPoints, root: &std::path::Path, model: &Model, se
         assert!(retry.duplicate, "cut {cut}: the retry of a surviving id is a duplicate");
         assert_eq!((retry.partition, retry.offset), *place, "cut {cut}: the original place");
     }
+    // The group's cursors: within the ends, not behind the last acknowledged commit, and a new
+    // member is delivered each partition from there to the end, in order.
+    let group = log.group(GROUP).unwrap();
+    let cursors = group.committed();
+    for p in 0..PARTITIONS as usize {
+        assert!(cursors[p] <= ends[p], "cut {cut}: cursor {p} past the end");
+        assert!(
+            cursors[p] >= model.committed[p],
+            "cut {cut}: an acknowledged commit of partition {p} was lost"
+        );
+    }
+    let mut next: Vec<u64> = cursors.clone();
+    let mut member = group.join().unwrap();
+    loop {
+        let batch = member.poll(1_000, std::time::Duration::ZERO).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for delivery in &batch {
+            let p = delivery.record.partition as usize;
+            assert_eq!(delivery.record.offset, next[p], "cut {cut}: delivery in order");
+            next[p] += 1;
+        }
+    }
+    assert_eq!(next, ends, "cut {cut}: everything after the cursors is delivered");
+    drop(member);
+    drop(group);
     let at = log.append(b"after the cut", b"event after").unwrap();
     assert_eq!(at.offset, ends[at.partition as usize], "cut {cut}: appends continue at the end");
     let last = log.last_version(b"after the cut").unwrap();
