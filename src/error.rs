@@ -149,6 +149,8 @@ pub enum Error {
     /// A consumer committed events of a partition it no longer owns (the group was rebalanced:
     /// the partition's new owner delivers from the committed cursor). Nothing was committed.
     NotAssigned { group: String, partition: u32 },
+    /// A group cannot be deleted while members are in it.
+    GroupInUse { group: String, members: usize },
     /// An offset past a partition's visible end (`end`) was asked for.
     OffsetOutOfRange {
         partition: u32,
@@ -367,6 +369,10 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "offset {offset} is past the end of partition {partition} ({end})"
+            ),
+            Error::GroupInUse { group, members } => write!(
+                f,
+                "group {group} has {members} members: they must leave before it is deleted"
             ),
             Error::NotAssigned { group, partition } => write!(
                 f,

@@ -376,7 +376,7 @@ impl Log {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOptions`] while the group has members, and the errors of appends.
+    /// [`Error::GroupInUse`] while the group has members, and the errors of appends.
     pub fn delete_group(&self, name: &str) -> Result<()> {
         self.check_process()?;
         Group::open(&self.shared, &self.groups, name)?.delete()

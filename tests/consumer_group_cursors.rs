@@ -414,7 +414,7 @@ fn a_deleted_group_is_not_listed_and_starts_again_from_the_beginning() {
         drain(&mut consumer);
         assert!(matches!(
             log.delete_group("old"),
-            Err(Error::InvalidOptions(_))
+            Err(Error::GroupInUse { members: 1, .. })
         ));
     }
     assert_eq!(log.group_names().unwrap(), ["old"]);

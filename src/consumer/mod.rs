@@ -218,11 +218,10 @@ impl Group {
         // place, with its cursors back at 0, as the next open would load it.
         let mut inner = self.state.inner.lock();
         if !inner.members.is_empty() {
-            return Err(Error::InvalidOptions(format!(
-                "group {} has {} members: they must leave before it is deleted",
-                self.state.name,
-                inner.members.len()
-            )));
+            return Err(Error::GroupInUse {
+                group: self.state.name.clone(),
+                members: inner.members.len(),
+            });
         }
         let payload = Cursors::encode_deleted(self.shared.config.user_partitions);
         let events = [Event::new(&payload)];
