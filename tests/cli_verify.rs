@@ -212,3 +212,25 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+#[test]
+fn a_flipped_byte_in_the_groups_partition_is_reported() {
+    let (_root, dir) = copy();
+    {
+        // A consumer group's commits: records in the groups partition.
+        let log = Log::open(&dir, Options::default()).unwrap();
+        let mut consumer = log.group("g").unwrap().join().unwrap();
+        let batch = consumer
+            .poll(100, std::time::Duration::from_millis(50))
+            .unwrap();
+        consumer.commit(&batch).unwrap();
+        drop(consumer);
+        log.close().unwrap();
+    }
+    let out = annal(&["verify".as_ref(), dir.as_os_str()]).expect_ok();
+    assert!(out.contains("result: sound"), "{out}");
+    let segment = dir.join("groups").join(format!("{:020}.seg", 0));
+    flip_byte(&segment, 64 + 20);
+    let out = expect_problem(&dir, &segment, 64);
+    assert!(out.contains("frame checksum mismatch"), "{out}");
+}

@@ -188,6 +188,15 @@ pub fn check(dir: &Path, quiet: bool) -> Result<Findings, Failure> {
         verify_partition::check(dir, p, mark, &mut findings)?;
         findings.counts.partitions += 1;
     }
+    // The groups partition (consumer groups' cursors), after the application's: its mark is the
+    // checkpoint's last.
+    let groups = layout::groups_dir(dir);
+    if groups.is_dir() {
+        let mark = checkpoint
+            .as_ref()
+            .and_then(|c| c.marks.get(partitions as usize).copied());
+        verify_partition::check_dir(&groups, partitions, mark, &mut findings)?;
+    }
     check_snapshots(dir, &mut findings)?;
     Ok(findings)
 }

@@ -88,7 +88,23 @@ pub fn check(
     mark: Option<PartitionMark>,
     findings: &mut Findings,
 ) -> Result<(), Failure> {
-    let dir = layout::partition_dir(log_dir, partition);
+    check_dir(
+        &layout::partition_dir(log_dir, partition),
+        partition,
+        mark,
+        findings,
+    )
+}
+
+/// Checks the partition whose files are in `dir` (an application's partition, or the groups
+/// partition, whose number is the partition count).
+pub fn check_dir(
+    dir: &Path,
+    partition: u32,
+    mark: Option<PartitionMark>,
+    findings: &mut Findings,
+) -> Result<(), Failure> {
+    let dir = dir.to_path_buf();
     let names = layout::list_files(&dir)?;
     let bases = layout::list_segments(&dir)?;
     let present: HashSet<u64> = bases.iter().copied().collect();
