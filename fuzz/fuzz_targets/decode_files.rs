@@ -9,7 +9,8 @@
 //! 2. Every record returned is the template's record at that place: damage is reported, never
 //!    returned as data.
 //! 3. `read_key` and `last_version` fail or give exactly the template's answer (a damaged key
-//!    table is rebuilt, never trusted); a damaged snapshot is skipped, never returned.
+//!    table is rebuilt, never trusted); a damaged snapshot is skipped, never returned; a consumer
+//!    group loads the template's cursors or fails.
 
 #![no_main]
 

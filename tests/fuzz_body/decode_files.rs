@@ -2,10 +2,10 @@
 // (cargo-fuzz) and `tests/fuzz_decode_files.rs` (seeded inputs under `cargo test`), which both
 // `include!` this file.
 //
-// A template log (two partitions, small segments, events with ids, a snapshot) is built once and
-// closed, so that it has every kind of file: sealed and active segments, their indexes, their
-// key tables (`.keys`, the active one's kept at close), `annal.meta`, the journal and snapshot
-// files. One input damages one of them: the first byte picks the file, the next four an offset,
+// A template log (two partitions, small segments, events with ids, a snapshot, a consumer
+// group's commits) is built once and closed, so that it has every kind of file: sealed and
+// active segments, their indexes, their key tables (`.keys`, the active one's kept at close),
+// `annal.meta`, the journal, snapshot files, and the groups partition's cursor records. One input damages one of them: the first byte picks the file, the next four an offset,
 // and the rest are bytes written there (the file is cut there instead if the first byte says so).
 // Then the body opens a copy of the log and checks what every decoder makes of the damage:
 //
@@ -18,6 +18,8 @@
 //    in part.
 // 5. `load` gives the template's events after a snapshot that is the template's (or none): a
 //    damaged snapshot is skipped, never returned.
+// 6. The consumer group loads the template's cursors, or fails with a typed error: a damaged
+//    cursor record is never read as other cursors.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,6 +30,7 @@ use annal::{Durability, Event, Log, Options};
 
 pub const PARTITIONS: u32 = 2;
 const KEYS: u32 = 5;
+const GROUP: &str = "projections";
 
 pub fn options() -> Options {
     Options::default()
@@ -52,6 +55,8 @@ pub struct Template {
     /// Each key's (partition, offset) in version order.
     streams: BTreeMap<Vec<u8>, Vec<(u32, u64)>>,
     snapshot: (Vec<u8>, u64, Vec<u8>),
+    /// The consumer group's committed cursors.
+    cursors: Vec<u64>,
 }
 
 pub fn template() -> &'static Template {
@@ -80,6 +85,17 @@ fn build_template() -> Template {
         log.read_key(&key(k), 0).unwrap();
     }
     log.save_snapshot(&key(1), 20, b"state of key-1 at 20").unwrap();
+    let group = log.group(GROUP).unwrap();
+    let mut consumer = group.join().unwrap();
+    for max in [50, 70] {
+        let batch = consumer
+            .poll(max, std::time::Duration::from_millis(50))
+            .unwrap();
+        consumer.commit(&batch).unwrap();
+    }
+    let cursors = group.committed();
+    drop(consumer);
+    drop(group);
     let mut records = BTreeMap::new();
     let mut streams: BTreeMap<Vec<u8>, Vec<(u32, u64)>> = BTreeMap::new();
     for partition in 0..PARTITIONS {
@@ -106,6 +122,7 @@ fn build_template() -> Template {
         records,
         streams,
         snapshot: (key(1), 20, b"state of key-1 at 20".to_vec()),
+        cursors,
     }
 }
 
@@ -200,6 +217,9 @@ pub fn check_damage(data: &[u8]) {
             };
             assert_eq!(rest.len() as u64, places.len() as u64 - from, "load");
         }
+    }
+    if let Ok(group) = log.group(GROUP) {
+        assert_eq!(group.committed(), template.cursors, "the group's cursors");
     }
     drop(log);
 }
