@@ -495,6 +495,23 @@ mod review {
             .collect();
         assert_eq!(group.committed(), ends);
     }
+
+    /// A deletion whose write fails changes nothing: the group keeps its cursors, in memory as
+    /// on disk (it used to zero them in memory before the write was known to succeed).
+    #[test]
+    fn a_deletion_that_fails_to_write_keeps_the_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail_points = annal::io::FailPoints::new();
+        let log = Log::open(dir.path(), options().fail_points(fail_points.clone())).unwrap();
+        append_many(&log, 8);
+        let group = log.group("g").unwrap();
+        drain(&mut group.join().unwrap());
+        let committed = group.committed();
+        fail_points.fail_writes(1);
+        assert!(log.delete_group("g").is_err());
+        assert_eq!(group.committed(), committed);
+        assert_eq!(log.group_names().unwrap(), ["g"]);
+    }
 }
 
 /// The groups partition's records damaged at every byte: a group then loads its last

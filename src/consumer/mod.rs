@@ -46,10 +46,28 @@ pub(crate) struct GroupState {
     inner: Mutex<Inner>,
 }
 
+impl GroupState {
+    /// The write of one of the group's records (`events`: its one event) to the groups
+    /// partition: the one way this module writes.
+    fn record_write<'c, 'e>(
+        &'c self,
+        shared: &Shared,
+        events: &'c [Event<'e>],
+    ) -> KeyWrite<'c, 'e> {
+        KeyWrite {
+            partition: shared.config.groups_partition(),
+            key: &self.key,
+            // No expectation: the group's lock orders this process's records of the group, and
+            // the directory lock keeps other processes out. (An expectation would turn a
+            // version rewound by a failed write into conflicts until the log is reopened.)
+            expected: Expected::Any,
+            events,
+        }
+    }
+}
+
 struct Inner {
     committed: Cursors,
-    /// The version of the group's last record in the groups partition (`None`: never saved).
-    version: Option<u64>,
     /// Live members, in the order they joined.
     members: Vec<MemberSeen>,
     next_member: u64,
@@ -134,22 +152,12 @@ impl Group {
         let key = format!("g/{name}").into_bytes();
         let partitions = shared.config.user_partitions;
         let groups_partition = &shared.partitions[shared.config.groups_partition() as usize];
-        let (committed, version) = match state::last_frame(groups_partition, &key)?.as_ref() {
-            Some(found) => {
-                let record = state::last_record(groups_partition, found)?;
-                (
-                    Cursors::decode(&record.payload, partitions)?,
-                    Some(record.version),
-                )
-            }
-            None => (Cursors::new(partitions), None),
-        };
+        let committed = state::load(groups_partition, &key, partitions)?;
         let state = Arc::new(GroupState {
             name: name.to_owned(),
             key,
             inner: Mutex::new(Inner {
                 committed,
-                version,
                 members: Vec::new(),
                 next_member: 0,
                 delivered: vec![0; partitions as usize],
@@ -223,28 +231,11 @@ impl Group {
                 members: inner.members.len(),
             });
         }
-        let payload = Cursors::encode_deleted(self.shared.config.user_partitions);
-        let events = [Event::new(&payload)];
-        let write = [KeyWrite {
-            partition: self.shared.config.groups_partition(),
-            key: &self.state.key,
-            // No expectation: the group's lock orders this process's records of the group, and
-            // the directory lock keeps other processes out. (An expectation would turn a
-            // version rewound by a failed write into conflicts until the log is reopened.)
-            expected: Expected::Any,
-            events: &events,
-        }];
-        let queued = self
-            .shared
-            .sequencer
-            .enqueue(&self.shared.partitions, &write)?;
-        inner.version = Some(queued.first.version);
-        inner.committed = Cursors::new(self.shared.config.user_partitions);
-        inner.attempts.clear();
+        let partitions = self.shared.config.user_partitions;
+        let payload = Cursors::encode_deleted(partitions);
+        self.write_state(&mut inner, Cursors::new(partitions), &payload)?;
         inner.delivered.iter_mut().for_each(|d| *d = 0);
-        inner.generation += 1;
-        drop(inner);
-        queued.ticket(&self.shared.progress).wait().map(drop)
+        Ok(())
     }
 
     /// Moves one partition's cursor to `offset` (back or forward), durably, and restarts every
@@ -287,24 +278,21 @@ impl Group {
         let mut next = inner.committed.clone();
         change(&mut next)?;
         let payload = next.encode();
-        let events = [Event::new(&payload)];
-        let write = [KeyWrite {
-            partition: self.shared.config.groups_partition(),
-            key: &self.state.key,
-            // No expectation: the group's lock orders this process's records of the group, and
-            // the directory lock keeps other processes out. (An expectation would turn a
-            // version rewound by a failed write into conflicts until the log is reopened.)
-            expected: Expected::Any,
-            events: &events,
-        }];
+        self.write_state(&mut inner, next, &payload)
+    }
+
+    /// Appends the group record `payload`, waits until it is durable, and only then makes
+    /// `next` the group's cursors and restarts every member there. Waited for under the
+    /// group's lock: resets, seeks and deletions are rare, and no commit may slip in between;
+    /// if the write fails, nothing in memory changed.
+    fn write_state(&self, inner: &mut Inner, next: Cursors, payload: &[u8]) -> Result<()> {
+        let events = [Event::new(payload)];
+        let write = [self.state.record_write(&self.shared, &events)];
         let queued = self
             .shared
             .sequencer
             .enqueue(&self.shared.partitions, &write)?;
-        let version = queued.first.version;
-        // Waited for under the lock: a reset is rare, and no commit may slip in between.
         queued.ticket(&self.shared.progress).wait()?;
-        inner.version = Some(version);
         inner.attempts.clear();
         inner.committed = next;
         inner.generation += 1;
@@ -609,22 +597,13 @@ impl Consumer {
         }
         let payload = next.encode();
         let events = [Event::new(&payload)];
-        writes.push(KeyWrite {
-            partition: self.shared.config.groups_partition(),
-            key: &self.group.key,
-            // No expectation: the group's lock orders this process's records of the group, and
-            // the directory lock keeps other processes out. (An expectation would turn a
-            // version rewound by a failed write into conflicts until the log is reopened.)
-            expected: Expected::Any,
-            events: &events,
-        });
+        writes.push(self.group.record_write(&self.shared, &events));
         let queued = self
             .shared
             .sequencer
             .enqueue(&self.shared.partitions, &writes)?;
         let mut places = queued.all();
-        let group_place = places.pop().expect("the group's record is the last write");
-        inner.version = Some(group_place.version);
+        places.pop().expect("the group's record is the last write");
         inner
             .attempts
             .retain(|&(p, offset), _| offset >= next.get(p));
@@ -646,20 +625,10 @@ impl Consumer {
     fn reload(&self) -> Result<()> {
         let groups_partition =
             &self.shared.partitions[self.shared.config.groups_partition() as usize];
-        let found = state::last_frame(groups_partition, &self.group.key)?;
+        let partitions = self.shared.config.user_partitions;
+        let committed = state::load(groups_partition, &self.group.key, partitions)?;
         let mut inner = self.group.inner.lock();
-        match found.as_ref() {
-            Some(found) => {
-                let record = state::last_record(groups_partition, found)?;
-                inner.committed =
-                    Cursors::decode(&record.payload, self.shared.config.user_partitions)?;
-                inner.version = Some(record.version);
-            }
-            None => {
-                inner.committed = Cursors::new(self.shared.config.user_partitions);
-                inner.version = None;
-            }
-        }
+        inner.committed = committed;
         inner.generation += 1;
         Ok(())
     }

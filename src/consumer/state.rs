@@ -111,6 +111,15 @@ pub(crate) fn last_frame(partition: &Partition, key: &[u8]) -> Result<Option<Fou
     Ok(partition.streams.key_frames(partition, key, last)?.pop())
 }
 
+/// A group's cursors as its key's last record in the groups partition says (all 0 for a group
+/// never saved).
+pub(crate) fn load(partition: &Partition, key: &[u8], partitions: u32) -> Result<Cursors> {
+    match last_frame(partition, key)? {
+        Some(found) => Cursors::decode(&last_record(partition, &found)?.payload, partitions),
+        None => Ok(Cursors::new(partitions)),
+    }
+}
+
 /// The last record of a frame found for a group's key.
 pub(crate) fn last_record(partition: &Partition, found: &FoundFrame) -> Result<Record> {
     let frame = &found.map[found.position..found.position + found.info.frame_len as usize];
