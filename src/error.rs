@@ -151,6 +151,21 @@ pub enum Error {
     NotAssigned { group: String, partition: u32 },
     /// A group cannot be deleted while members are in it.
     GroupInUse { group: String, members: usize },
+    /// A nack of a delivery whose batch was committed already.
+    NotPending {
+        group: String,
+        partition: u32,
+        offset: u64,
+    },
+    /// A group's record (its cursors and held keys) would be larger than one event may be:
+    /// re-drive or discard dead letters, or raise `Options::event_bytes_max`.
+    GroupStateTooLarge {
+        group: String,
+        bytes: u64,
+        limit: u64,
+    },
+    /// The key has no dead letter in the group.
+    NoDeadLetter { group: String, key: Vec<u8> },
     /// An offset past a partition's visible end (`end`) was asked for.
     OffsetOutOfRange {
         partition: u32,
@@ -373,6 +388,29 @@ impl fmt::Display for Error {
             Error::GroupInUse { group, members } => write!(
                 f,
                 "group {group} has {members} members: they must leave before it is deleted"
+            ),
+            Error::NotPending {
+                group,
+                partition,
+                offset,
+            } => write!(
+                f,
+                "the batch of offset {offset} of partition {partition} was committed by this \
+                 member of group {group} already: it can no longer be nacked"
+            ),
+            Error::GroupStateTooLarge {
+                group,
+                bytes,
+                limit,
+            } => write!(
+                f,
+                "group {group}'s record would be {bytes} bytes, more than an event may be \
+                 ({limit}): re-drive or discard its dead letters; nothing was committed"
+            ),
+            Error::NoDeadLetter { group, key } => write!(
+                f,
+                "key {} has no dead letter in group {group}",
+                String::from_utf8_lossy(key)
             ),
             Error::NotAssigned { group, partition } => write!(
                 f,

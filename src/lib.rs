@@ -22,7 +22,9 @@ mod write;
 #[doc(hidden)]
 pub use crate::storage::io;
 
-pub use crate::consumer::{Batch, Consumer, Delivery, Group, StartAt, SESSION_TIMEOUT_DEFAULT};
+pub use crate::consumer::{
+    Batch, Consumer, DeadLetter, Delivery, Group, RetryPolicy, StartAt, SESSION_TIMEOUT_DEFAULT,
+};
 pub use crate::error::{Error, LostRange, Result};
 pub use crate::log::{KeyAppend, Log};
 pub use crate::options::{

@@ -1,4 +1,6 @@
-//! A group's committed cursors and their bytes in the groups partition.
+//! A group's committed state and its bytes in the groups partition: per partition the end of
+//! what was delivered and settled, and the keys held above that (waiting for a retry, or
+//! parked as dead letters, with every later event of the key held behind them).
 //!
 //! A group record (the payload of an event under key `g/<name>` in the groups partition):
 //!
@@ -6,15 +8,30 @@
 //!   0  u8      record kind: 1 = cursors; 2 = the group was deleted (cursors all 0)
 //!   1  u8      reserved, 0
 //!   2  u16     reserved, 0
-//!   4  u32     partition count
-//!   8  u64 ×   committed offset of each partition, in partition order
+//!   4  u32     partition count P
+//!   8  u64 ×P  committed end of each partition, in partition order
+//!   .  u32     held key count H
+//!   .  H held keys, in (partition, head offset) order, each:
+//!        0  u32  partition
+//!        4  u8   status: 1 = waiting for a retry; 2 = parked (a dead letter)
+//!        5  u8   reserved, 0
+//!        6  u16  key length K (at least 1)
+//!        8  u32  failed deliveries of the head event
+//!       12  u32  reason length R (UTF-8; 0 while waiting for a retry)
+//!       16  u64  head offset: the key's first event not settled
+//!       24  u64  head version: that event's version in its key
+//!       32  u64  ms since the Unix epoch: when the retry is due, or when it was parked
+//!       40  K bytes of key, then R bytes of reason
 //! ```
 //!
 //! The record's frame checksum covers it, so a group's state is a whole record or none.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::record::Record;
-use crate::storage::codec::{read_u32, read_u64};
+use crate::storage::codec::{read_u16, read_u32, read_u64};
 use crate::storage::frame::RecordCursor;
 use crate::storage::segment;
 use crate::stream::lookup::FoundFrame;
@@ -23,17 +40,46 @@ use crate::write::partition::Partition;
 const KIND_CURSORS: u8 = 1;
 const KIND_DELETED: u8 = 2;
 const HEADER_LEN: usize = 8;
+const HELD_HEADER_LEN: usize = 40;
+const STATUS_RETRY: u8 = 1;
+const STATUS_PARKED: u8 = 2;
+/// Longest reason kept with a dead letter; a longer one is cut at a character boundary.
+pub const REASON_BYTES_MAX: usize = 1024;
 
-/// Where each partition's delivery resumes: everything below is committed.
+/// A key held by a group in one partition: its head event and every later event of the key
+/// wait until the head is settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub offset: u64,
+    pub version: u64,
+    /// Failed deliveries of the head event so far.
+    pub attempts: u32,
+    pub status: HeldStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HeldStatus {
+    /// Delivered again from the head once the time (ms since the Unix epoch) has come.
+    Retry { due_ms: u64 },
+    /// A dead letter: delivered again only when re-driven.
+    Parked { at_ms: u64, reason: String },
+}
+
+/// The held keys of one partition, by key (shared copy-on-write with the members that poll).
+pub(crate) type HeldKeys = Arc<HashMap<Vec<u8>, Held>>;
+
+/// Where each partition's delivery resumes, and what is held above that.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Cursors {
     offsets: Vec<u64>,
+    held: Vec<HeldKeys>,
 }
 
 impl Cursors {
     pub fn new(partitions: u32) -> Cursors {
         Cursors {
             offsets: vec![0; partitions as usize],
+            held: vec![HeldKeys::default(); partitions as usize],
         }
     }
 
@@ -43,6 +89,33 @@ impl Cursors {
 
     pub fn offsets(&self) -> &[u64] {
         &self.offsets
+    }
+
+    /// The held keys of a partition.
+    pub fn held(&self, partition: u32) -> &HeldKeys {
+        &self.held[partition as usize]
+    }
+
+    /// The held keys of a partition, to change.
+    pub fn held_mut(&mut self, partition: u32) -> &mut HashMap<Vec<u8>, Held> {
+        Arc::make_mut(&mut self.held[partition as usize])
+    }
+
+    /// Every held key, in (partition, head offset) order.
+    pub fn all_held(&self) -> Vec<(u32, &[u8], &Held)> {
+        let mut all: Vec<(u32, &[u8], &Held)> = Vec::new();
+        for (p, keys) in self.held.iter().enumerate() {
+            all.extend(keys.iter().map(|(k, h)| (p as u32, k.as_slice(), h)));
+        }
+        all.sort_by_key(|(p, _, h)| (*p, h.offset));
+        all
+    }
+
+    /// The first offset of a partition the group still needs: its end, or a held key's head
+    /// below it.
+    pub fn watermark(&self, partition: u32) -> u64 {
+        let held = self.held[partition as usize].values().map(|h| h.offset);
+        held.fold(self.get(partition), u64::min)
     }
 
     /// Puts a cursor anywhere (a reset or a seek).
@@ -65,13 +138,42 @@ impl Cursors {
         Cursors::new(partitions).encode_as(KIND_DELETED)
     }
 
+    /// The size of the encoded record, without encoding it.
+    pub fn encoded_len(&self) -> usize {
+        let held: usize = self
+            .all_held()
+            .iter()
+            .map(|(_, key, h)| HELD_HEADER_LEN + key.len() + reason_of(h).len())
+            .sum();
+        HEADER_LEN + 8 * self.offsets.len() + 4 + held
+    }
+
     fn encode_as(&self, kind: u8) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(HEADER_LEN + 8 * self.offsets.len());
+        let mut bytes = Vec::with_capacity(self.encoded_len());
         bytes.push(kind);
         bytes.extend_from_slice(&[0, 0, 0]);
         bytes.extend_from_slice(&(self.offsets.len() as u32).to_le_bytes());
         for offset in &self.offsets {
             bytes.extend_from_slice(&offset.to_le_bytes());
+        }
+        let held = self.all_held();
+        bytes.extend_from_slice(&(held.len() as u32).to_le_bytes());
+        for (partition, key, h) in held {
+            let (status, ms) = match &h.status {
+                HeldStatus::Retry { due_ms } => (STATUS_RETRY, *due_ms),
+                HeldStatus::Parked { at_ms, .. } => (STATUS_PARKED, *at_ms),
+            };
+            let reason = reason_of(h);
+            bytes.extend_from_slice(&partition.to_le_bytes());
+            bytes.extend_from_slice(&[status, 0]);
+            bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(&h.attempts.to_le_bytes());
+            bytes.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&h.offset.to_le_bytes());
+            bytes.extend_from_slice(&h.version.to_le_bytes());
+            bytes.extend_from_slice(&ms.to_le_bytes());
+            bytes.extend_from_slice(key);
+            bytes.extend_from_slice(reason.as_bytes());
         }
         bytes
     }
@@ -87,14 +189,85 @@ impl Cursors {
         if bytes.len() < HEADER_LEN || !known.contains(&bytes[0]) || bytes[1..4] != [0, 0, 0] {
             return Err(damaged("a group record of an unknown kind"));
         }
-        if read_u32(bytes, 4) != partitions || bytes.len() != HEADER_LEN + 8 * partitions as usize {
+        let held_at = HEADER_LEN + 8 * partitions as usize;
+        if read_u32(bytes, 4) != partitions || bytes.len() < held_at + 4 {
             return Err(damaged("a group record of another partition count"));
         }
-        let offsets = (0..partitions as usize)
-            .map(|p| read_u64(bytes, HEADER_LEN + 8 * p))
-            .collect();
-        Ok(Cursors { offsets })
+        let mut cursors = Cursors::new(partitions);
+        for p in 0..partitions as usize {
+            cursors.offsets[p] = read_u64(bytes, HEADER_LEN + 8 * p);
+        }
+        let count = read_u32(bytes, held_at);
+        let mut at = held_at + 4;
+        let mut previous: Option<(u32, u64)> = None;
+        for _ in 0..count {
+            if bytes.len() - at < HELD_HEADER_LEN {
+                return Err(damaged("a group record's held key is cut short"));
+            }
+            let partition = read_u32(bytes, at);
+            let status = bytes[at + 4];
+            let key_len = read_u16(bytes, at + 6) as usize;
+            let attempts = read_u32(bytes, at + 8);
+            let reason_len = read_u32(bytes, at + 12) as usize;
+            let offset = read_u64(bytes, at + 16);
+            let version = read_u64(bytes, at + 24);
+            let ms = read_u64(bytes, at + 32);
+            let body = at + HELD_HEADER_LEN;
+            if partition >= partitions
+                || bytes[at + 5] != 0
+                || key_len == 0
+                || reason_len > REASON_BYTES_MAX
+                || bytes.len() - body < key_len + reason_len
+            {
+                return Err(damaged("a group record's held key is malformed"));
+            }
+            if previous.is_some_and(|p| p >= (partition, offset)) {
+                return Err(damaged("a group record's held keys are out of order"));
+            }
+            previous = Some((partition, offset));
+            let key = bytes[body..body + key_len].to_vec();
+            let reason = std::str::from_utf8(&bytes[body + key_len..body + key_len + reason_len])
+                .map_err(|_| damaged("a group record's reason is not UTF-8"))?;
+            let status = match (status, reason_len) {
+                (STATUS_RETRY, 0) => HeldStatus::Retry { due_ms: ms },
+                (STATUS_PARKED, _) => HeldStatus::Parked {
+                    at_ms: ms,
+                    reason: reason.to_owned(),
+                },
+                _ => return Err(damaged("a group record's held key has an unknown status")),
+            };
+            let held = Held {
+                offset,
+                version,
+                attempts,
+                status,
+            };
+            if cursors.held_mut(partition).insert(key, held).is_some() {
+                return Err(damaged("a group record holds one key twice"));
+            }
+            at = body + key_len + reason_len;
+        }
+        if at != bytes.len() {
+            return Err(damaged("a group record has bytes after its held keys"));
+        }
+        Ok(cursors)
     }
+}
+
+fn reason_of(held: &Held) -> &str {
+    match &held.status {
+        HeldStatus::Parked { reason, .. } => reason,
+        HeldStatus::Retry { .. } => "",
+    }
+}
+
+/// `reason` cut to at most [`REASON_BYTES_MAX`] bytes, at a character boundary.
+pub(crate) fn cut_reason(reason: &str) -> String {
+    let mut end = reason.len().min(REASON_BYTES_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
 }
 
 /// Whether a group record says the group was deleted.
@@ -159,17 +332,44 @@ mod tests {
         cursors.advance(1, 7);
         cursors.advance(1, 5);
         assert_eq!(cursors.offsets(), [0, 7, 0]);
+        cursors.held_mut(1).insert(
+            b"k1".to_vec(),
+            Held {
+                offset: 3,
+                version: 2,
+                attempts: 1,
+                status: HeldStatus::Retry { due_ms: 99 },
+            },
+        );
+        cursors.held_mut(1).insert(
+            b"k2".to_vec(),
+            Held {
+                offset: 4,
+                version: 0,
+                attempts: 5,
+                status: HeldStatus::Parked {
+                    at_ms: 100,
+                    reason: "bad ✓".into(),
+                },
+            },
+        );
+        assert_eq!(cursors.watermark(1), 3);
         let bytes = cursors.encode();
+        assert_eq!(bytes.len(), cursors.encoded_len());
         assert_eq!(Cursors::decode(&bytes, 3).unwrap(), cursors);
         assert!(Cursors::decode(&bytes, 4).is_err());
         for len in 0..bytes.len() {
             assert!(Cursors::decode(&bytes[..len], 3).is_err());
         }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Cursors::decode(&longer, 3).is_err());
         let mut kind = bytes.clone();
         kind[0] = 3;
         assert!(Cursors::decode(&kind, 3).is_err());
         let deleted = Cursors::encode_deleted(3);
         assert!(is_deleted(&deleted) && !is_deleted(&bytes));
         assert_eq!(Cursors::decode(&deleted, 3).unwrap(), Cursors::new(3));
+        assert_eq!(cut_reason(&"✓".repeat(1000)).len(), 1023);
     }
 }

@@ -65,45 +65,11 @@ impl Log {
         &self,
         key: &[u8],
         from_version: u64,
-        keep: impl Fn(&Record) -> bool,
+        keep: impl FnMut(&Record) -> bool,
     ) -> Result<Vec<Record>> {
         self.check_process()?;
         let partition = self.partition(self.route(key)?)?;
-        let frames = partition.streams.key_frames(partition, key, from_version)?;
-        let mut records = Vec::new();
-        for found in frames {
-            let end = found.position + found.info.frame_len as usize;
-            let frame_bytes = &found.map[found.position..end];
-            let mut cursor = RecordCursor::new(&found.info);
-            let mut index = 0u64;
-            loop {
-                let ranges = match cursor.next_record(frame_bytes) {
-                    Ok(Some(ranges)) => ranges,
-                    Ok(None) => break,
-                    Err(damage) => {
-                        let path = segment::segment_path(&partition.dir, found.segment_base);
-                        return Err(Error::corrupt(path, found.position as u64, damage));
-                    }
-                };
-                let record = Record::from_frame(
-                    partition.id,
-                    &found.map,
-                    found.position,
-                    &found.info,
-                    ranges,
-                    index,
-                );
-                index += 1;
-                if record.version < from_version {
-                    continue;
-                }
-                if !keep(&record) {
-                    return Ok(records);
-                }
-                records.push(record);
-            }
-        }
-        Ok(records)
+        key_records(partition, key, from_version, keep)
     }
 
     /// The first offset of `partition` whose event was appended at or after `timestamp_ms`;
@@ -159,6 +125,67 @@ impl Log {
         reader.dry = (0..reader.readers.len()).collect();
         Ok(reader)
     }
+}
+
+/// The visible events of `key` in `partition` from version `from_version` on, in version
+/// order, while `keep` says so (the first event it refuses ends the list).
+pub(crate) fn key_records(
+    partition: &Partition,
+    key: &[u8],
+    from_version: u64,
+    mut keep: impl FnMut(&Record) -> bool,
+) -> Result<Vec<Record>> {
+    let frames = partition.streams.key_frames(partition, key, from_version)?;
+    let mut records = Vec::new();
+    for found in frames {
+        let end = found.position + found.info.frame_len as usize;
+        let frame_bytes = &found.map[found.position..end];
+        let mut cursor = RecordCursor::new(&found.info);
+        let mut index = 0u64;
+        loop {
+            let ranges = match cursor.next_record(frame_bytes) {
+                Ok(Some(ranges)) => ranges,
+                Ok(None) => break,
+                Err(damage) => {
+                    let path = segment::segment_path(&partition.dir, found.segment_base);
+                    return Err(Error::corrupt(path, found.position as u64, damage));
+                }
+            };
+            let record = Record::from_frame(
+                partition.id,
+                &found.map,
+                found.position,
+                &found.info,
+                ranges,
+                index,
+            );
+            index += 1;
+            if record.version < from_version {
+                continue;
+            }
+            if !keep(&record) {
+                return Ok(records);
+            }
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// The offset of version `version` of `key` in `partition`, if that event is visible.
+pub(crate) fn version_offset(
+    partition: &Partition,
+    key: &[u8],
+    version: u64,
+) -> Result<Option<u64>> {
+    let frames = partition.streams.key_frames(partition, key, version)?;
+    Ok(frames.first().and_then(|found| {
+        let info = &found.info;
+        let within = version
+            .checked_sub(info.base_version)
+            .filter(|&i| i < u64::from(info.record_count));
+        within.map(|i| info.base_offset + i)
+    }))
 }
 
 /// The first offset of the partition whose record satisfies `past` (a predicate that is false
