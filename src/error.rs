@@ -151,6 +151,21 @@ pub enum Error {
     NotAssigned { group: String, partition: u32 },
     /// A group cannot be deleted while members are in it.
     GroupInUse { group: String, members: usize },
+    /// An offset below a partition's start was asked for: retention deleted the segments
+    /// below `start`.
+    OffsetBelowStart {
+        partition: u32,
+        offset: u64,
+        start: u64,
+    },
+    /// Retention deleted events `from..to` of a partition before the group committed them:
+    /// the group goes on from `to` (reported once, by the member that owns the partition).
+    EventsExpired {
+        group: String,
+        partition: u32,
+        from: u64,
+        to: u64,
+    },
     /// A nack of a delivery whose batch was committed already.
     NotPending {
         group: String,
@@ -388,6 +403,25 @@ impl fmt::Display for Error {
             Error::GroupInUse { group, members } => write!(
                 f,
                 "group {group} has {members} members: they must leave before it is deleted"
+            ),
+            Error::OffsetBelowStart {
+                partition,
+                offset,
+                start,
+            } => write!(
+                f,
+                "offset {offset} of partition {partition} is below its start ({start}): \
+                 retention deleted the events before it"
+            ),
+            Error::EventsExpired {
+                group,
+                partition,
+                from,
+                to,
+            } => write!(
+                f,
+                "retention deleted offsets {from}..{to} of partition {partition} before group \
+                 {group} committed them; the group goes on from {to}"
             ),
             Error::NotPending {
                 group,

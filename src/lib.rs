@@ -15,6 +15,7 @@ mod log;
 mod options;
 mod reader;
 mod record;
+mod retention;
 mod storage;
 mod stream;
 mod write;
@@ -36,6 +37,7 @@ pub use crate::options::{
 };
 pub use crate::reader::{Reader, RecordRef};
 pub use crate::record::{Event, Header, Record};
+pub use crate::retention::RetentionReport;
 pub use crate::storage::hash::{key_hash, partition_for};
 pub use crate::stream::read::GlobalReader;
 pub use crate::stream::snapshot::{Snapshot, SNAPSHOT_BYTES_MAX};

@@ -56,13 +56,13 @@ use crate::Durability;
 pub struct Log {
     dir: PathBuf,
     options: Options,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Builds the key tables of sealed segments in the background (`stream/indexer.rs`).
     indexer: Mutex<Option<Indexer>>,
     report: RecoveryReport,
     pub(crate) snapshots: SnapshotStore,
-    groups: Groups,
+    groups: Arc<Groups>,
     /// The process that opened the log: only it has the writer thread.
     pid: u32,
     /// Held for the life of the `Log`: its `flock` keeps other `Log`s out of the directory.
@@ -137,8 +137,22 @@ impl Log {
             progress,
             partitions: recovered.partitions,
             counters,
+            retention_lock: parking_lot::Mutex::new(()),
         });
-        let indexer = Indexer::start(&shared.partitions)?;
+        let groups = Arc::new(Groups::default());
+        // Retention runs in the indexer's thread, after each sealed segment and every second.
+        let retention: Option<crate::stream::indexer::Chore> =
+            shared.config.retention.any().then(|| {
+                let (shared, groups) = (Arc::downgrade(&shared), Arc::downgrade(&groups));
+                Box::new(move || {
+                    if let (Some(shared), Some(groups)) = (shared.upgrade(), groups.upgrade()) {
+                        // Best effort: an error (I/O) is met again by the next run, or reported
+                        // by `enforce_retention`.
+                        let _ = crate::retention::enforce(&shared, &groups);
+                    }
+                }) as crate::stream::indexer::Chore
+            });
+        let indexer = Indexer::start(&shared.partitions, retention)?;
         let writer = Writer::new(
             shared.clone(),
             WriterStart {
@@ -161,7 +175,7 @@ impl Log {
             indexer: Mutex::new(Some(indexer)),
             report: recovered.report,
             snapshots,
-            groups: Groups::default(),
+            groups,
             pid: std::process::id(),
             _lock: lock,
         })
@@ -391,21 +405,7 @@ impl Log {
     /// Errors reading the groups partition.
     pub fn group_names(&self) -> Result<Vec<String>> {
         self.check_process()?;
-        let groups = &self.shared.partitions[self.shared.config.groups_partition() as usize];
-        // A group's last record decides: deleted groups are not listed.
-        let mut names = std::collections::BTreeMap::new();
-        for record in Reader::new(groups.clone(), 0) {
-            let record = record?;
-            if let Some(name) = record.key.strip_prefix(b"g/") {
-                let deleted = crate::consumer::state::is_deleted(&record.payload);
-                names.insert(String::from_utf8_lossy(name).into_owned(), deleted);
-            }
-        }
-        Ok(names
-            .into_iter()
-            .filter(|(_, deleted)| !deleted)
-            .map(|(name, _)| name)
-            .collect())
+        self.groups.names(&self.shared)
     }
 
     /// Reads `partition` in offset order from `from_offset`, up to what is visible (see
@@ -413,11 +413,21 @@ impl Log {
     ///
     /// # Errors
     ///
-    /// [`Error::PartitionOutOfRange`], [`Error::UsedAfterFork`]. Errors while reading come from
+    /// [`Error::PartitionOutOfRange`], [`Error::OffsetBelowStart`] below the partition's start
+    /// (retention deleted what was there), [`Error::UsedAfterFork`]. Errors while reading come from
     /// the iterator.
     pub fn read(&self, partition: u32, from_offset: u64) -> Result<Reader> {
         self.check_process()?;
-        Ok(Reader::new(self.partition(partition)?.clone(), from_offset))
+        let p = self.partition(partition)?;
+        let start = p.start();
+        if from_offset < start {
+            return Err(Error::OffsetBelowStart {
+                partition,
+                offset: from_offset,
+                start,
+            });
+        }
+        Ok(Reader::new(p.clone(), from_offset))
     }
 
     /// The partition that `key`'s events go to: `hash(key) % partitions` (`docs/format.md`).
@@ -437,6 +447,31 @@ impl Log {
     /// [`Error::PartitionOutOfRange`].
     pub fn end_offset(&self, partition: u32) -> Result<u64> {
         Ok(self.partition(partition)?.visible_end())
+    }
+
+    /// Deletes the sealed segments that the retention options allow now
+    /// ([`Options::retention_age_max`](crate::Options::retention_age_max),
+    /// [`Options::retention_bytes_max`](crate::Options::retention_bytes_max),
+    /// [`Options::retention_until_consumed`](crate::Options::retention_until_consumed)). This
+    /// also runs in the background (after each sealed segment, and every second); call it to
+    /// apply the options at once, or to see its errors. Returns what it deleted.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors deleting files, errors reading groups' records.
+    pub fn enforce_retention(&self) -> Result<crate::RetentionReport> {
+        self.check_process()?;
+        crate::retention::enforce(&self.shared, &self.groups)
+    }
+
+    /// The first offset still stored in `partition`: 0 until retention deletes segments
+    /// ([`Options::retention_bytes_max`](crate::Options::retention_bytes_max) and the like).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PartitionOutOfRange`].
+    pub fn start_offset(&self, partition: u32) -> Result<u64> {
+        Ok(self.partition(partition)?.start())
     }
 
     /// What recovery found and did when the log was opened.

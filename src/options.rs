@@ -120,6 +120,24 @@ pub struct Options {
     journal_bytes: Option<u64>,
     pub(crate) recovery: RecoveryMode,
     pub(crate) fail_points: Option<std::sync::Arc<crate::storage::io::FailPoints>>,
+    pub(crate) retention: Retention,
+}
+
+/// Which sealed segments of the application's partitions may be deleted (see
+/// [`Options::retention_age_max`], [`Options::retention_bytes_max`],
+/// [`Options::retention_until_consumed`]). The groups partition is never subject to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Retention {
+    pub age_max: Option<Duration>,
+    pub bytes_max: Option<u64>,
+    pub until_consumed: bool,
+}
+
+impl Retention {
+    /// Whether any segment may ever be deleted.
+    pub fn any(&self) -> bool {
+        self.age_max.is_some() || self.bytes_max.is_some() || self.until_consumed
+    }
 }
 
 impl Default for Options {
@@ -138,6 +156,7 @@ impl Default for Options {
             journal_bytes: None,
             recovery: RecoveryMode::TolerateTornTail,
             fail_points: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -224,6 +243,37 @@ impl Options {
     /// What `open` does with damage in durable data (default [`RecoveryMode::TolerateTornTail`]).
     pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
         self.recovery = mode;
+        self
+    }
+
+    /// Deletes a partition's oldest sealed segments once their newest event is older than
+    /// `age` (default: kept whatever their age). Whole segments only, never the one being
+    /// written, so a partition keeps at least its last segment's events; a segment is deleted
+    /// only once a checkpoint is past it (checkpoints come every
+    /// [`journal_bytes`](Self::journal_bytes) of appends, and at close). Checked in the
+    /// background at least every second, and by [`Log::enforce_retention`](crate::Log::enforce_retention).
+    pub fn retention_age_max(mut self, age: Duration) -> Self {
+        self.retention.age_max = Some(age);
+        self
+    }
+
+    /// Deletes a partition's oldest sealed segments while its segment files take more than
+    /// `bytes` on disk (default: no limit). As [`retention_age_max`](Self::retention_age_max):
+    /// whole sealed segments, past a checkpoint.
+    pub fn retention_bytes_max(mut self, bytes: u64) -> Self {
+        self.retention.bytes_max = Some(bytes);
+        self
+    }
+
+    /// Interest-based retention: a segment is deleted only once every consumer group (not
+    /// deleted) has settled all its events (committed them, and no key of it is held for a
+    /// retry or parked), and, if an age or bytes limit is set, once that limit says so; with
+    /// no limit, as soon as every group is past it. While there is no group nothing is
+    /// consumed, so nothing is deleted. Default: off (age and bytes limits delete whether or
+    /// not groups have read the events; a group that falls behind is told, see
+    /// [`Error::EventsExpired`]).
+    pub fn retention_until_consumed(mut self, until_consumed: bool) -> Self {
+        self.retention.until_consumed = until_consumed;
         self
     }
 

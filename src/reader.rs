@@ -214,6 +214,15 @@ impl Reader {
                     return Ok(None);
                 }
             }
+            let start = self.partition.start();
+            if self.next_offset < start {
+                // Retention deleted the segment holding it: never a silent jump.
+                return Err(Error::OffsetBelowStart {
+                    partition: self.partition.id,
+                    offset: self.next_offset,
+                    start,
+                });
+            }
             self.load_frame()?;
         }
     }

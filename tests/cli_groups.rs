@@ -1,6 +1,6 @@
 //! `annal groups`: committed cursors and lag per partition of every consumer group, through
 //! `Log::open` and from the files while another process holds the log; `reset` and `seek`, and
-//! their refusal while the log is held.
+//! their refusal while the log is held; dead letters listed, re-driven and discarded.
 
 mod cli_support;
 
@@ -93,7 +93,12 @@ fn the_list_shows_what_the_library_says_as_json_and_as_text() {
     assert_eq!(list["groups"].as_array().unwrap().len(), 2, "{list}");
     assert_eq!(cursors_of(&list, "g"), g);
     assert_eq!(cursors_of(&list, "h"), h);
-    assert!(!list.to_string().contains("dead"), "{list}");
+    assert_eq!(
+        list["groups"][0]["dead_letters"],
+        serde_json::json!([]),
+        "{list}"
+    );
+    assert_eq!(list["groups"][0]["retrying"], 0, "{list}");
 
     let text = groups(root.path(), &[]).expect_ok();
     assert!(text.contains("2 groups, 3 partitions"), "{text}");
@@ -107,9 +112,118 @@ fn the_list_shows_what_the_library_says_as_json_and_as_text() {
 
     let help = annal(&["groups", "--help"]).expect_ok();
     assert!(help.contains("Examples:"), "{help}");
+    assert!(help.contains("redrive projections --key"), "{help}");
+}
+
+/// A log whose group `d` parked key `poison` (its two events) and has key `slow` waiting for
+/// a retry.
+fn dead_letter_log(dir: &Path) {
+    let log = Log::open(dir, options()).unwrap();
+    log.append(b"poison", "p0").unwrap();
+    log.append(b"poison", "p1").unwrap();
+    log.append(b"slow", "s0").unwrap();
+    log.flush().unwrap();
+    let group = log.group("d").unwrap();
+    group
+        .set_retry_policy(annal::RetryPolicy {
+            max_attempts: 1,
+            backoff_initial: Duration::from_secs(3600),
+            backoff_max: Duration::from_secs(3600),
+        })
+        .unwrap();
+    let mut member = group.join().unwrap();
+    let batch = member.poll(100, Duration::from_millis(100)).unwrap();
+    let first = |key: &[u8]| batch.iter().find(|d| d.record.key == key).unwrap();
+    member.nack(first(b"poison"), "cannot parse").unwrap();
+    member.commit(&batch).unwrap();
+    group
+        .set_retry_policy(annal::RetryPolicy {
+            max_attempts: 5,
+            backoff_initial: Duration::from_secs(3600),
+            backoff_max: Duration::from_secs(3600),
+        })
+        .unwrap();
+    drop(member);
+    log.close().unwrap();
+    // `slow` waits an hour for its retry: nack it in a second process life.
+    let log = Log::open(dir, options()).unwrap();
+    log.append(b"slow", "s1").unwrap();
+    let group = log.group("d").unwrap();
+    group
+        .set_retry_policy(annal::RetryPolicy {
+            max_attempts: 5,
+            backoff_initial: Duration::from_secs(3600),
+            backoff_max: Duration::from_secs(3600),
+        })
+        .unwrap();
+    let mut member = group.join().unwrap();
+    let batch = member.poll(100, Duration::from_millis(100)).unwrap();
+    let slow = batch
+        .iter()
+        .find(|d| d.record.key == b"slow".as_slice())
+        .unwrap();
+    member.nack(slow, "later").unwrap();
+    member.commit(&batch).unwrap();
+    drop(member);
+    log.close().unwrap();
+}
+
+#[test]
+fn dead_letters_are_listed_redriven_and_discarded() {
+    let root = tempfile::tempdir().unwrap();
+    dead_letter_log(root.path());
+    let list = list_json(root.path());
+    let d = &list["groups"][0];
+    assert_eq!(d["retrying"], 1, "{list}");
+    let dead = d["dead_letters"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{list}");
+    assert_eq!(
+        (&dead[0]["key"], &dead[0]["attempts"], &dead[0]["reason"]),
+        (&"poison".into(), &1.into(), &"cannot parse".into()),
+        "{list}"
+    );
+    let text = groups(root.path(), &[]).expect_ok();
     assert!(
-        help.contains("Dead letters and redrive are not built"),
-        "{help}"
+        text.contains("1 waiting for a retry, 1 dead letter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("key \"poison\", 1 attempts: cannot parse"),
+        "{text}"
+    );
+
+    // While another process holds the log, the files say the same.
+    let held = Log::open(root.path(), options()).unwrap();
+    let from_files = list_json(root.path());
+    assert_eq!(from_files["read_from"], "files");
+    assert_eq!(from_files["groups"][0]["dead_letters"], d["dead_letters"]);
+    assert_eq!(from_files["groups"][0]["retrying"], 1);
+    drop(held);
+
+    groups(root.path(), &["discard", "d", "--key", "slow"]).expect_error("no dead letter");
+    groups(root.path(), &["redrive", "d", "--all"]).expect_ok();
+    let log = Log::open(root.path(), options()).unwrap();
+    let group = log.group("d").unwrap();
+    assert!(group.dead_letters().unwrap().is_empty());
+    let mut member = group.join().unwrap();
+    let batch = member.poll(100, Duration::from_millis(100)).unwrap();
+    let poison: Vec<&[u8]> = batch
+        .iter()
+        .filter(|d| d.record.key == b"poison".as_slice())
+        .map(|d| d.record.payload.as_ref())
+        .collect();
+    assert_eq!(poison, [b"p0".as_slice(), b"p1"], "re-driven in order");
+    drop(member);
+    drop(group);
+    log.close().unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    dead_letter_log(root.path());
+    let out = groups(root.path(), &["discard", "d", "--key", "poison"]).expect_ok();
+    assert!(out.contains("discarded"), "{out}");
+    assert_eq!(
+        list_json(root.path())["groups"][0]["dead_letters"],
+        serde_json::json!([])
     );
 }
 

@@ -41,6 +41,11 @@ pub struct Consumer {
     pub(super) nacked_keys: HashMap<u32, HashSet<Vec<u8>>>,
     /// The first batch of the member's current assignment.
     pub(super) assigned_batch: u64,
+    /// Partitions whose reader retention moved up to the partition's start: the next batch
+    /// commits the move.
+    pub(super) moved_up: Vec<(u32, u64)>,
+    /// Errors to report by the next polls (events deleted before the group committed them).
+    pub(super) to_tell: std::collections::VecDeque<Error>,
 }
 
 /// A nack of one delivery, applied at the commit of its batch.
@@ -129,6 +134,8 @@ impl Consumer {
             retried: Vec::new(),
             nacked_keys: HashMap::new(),
             assigned_batch: 0,
+            moved_up: Vec::new(),
+            to_tell: std::collections::VecDeque::new(),
         }
     }
 
@@ -159,12 +166,18 @@ impl Consumer {
     ///
     /// # Errors
     ///
-    /// Errors reading the partitions (`Error::Corrupt`, I/O).
+    /// [`Error::EventsExpired`] once for each partition whose events retention deleted before
+    /// the group committed them (the member goes on from the partition's new start: poll
+    /// again), errors reading the partitions (`Error::Corrupt`, I/O).
     pub fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch> {
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.shared.progress.done_journal();
             self.refresh_assignment();
+            self.follow_start()?;
+            if let Some(error) = self.to_tell.pop_front() {
+                return Err(error);
+            }
             let (batch, next_due) = self.take(max)?;
             let now = Instant::now();
             if !batch.is_empty() || now >= deadline {
@@ -296,6 +309,58 @@ impl Consumer {
             .collect();
     }
 
+    /// Moves readers below their partition's start (retention deleted what they were to read)
+    /// up to it, and keys held below it to their first event left; queues the errors that
+    /// tell so.
+    fn follow_start(&mut self) -> Result<()> {
+        let mut owned: Vec<u32> = self.owned.keys().copied().collect();
+        owned.sort_unstable();
+        for p in owned {
+            let partition = &self.shared.partitions[p as usize];
+            let start = partition.start();
+            let reader = self.owned.get_mut(&p).expect("listed above");
+            let from = reader.next_offset();
+            if from < start {
+                *reader = Reader::new(partition.clone(), start);
+                self.moved_up.push((p, start));
+                self.to_tell.push_back(Error::EventsExpired {
+                    group: self.group.name.clone(),
+                    partition: p,
+                    from,
+                    to: start,
+                });
+            }
+            let mut inner = self.group.inner.lock();
+            let below: Vec<(Vec<u8>, u64)> = inner
+                .committed
+                .held(p)
+                .iter()
+                .filter(|(_, h)| h.offset < start)
+                .map(|(key, h)| (key.clone(), h.version))
+                .collect();
+            for (key, version) in below {
+                let mut reached = false;
+                let first = crate::stream::read::key_records(partition, &key, version, |r| {
+                    let more = !reached;
+                    reached |= r.offset >= start;
+                    more
+                })?;
+                let held = inner.committed.held_mut(p);
+                match first.iter().find(|r| r.offset >= start) {
+                    Some(record) => {
+                        let h = held.get_mut(&key).expect("listed above");
+                        h.offset = record.offset;
+                        h.version = record.version;
+                    }
+                    None => {
+                        held.remove(&key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One poll's batch, and when the next retry of the member's held keys falls due (ms since
     /// the Unix epoch), if one is waiting.
     fn take(&mut self, max: usize) -> Result<(Batch, Option<u64>)> {
@@ -384,7 +449,7 @@ impl Consumer {
 
         // Then each partition from its reader, passing by the events of held keys.
         let first_new = deliveries.len();
-        let mut ends: Vec<(u32, u64)> = Vec::new();
+        let mut ends: Vec<(u32, u64)> = std::mem::take(&mut self.moved_up);
         let mut failure = None;
         'partitions: for p in partitions {
             let held = &held[&p];
@@ -582,6 +647,8 @@ impl Consumer {
             .attempts
             .retain(|&(p, offset), _| offset >= next.get(p));
         inner.committed = next;
+        inner.recorded = true;
+        inner.deleted = false;
         drop(inner);
         self.settled(batch.number);
         // As appends do: under `Sync` the commit returns once durable (waited for outside the

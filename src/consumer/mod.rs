@@ -40,6 +40,81 @@ pub const SESSION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct Groups {
     open: Mutex<HashMap<String, Arc<GroupState>>>,
+    /// The groups with a record in the groups partition when the log was opened, and whether
+    /// that record says deleted: read once, on first need (one process writes the log, and
+    /// the groups it changes since are in `open`).
+    on_disk: Mutex<Option<std::collections::BTreeMap<String, bool>>>,
+}
+
+impl Groups {
+    /// The groups with a record in the groups partition when the log was opened.
+    fn on_disk(&self, shared: &Shared) -> Result<std::collections::BTreeMap<String, bool>> {
+        let mut on_disk = self.on_disk.lock();
+        if let Some(names) = &*on_disk {
+            return Ok(names.clone());
+        }
+        let groups = &shared.partitions[shared.config.groups_partition() as usize];
+        // A group's last record decides: deleted groups are not listed.
+        let mut names = std::collections::BTreeMap::new();
+        for record in crate::reader::Reader::new(groups.clone(), groups.start()) {
+            let record = record?;
+            if let Some(name) = record.key.strip_prefix(b"g/") {
+                let deleted = state::is_deleted(&record.payload);
+                names.insert(String::from_utf8_lossy(name).into_owned(), deleted);
+            }
+        }
+        *on_disk = Some(names.clone());
+        Ok(names)
+    }
+
+    /// The names of the groups that have a record and were not deleted, in name order.
+    pub(crate) fn names(&self, shared: &Shared) -> Result<Vec<String>> {
+        let mut names = self.on_disk(shared)?;
+        for (name, state) in self.open.lock().iter() {
+            let inner = state.inner.lock();
+            if inner.recorded {
+                names.insert(name.clone(), inner.deleted);
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter(|(_, deleted)| !deleted)
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Per partition, the lowest offset a group (not deleted) still needs: its committed end,
+    /// or the head of a key it holds below that. `None` while there is no group. Groups open
+    /// in this process count with what they committed here; the others with their record.
+    pub(crate) fn watermarks(&self, shared: &Shared) -> Result<Option<Vec<u64>>> {
+        let partitions = shared.config.user_partitions;
+        let mut lowest: Option<Vec<u64>> = None;
+        let mut count = |cursors: &Cursors| {
+            let lowest = lowest.get_or_insert_with(|| vec![u64::MAX; partitions as usize]);
+            for (p, low) in lowest.iter_mut().enumerate() {
+                *low = (*low).min(cursors.watermark(p as u32));
+            }
+        };
+        let on_disk = self.on_disk(shared)?;
+        let open = self.open.lock().clone();
+        for state in open.values() {
+            let inner = state.inner.lock();
+            if !inner.deleted {
+                count(&inner.committed);
+            }
+        }
+        let groups = &shared.partitions[shared.config.groups_partition() as usize];
+        for (name, deleted) in on_disk {
+            if deleted || open.contains_key(&name) {
+                continue;
+            }
+            let key = format!("g/{name}").into_bytes();
+            if let Some((cursors, false)) = state::load_record(groups, &key, partitions)? {
+                count(&cursors);
+            }
+        }
+        Ok(lowest)
+    }
 }
 
 /// One group's state, shared by its members.
@@ -83,6 +158,9 @@ struct Inner {
     /// Moves at every change of membership, so that members notice a new assignment.
     generation: u64,
     retry: RetryPolicy,
+    /// Whether the group has a record in the groups partition, and whether it says deleted.
+    recorded: bool,
+    deleted: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -156,7 +234,9 @@ impl Group {
         let key = format!("g/{name}").into_bytes();
         let partitions = shared.config.user_partitions;
         let groups_partition = &shared.partitions[shared.config.groups_partition() as usize];
-        let committed = state::load(groups_partition, &key, partitions)?;
+        let record = state::load_record(groups_partition, &key, partitions)?;
+        let recorded = record.is_some();
+        let (committed, deleted) = record.unwrap_or_else(|| (Cursors::new(partitions), false));
         let state = Arc::new(GroupState {
             name: name.to_owned(),
             key,
@@ -168,6 +248,8 @@ impl Group {
                 attempts: HashMap::new(),
                 generation: 0,
                 retry: RetryPolicy::default(),
+                recorded,
+                deleted,
             }),
         });
         open.insert(name.to_owned(), state.clone());
@@ -210,7 +292,7 @@ impl Group {
         for p in 0..partitions {
             let partition = &self.shared.partitions[p as usize];
             offsets.push(match at {
-                StartAt::Earliest => 0,
+                StartAt::Earliest => partition.start(),
                 StartAt::Latest => partition.visible_end(),
                 StartAt::Timestamp(t) => {
                     crate::stream::read::first_offset_where(partition, |r| r.timestamp_ms >= t)?
@@ -249,7 +331,7 @@ impl Group {
     /// # Errors
     ///
     /// [`Error::PartitionOutOfRange`], [`Error::OffsetOutOfRange`] past the partition's visible
-    /// end, and the errors of appends.
+    /// end, [`Error::OffsetBelowStart`] below its start, and the errors of appends.
     pub fn seek(&self, partition: u32, offset: u64) -> Result<()> {
         let partitions = self.shared.config.user_partitions;
         let Some(p) = self
@@ -269,6 +351,14 @@ impl Group {
                 partition,
                 offset,
                 end,
+            });
+        }
+        let start = p.start();
+        if offset < start {
+            return Err(Error::OffsetBelowStart {
+                partition,
+                offset,
+                start,
             });
         }
         self.set_cursors(|cursors| {
@@ -298,6 +388,8 @@ impl Group {
             .sequencer
             .enqueue(&self.shared.partitions, &write)?;
         queued.ticket(&self.shared.progress).wait()?;
+        inner.recorded = true;
+        inner.deleted = state::is_deleted(payload);
         inner.attempts.clear();
         inner.committed = next;
         inner.generation += 1;

@@ -287,9 +287,23 @@ pub(crate) fn last_frame(partition: &Partition, key: &[u8]) -> Result<Option<Fou
 /// A group's cursors as its key's last record in the groups partition says (all 0 for a group
 /// never saved).
 pub(crate) fn load(partition: &Partition, key: &[u8], partitions: u32) -> Result<Cursors> {
+    Ok(load_record(partition, key, partitions)?.map_or_else(|| Cursors::new(partitions), |r| r.0))
+}
+
+/// A group's last record, if it has one: its cursors, and whether it says the group was
+/// deleted.
+pub(crate) fn load_record(
+    partition: &Partition,
+    key: &[u8],
+    partitions: u32,
+) -> Result<Option<(Cursors, bool)>> {
     match last_frame(partition, key)? {
-        Some(found) => Cursors::decode(&last_record(partition, &found)?.payload, partitions),
-        None => Ok(Cursors::new(partitions)),
+        Some(found) => {
+            let payload = last_record(partition, &found)?.payload;
+            let cursors = Cursors::decode(&payload, partitions)?;
+            Ok(Some((cursors, is_deleted(&payload))))
+        }
+        None => Ok(None),
     }
 }
 

@@ -142,14 +142,23 @@ pub fn lock(dir: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::Locked {
-            path: dir.to_owned(),
-        }),
-        Err(TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    // A child process between its `fork` and its `exec` still shares the descriptors of a
+    // `Log` that this process closed a moment ago: its lock is waited for, briefly.
+    for _ in 0..LOCK_TRIES {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(LOCK_RETRY),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
     }
+    Err(Error::Locked {
+        path: dir.to_owned(),
+    })
 }
+
+/// How often, and how far apart, `lock` tries to take a lock held elsewhere.
+const LOCK_TRIES: u32 = 20;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {

@@ -120,6 +120,45 @@ pub fn table_path(dir: &Path, base_offset: u64) -> PathBuf {
 }
 
 /// Parses `{base_offset:020}.{suffix}`.
+/// The file holding a partition's start once retention has moved it (`docs/format.md`).
+pub fn start_path(dir: &Path) -> PathBuf {
+    dir.join(START_FILE)
+}
+
+/// The name of a partition's start file.
+pub const START_FILE: &str = "start";
+const START_FILE_LEN: usize = 16;
+
+/// The bytes of a start file: the start offset, the CRC32 of those 8 bytes, 4 zero bytes.
+pub fn encode_start(start: u64) -> [u8; START_FILE_LEN] {
+    let mut bytes = [0u8; START_FILE_LEN];
+    bytes[..8].copy_from_slice(&start.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..8]);
+    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// A partition's recorded start: 0 without a start file.
+///
+/// # Errors
+///
+/// [`Error::Corrupt`] for a start file that fails its checks, I/O errors.
+pub fn read_start(dir: &Path) -> Result<u64> {
+    let path = start_path(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    if bytes.len() != START_FILE_LEN {
+        return Err(Error::corrupt(&path, 0, "a start file of another length"));
+    }
+    if read_u32(&bytes, 8) != crc32fast::hash(&bytes[..8]) || bytes[12..] != [0; 4] {
+        return Err(Error::corrupt(&path, 8, "a start file fails its checksum"));
+    }
+    Ok(read_u64(&bytes, 0))
+}
+
 pub fn parse_name(name: &str, suffix: &str) -> Option<u64> {
     let stem = name.strip_suffix(suffix)?.strip_suffix('.')?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {

@@ -16,6 +16,13 @@ use crate::error::{Error, Result};
 use crate::storage::segment::Segment;
 use crate::write::partition::Partition;
 
+/// Work the indexer's thread does besides tables, after each sealed segment and at least every
+/// [`CHORE_INTERVAL`] (retention).
+pub(crate) type Chore = Box<dyn Fn() + Send>;
+
+/// How often the chore runs when no segment is sealed.
+pub(crate) const CHORE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A sealed segment whose table is due.
 pub(crate) struct Job {
     pub partition: u32,
@@ -32,7 +39,7 @@ pub(crate) struct Indexer {
 impl Indexer {
     /// Starts the thread for `partitions`, and tells each partition where to send its sealed
     /// segments.
-    pub fn start(partitions: &[Arc<Partition>]) -> Result<Indexer> {
+    pub fn start(partitions: &[Arc<Partition>], chore: Option<Chore>) -> Result<Indexer> {
         let (jobs, queue) = crossbeam_channel::unbounded();
         for partition in partitions {
             partition.streams.send_sealed_to(jobs.clone());
@@ -42,7 +49,7 @@ impl Indexer {
         let stop = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("annal-indexer".into())
-            .spawn(move || run(&partitions, &queue, &stop))
+            .spawn(move || run(&partitions, &queue, &stop, chore))
             .map_err(|e| Error::io("spawn indexer thread", "annal-indexer", e))?;
         Ok(Indexer {
             jobs,
@@ -65,7 +72,12 @@ impl Indexer {
     }
 }
 
-fn run(partitions: &[Arc<Partition>], queue: &Receiver<Job>, stopping: &AtomicBool) {
+fn run(
+    partitions: &[Arc<Partition>],
+    queue: &Receiver<Job>,
+    stopping: &AtomicBool,
+    chore: Option<Chore>,
+) {
     lower_priority();
     // Sealed segments found at open without a table (a log written by a process that stopped
     // before its indexer got to them) are indexed first.
@@ -87,16 +99,31 @@ fn run(partitions: &[Arc<Partition>], queue: &Receiver<Job>, stopping: &AtomicBo
             }
         }
     }
-    while let Ok(job) = queue.recv() {
+    loop {
+        let job = match &chore {
+            Some(_) => match queue.recv_timeout(CHORE_INTERVAL) {
+                Ok(job) => Some(job),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match queue.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            },
+        };
         if stopping.load(Ordering::Relaxed) {
             return;
         }
-        let Some(partition) = partitions.get(job.partition as usize) else {
-            continue;
-        };
-        // Best effort: a table that cannot be built now (damage, I/O) is built, or its error
-        // reported, by the lookup that needs it.
-        let _ = partition.streams.index_sealed(partition, &job.segment);
+        if let Some(job) = job {
+            if let Some(partition) = partitions.get(job.partition as usize) {
+                // Best effort: a table that cannot be built now (damage, I/O) is built, or its
+                // error reported, by the lookup that needs it.
+                let _ = partition.streams.index_sealed(partition, &job.segment);
+            }
+        }
+        if let Some(chore) = &chore {
+            chore();
+        }
     }
 }
 

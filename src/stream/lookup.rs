@@ -82,6 +82,12 @@ impl StreamIndex {
         self.sealed_to.lock().take();
     }
 
+    /// Drops what is kept of a segment that retention deleted.
+    pub fn forget_segment(&self, base: u64) {
+        self.tables.lock().remove(&base);
+        self.forget_file.lock().remove(&base);
+    }
+
     /// Called by the writer when it sealed `segment`: its table is built in the background.
     pub fn sealed(&self, partition: u32, segment: &Arc<Segment>) {
         if let Some(jobs) = self.sealed_to.lock().as_ref() {

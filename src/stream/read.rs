@@ -115,12 +115,15 @@ impl Log {
             let offset = first_offset_where(partition, |r| r.global_position >= from_global)?;
             readers.push(Reader::new(partition.clone(), offset));
         }
+        let groups = self.shared.config.groups_partition() as usize;
         let mut reader = GlobalReader {
             readers,
             heads: BinaryHeap::new(),
             dry: Vec::new(),
             next_global: from_global,
             failed: false,
+            progress: self.shared.progress.clone(),
+            groups: self.shared.partitions[groups].clone(),
         };
         reader.dry = (0..reader.readers.len()).collect();
         Ok(reader)
@@ -194,7 +197,7 @@ pub(crate) fn first_offset_where(
     partition: &Arc<Partition>,
     past: impl Fn(&Record) -> bool,
 ) -> Result<u64> {
-    let (mut low, mut high) = (0u64, partition.visible_end());
+    let (mut low, mut high) = (partition.start(), partition.visible_end());
     while low < high {
         let mid = low + (high - low) / 2;
         let record = Reader::new(partition.clone(), mid).next().transpose()?;
@@ -215,6 +218,9 @@ pub struct GlobalReader {
     dry: Vec<usize>,
     next_global: u64,
     failed: bool,
+    /// To tell a position that retention deleted from one not visible yet.
+    progress: Arc<crate::write::ticket::Progress>,
+    groups: Arc<Partition>,
 }
 
 /// A record in the heap, ordered by nothing (the position before it decides).
@@ -263,11 +269,26 @@ impl GlobalReader {
             heads.peek().is_some_and(|Reverse((g, _, _))| *g == next)
         };
         if !at_head(&self.heads, self.next_global) {
+            // Every global position below this was visible before the refill: each event
+            // takes a journal index, and all but the groups partition's a global position.
+            let visible = self
+                .progress
+                .done_journal()
+                .saturating_sub(self.groups.visible_end());
             self.refill()?;
             if !at_head(&self.heads, self.next_global) {
-                // The next position is not visible yet in its partition (a round is published
-                // partition by partition): stop here rather than skip it.
-                return Ok(None);
+                if self.next_global >= visible {
+                    // Not visible yet in its partition (a round is published partition by
+                    // partition): stop here rather than skip it.
+                    return Ok(None);
+                }
+                // Visible, yet in no partition from where its readers are: retention deleted
+                // it. Go on from the next position left.
+                let next_head = self.heads.peek().map(|Reverse((g, _, _))| *g);
+                self.next_global = next_head.unwrap_or(visible).min(visible);
+                if !at_head(&self.heads, self.next_global) {
+                    return Ok(None);
+                }
             }
         }
         let Reverse((_, p, RecordSlot(record))) = self.heads.pop().expect("checked above");

@@ -52,6 +52,7 @@ pub(crate) struct Config {
     /// journal indexes like any partition, but its events have no global position.
     pub user_partitions: u32,
     pub key_bytes_max: u32,
+    pub retention: crate::options::Retention,
 }
 
 impl Config {
@@ -77,6 +78,7 @@ impl Config {
             faults: options.fail_points.clone(),
             user_partitions,
             key_bytes_max: options.key_bytes_max,
+            retention: options.retention,
         }
     }
 
@@ -106,6 +108,8 @@ pub(crate) struct Shared {
     pub progress: Arc<ticket::Progress>,
     pub partitions: Vec<Arc<partition::Partition>>,
     pub counters: Arc<Counters>,
+    /// Held while retention deletes segments (`retention.rs`): one enforcement at a time.
+    pub retention_lock: parking_lot::Mutex<()>,
 }
 
 impl Shared {

@@ -20,6 +20,11 @@ pub(crate) struct Partition {
     pub index_policy: IndexPolicy,
     /// One past the last offset readers may see.
     visible_end: AtomicU64,
+    /// The first offset kept: 0, until retention moves it up (its start file records it).
+    start: AtomicU64,
+    /// The base of the segment named by the last durable checkpoint: only segments below it
+    /// may be deleted (recovery needs that one, and replays into those after it).
+    checkpoint_base: AtomicU64,
     /// Segments in base offset order; the last one is the one being written (if any).
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// Finds one key's frames and event ids without a scan.
@@ -33,13 +38,17 @@ impl Partition {
         index_policy: IndexPolicy,
         segments: Vec<Arc<Segment>>,
         visible_end: u64,
+        start: u64,
         hash_kind: HashKind,
     ) -> Partition {
+        let start = start.min(visible_end);
         Partition {
             id,
             dir,
             index_policy,
             visible_end: AtomicU64::new(visible_end),
+            start: AtomicU64::new(start),
+            checkpoint_base: AtomicU64::new(0),
             segments: RwLock::new(segments),
             streams: StreamIndex::new(hash_kind),
         }
@@ -48,6 +57,31 @@ impl Partition {
     /// One past the last offset readers may see.
     pub fn visible_end(&self) -> u64 {
         self.visible_end.load(Ordering::Acquire)
+    }
+
+    /// The first offset still stored: below it, retention deleted the segments.
+    pub fn start(&self) -> u64 {
+        self.start.load(Ordering::Acquire)
+    }
+
+    /// Moves the start up, before a segment below it is deleted (`retention.rs`).
+    pub fn set_start(&self, start: u64) {
+        self.start.fetch_max(start, Ordering::AcqRel);
+    }
+
+    /// The base of the segment named by the last durable checkpoint.
+    pub fn checkpoint_base(&self) -> u64 {
+        self.checkpoint_base.load(Ordering::Acquire)
+    }
+
+    /// Called once a checkpoint naming segment `base` (or none: `NO_SEGMENT`) is durable.
+    pub fn set_checkpoint_base(&self, base: u64) {
+        let base = if base == crate::storage::journal::NO_SEGMENT {
+            0
+        } else {
+            base
+        };
+        self.checkpoint_base.store(base, Ordering::Release);
     }
 
     /// Called by the writer once everything below `end` is visible (and the segment's readable

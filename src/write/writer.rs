@@ -596,9 +596,17 @@ impl Writer {
             last_timestamp_ms: self.last_timestamp_ms,
             partitions: marks,
         };
+        let bases: Vec<u64> = checkpoint
+            .partitions
+            .iter()
+            .map(|m| m.segment_base)
+            .collect();
         self.journal
             .checkpoint(checkpoint, wrap)
             .map_err(Fault::Poison)?;
+        for (lane, base) in self.lanes.iter_mut().zip(bases) {
+            lane.partition.set_checkpoint_base(base);
+        }
         for lane in &mut self.lanes {
             lane.publish();
             lane.durable_end = lane.written_end();

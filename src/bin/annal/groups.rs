@@ -1,5 +1,6 @@
-//! `annal groups`: consumer groups' committed cursors and lag per partition; `reset` and `seek`
-//! move a group's cursors.
+//! `annal groups`: consumer groups' committed cursors and lag per partition, keys waiting for a
+//! retry and dead letters; `reset` and `seek` move a group's cursors, `redrive` and `discard`
+//! act on its dead letters.
 //!
 //! The list goes through `Log::open` when it can; when another process holds the log it reads
 //! the groups partition's files instead (`disk/groups.rs`), as the other reading commands do.
@@ -32,9 +33,11 @@ use crate::output::{count_text, Out};
     annal groups annal-data seek projections --partition 3 --offset 1200\n\n\
     The list opens the log when no other process has it open, and otherwise reads the files \
     (the output says which): a log open elsewhere may show a commit still being made durable. \
-    reset and seek write a commit, so they need the log closed elsewhere.\n\n\
-    Dead letters and redrive are not built in the engine yet: there is no dead-letter count \
-    and no redrive command.")]
+    reset, seek, redrive and discard write the group's record, so they need the log closed \
+    elsewhere.\n  \
+    annal groups annal-data redrive projections --key order-17\n  \
+    annal groups annal-data redrive projections --all\n  \
+    annal groups annal-data discard projections --key order-17")]
 pub struct GroupsArgs {
     /// Directory of the log.
     pub dir: PathBuf,
@@ -53,6 +56,33 @@ pub enum GroupAction {
     /// Move one partition's cursor of a group to an offset (back or forward, up to the
     /// partition's end).
     Seek(SeekArgs),
+    /// Deliver a dead letter again (its failed event and the events parked behind it, in
+    /// order, with fresh attempts).
+    Redrive(RedriveArgs),
+    /// Drop a dead letter: its failed event and the events parked behind it are never
+    /// delivered to the group; the key's later events are.
+    Discard(DiscardArgs),
+}
+
+#[derive(Args)]
+pub struct RedriveArgs {
+    /// The group.
+    pub name: String,
+    /// The parked key (as UTF-8 text).
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub key: Option<String>,
+    /// Every dead letter of the group.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args)]
+pub struct DiscardArgs {
+    /// The group.
+    pub name: String,
+    /// The parked key (as UTF-8 text).
+    #[arg(long)]
+    pub key: String,
 }
 
 #[derive(Args)]
@@ -90,6 +120,17 @@ struct GroupView {
     name: String,
     /// In partition order.
     partitions: Vec<PartitionView>,
+    /// Keys waiting for a retry.
+    retrying: usize,
+    dead_letters: Vec<DeadLetterView>,
+}
+
+struct DeadLetterView {
+    partition: u32,
+    key: Vec<u8>,
+    offset: u64,
+    attempts: u32,
+    reason: String,
 }
 
 struct PartitionView {
@@ -117,9 +158,23 @@ impl GroupView {
                 lag,
             });
         }
+        let dead_letters = group
+            .dead_letters()
+            .map_err(|e| Failure::annal("read the dead letters", e))?
+            .into_iter()
+            .map(|d| DeadLetterView {
+                partition: d.partition,
+                key: d.key,
+                offset: d.offset,
+                attempts: d.attempts,
+                reason: d.reason,
+            })
+            .collect();
         Ok(GroupView {
             name: group.name().to_owned(),
             partitions,
+            retrying: group.retrying().len(),
+            dead_letters,
         })
     }
 }
@@ -141,6 +196,28 @@ pub fn run(args: &GroupsArgs) -> Result<(), Failure> {
             );
             change(&log_dir, &seek.name, "seek", &done, args.json, |g| {
                 g.seek(seek.partition, seek.offset)
+            })
+        }
+        Some(GroupAction::Redrive(redrive)) => match &redrive.key {
+            Some(key) => {
+                let done = format!("dead letter of key {key:?} re-driven");
+                change(&log_dir, &redrive.name, "redrive", &done, args.json, |g| {
+                    g.redrive(key.as_bytes())
+                })
+            }
+            None => change(
+                &log_dir,
+                &redrive.name,
+                "redrive",
+                "every dead letter re-driven",
+                args.json,
+                |g| g.redrive_all().map(drop),
+            ),
+        },
+        Some(GroupAction::Discard(discard)) => {
+            let done = format!("dead letter of key {:?} discarded", discard.key);
+            change(&log_dir, &discard.name, "discard", &done, args.json, |g| {
+                g.discard(discard.key.as_bytes())
             })
         }
     }
@@ -193,15 +270,29 @@ fn groups_from_files(log_dir: &LogDir) -> Result<Vec<GroupView>, Failure> {
     Ok(files
         .committed
         .into_iter()
-        .map(|(name, committed)| GroupView {
+        .map(|(name, record)| GroupView {
             name,
-            partitions: committed
+            partitions: record
+                .committed
                 .iter()
                 .zip(&ends)
                 .map(|(&committed, &end_offset)| PartitionView {
                     committed,
                     end_offset,
                     lag: end_offset.saturating_sub(committed),
+                })
+                .collect(),
+            retrying: record.held.iter().filter(|h| !h.parked).count(),
+            dead_letters: record
+                .held
+                .into_iter()
+                .filter(|h| h.parked)
+                .map(|h| DeadLetterView {
+                    partition: h.partition,
+                    key: h.key,
+                    offset: h.offset,
+                    attempts: h.attempts,
+                    reason: h.reason,
                 })
                 .collect(),
         })
@@ -303,9 +394,16 @@ fn print(
     for group in groups {
         out.line("")?;
         out.line(&format!(
-            "group {}: total lag {}",
+            "group {}: total lag {}, {} waiting for a retry, {} dead letter{}",
             group.name,
-            count_text(group.total_lag())
+            count_text(group.total_lag()),
+            group.retrying,
+            group.dead_letters.len(),
+            if group.dead_letters.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
         ))?;
         group_lines(&mut out, group)?;
     }
@@ -333,6 +431,16 @@ fn group_lines(out: &mut Out, group: &GroupView) -> Result<(), Failure> {
             view.committed, view.end_offset, view.lag
         ))?;
     }
+    for dead in &group.dead_letters {
+        out.line(&format!(
+            "  dead letter: partition {} offset {} key {:?}, {} attempts: {}",
+            dead.partition,
+            dead.offset,
+            String::from_utf8_lossy(&dead.key),
+            dead.attempts,
+            dead.reason
+        ))?;
+    }
     Ok(())
 }
 
@@ -350,10 +458,25 @@ fn group_json(group: &GroupView) -> serde_json::Value {
             })
         })
         .collect();
+    let dead_letters: Vec<_> = group
+        .dead_letters
+        .iter()
+        .map(|d| {
+            json!({
+                "partition": d.partition,
+                "offset": d.offset,
+                "key": String::from_utf8_lossy(&d.key),
+                "attempts": d.attempts,
+                "reason": d.reason,
+            })
+        })
+        .collect();
     json!({
         "name": group.name,
         "total_lag": group.total_lag(),
         "partitions": partitions,
+        "retrying": group.retrying,
+        "dead_letters": dead_letters,
     })
 }
 

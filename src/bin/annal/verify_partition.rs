@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use crate::disk::bytes::{u32_at, u64_at};
 use crate::disk::frame::{self, FrameHeader, Probe};
 use crate::disk::headers::{self, PartitionMark, SegmentHeader, NO_SEGMENT};
 use crate::disk::layout::{self, INDEX_SUFFIX, SEGMENT_SUFFIX, TABLE_SUFFIX};
@@ -136,18 +137,50 @@ pub fn check_dir(
             );
         }
     }
-    if let Some(&first) = bases.first() {
-        if first != 0 {
+    // Retention records a partition's start (a 16-byte `start` file) before it deletes the
+    // segments below it.
+    let start_path = dir.join("start");
+    let start = match std::fs::read(&start_path) {
+        Ok(bytes) => {
+            let valid = bytes.len() == 16
+                && crc32fast::hash(&bytes[..8]) == u32_at(&bytes, 8)
+                && bytes[12..] == [0; 4];
+            if valid {
+                u64_at(&bytes, 0)
+            } else {
+                findings.problem(&start_path, 0, "the start file fails its checks");
+                0
+            }
+        }
+        Err(_) => 0,
+    };
+    let kept: Vec<u64> = bases
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bases.get(i + 1).is_none_or(|&next| next > start))
+        .map(|(_, &base)| base)
+        .collect();
+    for &base in bases.iter().filter(|b| !kept.contains(b)) {
+        let path = layout::segment_file(&dir, base, SEGMENT_SUFFIX);
+        findings.note(
+            &path,
+            "a segment below the partition's start: deleted by retention at the next open",
+        );
+    }
+    if let Some(&first) = kept.first() {
+        if first > start {
             let path = layout::segment_file(&dir, first, SEGMENT_SUFFIX);
             findings.problem(
                 &path,
                 0,
                 format!(
-                    "the first segment starts at offset {first}: offsets 0..{first} are missing"
+                    "the first segment starts at offset {first}: offsets {start}..{first} are \
+                     missing"
                 ),
             );
         }
     }
+    let bases = kept;
     for (i, &base) in bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied();
         let synced = match mark {

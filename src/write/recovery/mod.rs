@@ -248,6 +248,7 @@ pub(crate) fn recover(
             }
         }
     }
+    let bases: Vec<u64> = marks.iter().map(|m| m.segment_base).collect();
     journal.checkpoint(
         Checkpoint {
             number: 0,
@@ -259,6 +260,9 @@ pub(crate) fn recover(
         },
         false,
     )?;
+    for (lane, base) in lanes.iter().zip(bases) {
+        lane.partition.set_checkpoint_base(base);
+    }
     for lane in &mut lanes {
         lane.publish();
     }

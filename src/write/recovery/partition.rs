@@ -91,7 +91,17 @@ pub(super) fn prepare_partition(
         ..PartitionRecovery::default()
     };
     let policy = config.index_policy;
-    let listing = list(&path, &config.faults)?;
+    let mut listing = list(&path, &config.faults)?;
+    // Retention records the start before it deletes segments: finish a deletion cut short.
+    let start = segment::read_start(&path)?;
+    while listing.segments.len() >= 2
+        && listing.segments[1] <= start
+        && (mark.segment_base == NO_SEGMENT || listing.segments[0] < mark.segment_base)
+    {
+        let base = listing.segments.remove(0);
+        io::remove_file(&segment::segment_path(&path, base), &config.faults)?;
+        io::sync_dir(&path, &config.faults)?;
+    }
     // Offsets that the segment files hold past the mark, for the report.
     let mut file_end = mark.end_offset;
     for &base in listing
@@ -148,6 +158,7 @@ pub(super) fn prepare_partition(
             policy,
             Vec::new(),
             mark.end_offset,
+            start,
             hash_kind(config),
         ));
         return Ok((
@@ -228,6 +239,7 @@ pub(super) fn prepare_partition(
         policy,
         segments,
         mark.end_offset,
+        start,
         hash_kind(config),
     ));
     let active = Active::resume(Resumed {

@@ -1,0 +1,367 @@
+//! Retention: age and bytes limits delete whole sealed segments from the oldest end, never the
+//! one being written, never what a checkpoint still needs; interest-based retention keeps what a
+//! group has not settled; reads below the start are typed errors; a group that fell behind is
+//! moved up and told; the global order skips what was deleted; all of it survives a reopen.
+
+use std::time::{Duration, Instant};
+
+use annal::{Durability, Error, Log, Options};
+
+const EVENT: [u8; 1000] = [7; 1000];
+
+fn options() -> Options {
+    Options::default()
+        .partitions(1)
+        .durability(Durability::Buffered)
+        .segment_bytes(64 << 10)
+        .journal_bytes(1 << 20)
+}
+
+/// Appends `count` events of 1,000 bytes under a few keys; returns the end offset.
+fn append(log: &Log, count: u32) -> u64 {
+    for i in 0..count {
+        log.append(format!("key-{}", i % 5).as_bytes(), &EVENT[..])
+            .unwrap();
+    }
+    log.flush().unwrap();
+    log.end_offset(0).unwrap()
+}
+
+fn segment_files(dir: &std::path::Path, partition: &str) -> (usize, u64) {
+    let mut count = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir.join(partition)).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.ends_with(".seg") {
+            count += 1;
+            bytes += entry.metadata().unwrap().len();
+        }
+    }
+    (count, bytes)
+}
+
+/// Every record from the partition's start, checked contiguous; returns its offsets.
+fn read_from_start(log: &Log) -> Vec<u64> {
+    let start = log.start_offset(0).unwrap();
+    let offsets: Vec<u64> = log
+        .read(0, start)
+        .unwrap()
+        .map(|r| r.unwrap().offset)
+        .collect();
+    let expected: Vec<u64> = (start..log.end_offset(0).unwrap()).collect();
+    assert_eq!(offsets, expected);
+    offsets
+}
+
+#[test]
+fn a_bytes_limit_deletes_the_oldest_segments_and_reads_below_the_start_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options().retention_bytes_max(256 << 10)).unwrap();
+    let end = append(&log, 3_000);
+    let (files_before, _) = segment_files(dir.path(), "p0000");
+    let report = log.enforce_retention().unwrap();
+    let start = log.start_offset(0).unwrap();
+    assert!(report.segments_deleted > 0, "{report:?}");
+    assert_eq!(report.starts, [start]);
+    assert!(start > 0 && start < end);
+    let (files_after, bytes_after) = segment_files(dir.path(), "p0000");
+    // The background runs may have deleted some first.
+    assert!(files_before - files_after >= report.segments_deleted as usize);
+    // Only segments the last checkpoint is past may go: a few may be left over the limit.
+    assert!(files_after >= 2, "never the segment being written");
+    assert!(bytes_after < 3_000 * 1_000 / 2, "{bytes_after}");
+
+    assert!(matches!(
+        log.read(0, start - 1),
+        Err(Error::OffsetBelowStart { offset, start: s, .. }) if offset == start - 1 && s == start
+    ));
+    read_from_start(&log);
+    // A key's history starts at its first event left.
+    let history = log.read_key(b"key-0", 0).unwrap();
+    assert!(history[0].version > 0 && history[0].offset >= start);
+    let versions: Vec<u64> = history.iter().map(|r| r.version).collect();
+    let first = versions[0];
+    assert_eq!(
+        versions,
+        (first..first + versions.len() as u64).collect::<Vec<_>>()
+    );
+    // Appends go on at the end; the start survives a reopen.
+    log.append(b"key-0", b"after").unwrap();
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options().retention_bytes_max(256 << 10)).unwrap();
+    assert_eq!(log.start_offset(0).unwrap(), start);
+    assert_eq!(log.end_offset(0).unwrap(), end + 1);
+    assert_eq!(read_from_start(&log).last(), Some(&end));
+}
+
+#[test]
+fn an_age_limit_deletes_segments_whose_events_are_older() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        options().retention_age_max(Duration::from_millis(300)),
+    )
+    .unwrap();
+    append(&log, 1_500);
+    log.enforce_retention().unwrap();
+    assert_eq!(log.start_offset(0).unwrap(), 0, "nothing is old yet");
+    std::thread::sleep(Duration::from_millis(400));
+    let old_end = log.end_offset(0).unwrap();
+    append(&log, 1_500);
+    log.enforce_retention().unwrap();
+    let start = log.start_offset(0).unwrap();
+    assert!(
+        start > 0 && start <= old_end,
+        "only the old events: {start} {old_end}"
+    );
+    read_from_start(&log);
+}
+
+#[test]
+fn retention_runs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options().retention_bytes_max(128 << 10)).unwrap();
+    append(&log, 3_000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.start_offset(0).unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no segment deleted in the background"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    read_from_start(&log);
+}
+
+#[test]
+fn interest_based_retention_keeps_what_a_group_has_not_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        options()
+            .retention_until_consumed(true)
+            .retention_bytes_max(64 << 10),
+    )
+    .unwrap();
+    let end = append(&log, 3_000);
+    // No group: nothing is consumed, nothing goes.
+    assert_eq!(log.enforce_retention().unwrap().segments_deleted, 0);
+
+    let group = log.group("slow").unwrap();
+    let mut consumer = group.join().unwrap();
+    let batch = consumer.poll(500, Duration::from_millis(100)).unwrap();
+    consumer.commit(&batch).unwrap();
+    log.enforce_retention().unwrap();
+    let start = log.start_offset(0).unwrap();
+    assert!(start <= 500, "the group still needs offset 500: {start}");
+
+    // A parked key pins its events too.
+    group
+        .set_retry_policy(annal::RetryPolicy {
+            max_attempts: 1,
+            ..annal::RetryPolicy::default()
+        })
+        .unwrap();
+    let batch = consumer.poll(500, Duration::from_millis(100)).unwrap();
+    let parked = batch.deliveries[0].record.offset;
+    consumer.nack(&batch.deliveries[0], "poison").unwrap();
+    consumer.commit(&batch).unwrap();
+    drain(&mut consumer);
+    assert_eq!(group.committed(), [end]);
+    log.enforce_retention().unwrap();
+    let start = log.start_offset(0).unwrap();
+    assert!(
+        start <= parked,
+        "the dead letter at {parked} is kept: {start}"
+    );
+    assert!(start > 0);
+
+    group
+        .discard(&group.dead_letters().unwrap()[0].key)
+        .unwrap();
+    drain(&mut consumer);
+    log.enforce_retention().unwrap();
+    assert!(log.start_offset(0).unwrap() > parked);
+    read_from_start(&log);
+}
+
+fn drain(consumer: &mut annal::Consumer) {
+    loop {
+        let batch = consumer.poll(1_000, Duration::from_millis(10)).unwrap();
+        consumer.commit(&batch).unwrap();
+        if batch.is_empty() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_group_behind_the_start_is_moved_up_and_told_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options().retention_bytes_max(128 << 10)).unwrap();
+    let group = log.group("late").unwrap();
+    let end = append(&log, 3_000);
+    log.enforce_retention().unwrap();
+    let start = log.start_offset(0).unwrap();
+    assert!(start > 0);
+    let mut consumer = group.join().unwrap();
+    match consumer.poll(100, Duration::from_millis(10)) {
+        Err(Error::EventsExpired {
+            group,
+            partition: 0,
+            from: 0,
+            to,
+        }) => assert_eq!((group.as_str(), to), ("late", start)),
+        other => panic!("expected EventsExpired, got {other:?}"),
+    }
+    let batch = consumer.poll(100, Duration::from_millis(10)).unwrap();
+    assert_eq!(batch.deliveries[0].record.offset, start);
+    consumer.commit(&batch).unwrap();
+    drain(&mut consumer);
+    assert_eq!(group.committed(), [end]);
+    drop(consumer);
+    drop(group);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    let mut consumer = log.group("late").unwrap().join().unwrap();
+    assert!(consumer
+        .poll(10, Duration::from_millis(10))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn the_global_order_skips_what_retention_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options().partitions(2).retention_bytes_max(128 << 10);
+    let log = Log::open(dir.path(), options.clone()).unwrap();
+    // Partition of "a" gets many events, the other few: only the first loses segments.
+    let (a, b) = (b"a".as_slice(), b"b".as_slice());
+    let pa = log.partition_for(a);
+    let other = [b"b".as_slice(), b"c", b"d", b"e", b"f"]
+        .into_iter()
+        .find(|k| log.partition_for(k) != pa)
+        .unwrap();
+    let _ = b;
+    for i in 0..3_000 {
+        let key = if i % 100 == 0 { other } else { a };
+        log.append(key, &EVENT[..]).unwrap();
+    }
+    log.flush().unwrap();
+    log.enforce_retention().unwrap();
+    assert!(log.start_offset(pa).unwrap() > 0);
+    let mut left = Vec::new();
+    for p in 0..2 {
+        let start = log.start_offset(p).unwrap();
+        left.extend(
+            log.read(p, start)
+                .unwrap()
+                .map(|r| r.unwrap().global_position),
+        );
+    }
+    left.sort_unstable();
+    let all: Vec<u64> = log
+        .read_all(0)
+        .unwrap()
+        .map(|r| r.unwrap().global_position)
+        .collect();
+    assert_eq!(all, left);
+}
+
+/// The bytes of a partition's start file (`docs/format.md`).
+fn start_file(start: u64) -> Vec<u8> {
+    let mut bytes = start.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes
+}
+
+fn segment_names(partition: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(partition)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_deletion_cut_short_by_a_crash_is_finished_by_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let end = {
+        let log = Log::open(dir.path(), options()).unwrap();
+        let end = append(&log, 1_000);
+        log.close().unwrap();
+        end
+    };
+    // As a crash after retention recorded the new start (the third segment's base), with the
+    // first segment's file removed and the second's not yet.
+    let partition = dir.path().join("p0000");
+    let names = segment_names(&partition);
+    let base = |name: &str| name.trim_end_matches(".seg").parse::<u64>().unwrap();
+    let start = base(&names[2]);
+    std::fs::write(partition.join("start"), start_file(start)).unwrap();
+    std::fs::remove_file(partition.join(&names[0])).unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(log.start_offset(0).unwrap(), start);
+    assert_eq!(log.end_offset(0).unwrap(), end);
+    read_from_start(&log);
+    for gone in &names[..2] {
+        let stem = gone.trim_end_matches(".seg");
+        for entry in std::fs::read_dir(&partition).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(!name.starts_with(stem), "{name} left behind");
+        }
+    }
+    drop(log);
+
+    // A damaged start file is refused, not guessed.
+    let mut bytes = start_file(start);
+    bytes[0] ^= 1;
+    std::fs::write(partition.join("start"), bytes).unwrap();
+    assert!(matches!(
+        Log::open(dir.path(), options()),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_first_segment_lost_without_retention_is_damage_not_a_new_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), options()).unwrap();
+        append(&log, 1_000);
+        log.close().unwrap();
+    }
+    let partition = dir.path().join("p0000");
+    std::fs::remove_file(partition.join(&segment_names(&partition)[0])).unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(log.start_offset(0).unwrap(), 0);
+    let first = log.read(0, 0).unwrap().next().unwrap();
+    assert!(matches!(first, Err(Error::Corrupt { .. })), "{first:?}");
+}
+
+#[test]
+fn the_groups_partition_is_never_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options().retention_bytes_max(1)).unwrap();
+    let group = log.group("g").unwrap();
+    let mut consumer = group.join().unwrap();
+    for _ in 0..200 {
+        append(&log, 10);
+        let batch = consumer.poll(100, Duration::from_millis(10)).unwrap();
+        consumer.commit(&batch).unwrap();
+    }
+    log.enforce_retention().unwrap();
+    let groups_before = segment_files(dir.path(), "groups");
+    log.enforce_retention().unwrap();
+    assert_eq!(segment_files(dir.path(), "groups"), groups_before);
+    assert!(log.start_offset(0).unwrap() > 0);
+    drop(consumer);
+    drop(group);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(log.group("g").unwrap().committed(), [2_000]);
+}
