@@ -269,3 +269,42 @@ fn too_many_held_keys_for_one_record_is_a_typed_error() {
     ));
     assert_eq!(group.committed(), [0]);
 }
+
+#[test]
+fn events_a_retry_delivered_ahead_of_the_reader_are_not_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    let group = log.group("g").unwrap();
+    group.set_retry_policy(policy(5, 10)).unwrap();
+    log.append(b"a", b"a0").unwrap();
+    for i in 0..10 {
+        log.append(b"b", format!("b{i}").as_bytes()).unwrap();
+    }
+    log.append(b"a", b"a1").unwrap();
+    log.append(b"a", b"a2").unwrap();
+    let mut consumer = group.join().unwrap();
+    let batch = consumer.poll(1, Duration::from_millis(100)).unwrap();
+    consumer.nack(&batch.deliveries[0], "later").unwrap();
+    consumer.commit(&batch).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    // The retry fills the poll: a0, a1, a2, from far ahead of the reader.
+    let batch = consumer.poll(3, Duration::from_millis(100)).unwrap();
+    let seen: Vec<&[u8]> = batch.iter().map(|d| d.record.payload.as_ref()).collect();
+    assert_eq!(seen, [b"a0".as_slice(), b"a1", b"a2"]);
+    consumer.commit(&batch).unwrap();
+    let mut rest = Vec::new();
+    loop {
+        let (batch, seen) = poll(&mut consumer, 50);
+        consumer.commit(&batch).unwrap();
+        if seen.is_empty() {
+            break;
+        }
+        rest.extend(names(&seen).into_iter().map(str::to_owned));
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+    assert_eq!(rest, expected, "a1 and a2 are not delivered twice");
+    assert!(group.retrying().is_empty(), "{:?}", group.retrying());
+    log.append(b"a", b"a3").unwrap();
+    let (_, seen) = poll(&mut consumer, 1_000);
+    assert_eq!(names(&seen), ["a3"]);
+}

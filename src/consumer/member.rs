@@ -59,12 +59,14 @@ pub(super) struct Nack {
     reason: String,
 }
 
-/// A held key delivered again from its head in batch `batch`: versions `from..=through`.
+/// A held key delivered again from its head in batch `batch`, through version `through`, at
+/// offset `through_offset`.
 pub(super) struct Retried {
     batch: u64,
     partition: u32,
     key: Vec<u8>,
     through: u64,
+    through_offset: u64,
 }
 
 /// One event delivered to a member.
@@ -429,6 +431,7 @@ impl Consumer {
                 partition: p,
                 key,
                 through: last.version,
+                through_offset: last.offset,
             });
             if taken > room {
                 caught_up = false;
@@ -606,7 +609,23 @@ impl Consumer {
         let now = now_ms();
         for r in retried {
             let partition = &self.shared.partitions[r.partition as usize];
-            retry::move_on(partition, next.held_mut(r.partition), &r.key, r.through + 1)?;
+            let end = next.get(r.partition);
+            let held = next.held_mut(r.partition);
+            let version = r.through + 1;
+            retry::move_on(
+                partition,
+                held,
+                &r.key,
+                version,
+                Some(r.through_offset),
+                end,
+            )?;
+        }
+        for &(p, _) in &batch.ends {
+            if !next.held(p).is_empty() {
+                let end = next.get(p);
+                retry::sweep(&self.shared.partitions[p as usize], next.held_mut(p), end)?;
+            }
         }
         // Nacked events: the first of each key becomes its held head.
         let mut first_nacks: Vec<&Nack> = Vec::new();

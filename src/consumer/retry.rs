@@ -103,28 +103,59 @@ pub(super) fn failed(
     }
 }
 
-/// Moves a held key on to `version`: held there, due now, if that event is visible; free
-/// otherwise (the readers have not passed any later event of it: they read visible events only).
+/// Moves a held key on to `version`, once the key's events up to `delivered` (an offset) were
+/// delivered from its head: held there, due now, if that event is visible. If it is not, the
+/// key is free, unless its events were delivered ahead of the group's end (`end`): the
+/// partition's reader has yet to pass them, and must not deliver them again, so the key stays
+/// held (from just after them) until the end passes them ([`sweep`]).
 pub(super) fn move_on(
     partition: &Partition,
     held: &mut std::collections::HashMap<Vec<u8>, Held>,
     key: &[u8],
     version: u64,
+    delivered: Option<u64>,
+    end: u64,
 ) -> Result<()> {
-    match crate::stream::read::version_offset(partition, key, version)? {
-        Some(offset) => {
-            held.insert(
-                key.to_vec(),
-                Held {
-                    offset,
-                    version,
-                    attempts: 0,
-                    status: HeldStatus::Retry { due_ms: 0 },
-                },
-            );
-        }
-        None => {
-            held.remove(key);
+    let offset = match crate::stream::read::version_offset(partition, key, version)? {
+        Some(offset) => offset,
+        None => match delivered {
+            Some(delivered) if delivered >= end => delivered + 1,
+            _ => {
+                held.remove(key);
+                return Ok(());
+            }
+        },
+    };
+    held.insert(
+        key.to_vec(),
+        Held {
+            offset,
+            version,
+            attempts: 0,
+            status: HeldStatus::Retry { due_ms: 0 },
+        },
+    );
+    Ok(())
+}
+
+/// Frees the held keys of a partition that only waited for its end to pass the events
+/// delivered ahead of it ([`move_on`]): their next event is still not visible, and the end is
+/// past what was delivered.
+pub(super) fn sweep(
+    partition: &Partition,
+    held: &mut std::collections::HashMap<Vec<u8>, Held>,
+    end: u64,
+) -> Result<()> {
+    let waiting: Vec<(Vec<u8>, u64)> = held
+        .iter()
+        .filter(|(_, h)| {
+            h.attempts == 0 && h.offset <= end && h.status == HeldStatus::Retry { due_ms: 0 }
+        })
+        .map(|(key, h)| (key.clone(), h.version))
+        .collect();
+    for (key, version) in waiting {
+        if crate::stream::read::version_offset(partition, &key, version)?.is_none() {
+            held.remove(&key);
         }
     }
     Ok(())
@@ -283,7 +314,7 @@ impl Group {
                 }
                 next = next.max(info.base_version + parked);
             }
-            move_on(&partition, cursors.held_mut(p), key, next)
+            move_on(&partition, cursors.held_mut(p), key, next, None, end)
         })
     }
 }
