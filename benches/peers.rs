@@ -22,7 +22,10 @@
 //! 6. hydrating one aggregate of ~100 events from a 1,000,000-event log over 10,000 aggregates
 //!    (appended round-robin), median over random aggregates;
 //! 7. annal only: durable appends pipelined from one thread (4,096 in flight), as a share of
-//!    the raw sequential write bandwidth at the same bytes per `fdatasync`.
+//!    the raw sequential write bandwidth at the same bytes per `fdatasync`;
+//! 8. a consumer draining the log of row 5 from a durable cursor, committing every 1,000
+//!    events (each commit synced before the next read): annal's consumer group, SQLite's
+//!    cursor table; the two logs have no consumers.
 
 #[path = "peers/annal_side.rs"]
 mod annal_side;
@@ -126,6 +129,7 @@ fn main() {
     batches_row(&plan, "buffered, batches of 1,000, 4 producers", 4);
     replay_row(duration);
     hydrate_row(duration);
+    drain_row(duration);
     let pipelined = pipelined_row(&plan, scratch.path());
     let flush_only_one = commitlog_peer::durable(1, duration, commitlog_peer::Flush::Alone);
     let flush_only_sixteen = commitlog_peer::durable(16, duration, commitlog_peer::Flush::Alone);
@@ -199,6 +203,20 @@ fn replay_row(duration: Duration) {
             Figure::Rate(okaywal_peer::replay(REPLAY_EVENTS, duration)),
             Figure::Rate(commitlog_peer::replay(REPLAY_EVENTS, duration)),
             Figure::Rate(sqlite_peer::replay(REPLAY_EVENTS, duration)),
+        ],
+    }
+    .print();
+}
+
+/// Workload 8: annal and SQLite only.
+fn drain_row(duration: Duration) {
+    Row {
+        workload: "consumer drain 2M, durable commit per 1,000",
+        figures: [
+            Figure::Rate(annal_side::drain(REPLAY_EVENTS, duration)),
+            Figure::Absent("no consumers"),
+            Figure::Absent("no consumers"),
+            Figure::Rate(sqlite_peer::drain(REPLAY_EVENTS, duration)),
         ],
     }
     .print();

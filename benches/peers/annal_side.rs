@@ -78,6 +78,45 @@ pub fn replay(events: u64, duration: Duration) -> f64 {
     rate
 }
 
+/// Workload 8: a log of `events` (written in batches), drained by one member of a new
+/// consumer group per repetition, committing every `BATCH_EVENTS` events, each commit durable
+/// (`Durability::Sync`) before the next poll.
+pub fn drain(events: u64, duration: Duration) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), Durability::Buffered);
+    let keys = common::keys();
+    let payload = common::payload(PAYLOAD_BYTES, 0);
+    let batch: Vec<Event> = (0..BATCH_EVENTS).map(|_| Event::new(&payload)).collect();
+    for n in 0..events / BATCH_EVENTS as u64 {
+        let key = &keys[(n % common::AGGREGATES) as usize];
+        log.append_batch(key, &batch).expect("append");
+    }
+    log.close().expect("close");
+    let log = open(dir.path(), Durability::Sync);
+    let mut run = 0;
+    let rate = drive::repeated_rate(duration, || {
+        run += 1;
+        let group = log.group(&format!("drain-{run}")).expect("group");
+        let mut consumer = group.join().expect("join");
+        let mut count = 0u64;
+        let mut bytes = 0usize;
+        while count < events {
+            let batch = consumer
+                .poll(BATCH_EVENTS, Duration::from_millis(100))
+                .expect("poll");
+            for delivery in &batch {
+                bytes += delivery.record.payload.len();
+            }
+            count += batch.len() as u64;
+            consumer.commit(&batch).expect("commit");
+        }
+        std::hint::black_box(bytes);
+        count
+    });
+    log.close().expect("close");
+    rate
+}
+
 /// Every record of every partition in offset order; (records, payload bytes).
 fn read_everything(log: &Log) -> (u64, usize) {
     let mut count = 0u64;

@@ -130,6 +130,68 @@ pub fn replay(events: u64, duration: Duration) -> f64 {
     })
 }
 
+/// Workload 8: the table of `replay`, drained in id order by a consumer that keeps its cursor
+/// in a `cursors` table: each step reads the next `BATCH_EVENTS` rows after the cursor and
+/// commits the new cursor in its own transaction (durable: `synchronous=FULL`).
+pub fn drain(events: u64, duration: Duration) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(dir.path());
+    let payload = common::payload(PAYLOAD_BYTES, 0);
+    for n in 0..events / BATCH_EVENTS as u64 {
+        store.append((n % common::AGGREGATES) as usize, &payload, BATCH_EVENTS);
+    }
+    store
+        .connection
+        .execute(
+            "CREATE TABLE cursors (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
+            [],
+        )
+        .expect("cursors");
+    let mut run = 0;
+    drive::repeated_rate(duration, || {
+        run += 1;
+        let name = format!("drain-{run}");
+        store
+            .connection
+            .execute(
+                "INSERT INTO cursors (name, position) VALUES (?1, 0)",
+                params![name],
+            )
+            .expect("cursor");
+        let mut count = 0u64;
+        let mut bytes = 0usize;
+        let mut position: i64 = 0;
+        while count < events {
+            let mut select = store
+                .connection
+                .prepare_cached("SELECT id, payload FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .expect("prepare");
+            let mut rows = select
+                .query(params![position, BATCH_EVENTS as i64])
+                .expect("query");
+            while let Some(row) = rows.next().expect("row") {
+                position = row.get(0).expect("id");
+                bytes += row
+                    .get_ref(1)
+                    .expect("payload")
+                    .as_blob()
+                    .expect("blob")
+                    .len();
+                count += 1;
+            }
+            drop(rows);
+            store
+                .connection
+                .prepare_cached("UPDATE cursors SET position = ?1 WHERE name = ?2")
+                .expect("prepare")
+                .execute(params![position, name])
+                .expect("commit cursor");
+        }
+        std::hint::black_box(bytes);
+        count
+    })
+}
+
 /// Builds a table of `events` rows inserted round-robin over all aggregates (one row per
 /// aggregate per transaction), then the median time of reading one random aggregate's rows in
 /// version order through the unique index.

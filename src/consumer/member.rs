@@ -1,7 +1,7 @@
 //! One member of a group: polling (its partitions' readers, and the keys held for a retry),
 //! nacks, and commits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,9 +36,12 @@ pub struct Consumer {
     pub(super) nacks: Vec<Nack>,
     /// Held keys delivered again (from their head) and not committed yet.
     pub(super) retried: Vec<Retried>,
-    /// Keys with a nack not committed yet: the readers pass their later events by, as they do
-    /// for the keys the group holds.
-    pub(super) nacked_keys: HashMap<u32, HashSet<Vec<u8>>>,
+    /// Keys with a nack not committed yet, with the lowest version nacked: the readers pass
+    /// their events from that version on by, as they do for the keys the group holds.
+    pub(super) nacked_keys: HashMap<u32, HashMap<Vec<u8>, u64>>,
+    /// Where each partition's reader stopped in each batch not committed yet: (batch,
+    /// partition, end). A commit moves the cursors to the furthest of its batch and earlier.
+    pub(super) read_ends: Vec<(u64, u32, u64)>,
     /// The first batch of the member's current assignment.
     pub(super) assigned_batch: u64,
     /// Partitions whose reader retention moved up to the partition's start: the next batch
@@ -55,7 +58,8 @@ pub(super) struct Nack {
     key: Vec<u8>,
     offset: u64,
     version: u64,
-    attempt: u32,
+    /// Failed deliveries of the event with this one.
+    failures: u32,
     reason: String,
 }
 
@@ -79,6 +83,8 @@ pub struct Delivery {
     /// only).
     pub attempt: u32,
     batch: u64,
+    /// Delivered by a retry of its held key (not by the partition's reader).
+    retry: bool,
 }
 
 /// What one [`Consumer::poll`] returned.
@@ -91,10 +97,8 @@ pub struct Batch {
     pub caught_up: bool,
     pub(super) generation: u64,
     pub(super) number: u64,
-    /// Per partition, where its reader stopped: what a commit of the batch moves the cursor to
-    /// (kept apart from the deliveries, which the caller may edit; readers also pass by the
-    /// events of held keys without delivering them).
-    pub(super) ends: Vec<(u32, u64)>,
+    /// The member that polled it (a batch commits that member's reads).
+    pub(super) member: u64,
 }
 
 impl Batch {
@@ -135,6 +139,7 @@ impl Consumer {
             nacks: Vec::new(),
             retried: Vec::new(),
             nacked_keys: HashMap::new(),
+            read_ends: Vec::new(),
             assigned_batch: 0,
             moved_up: Vec::new(),
             to_tell: std::collections::VecDeque::new(),
@@ -241,29 +246,41 @@ impl Consumer {
         let record = &delivery.record;
         self.check_open(delivery.batch, record.partition, record.offset)?;
         let key = record.key.to_vec();
-        self.nacked_keys
-            .entry(record.partition)
-            .or_default()
-            .insert(key.clone());
+        let lowest = self.nacked_keys.entry(record.partition).or_default();
+        let version = lowest.entry(key.clone()).or_insert(record.version);
+        *version = (*version).min(record.version);
+        // A retry's delivery of the held event carries its failures so far plus this one; any
+        // other delivery is a first failure (deliveries again after a restart or a rebalance
+        // are not failures).
+        let failures = if delivery.retry { delivery.attempt } else { 1 };
         self.nacks.push(Nack {
             batch: delivery.batch,
             partition: record.partition,
             key,
             offset: record.offset,
             version: record.version,
-            attempt: delivery.attempt,
+            failures,
             reason: super::state::cut_reason(reason),
         });
         Ok(())
     }
 
-    /// Whether an earlier event of `delivery`'s key was nacked and not committed yet: the
-    /// delivery comes again after that event, so a handler may pass it by now.
+    /// Whether an earlier event of `delivery`'s key was nacked (in a batch committed or not):
+    /// the delivery comes again after that event, so a handler may pass it by now.
     pub fn is_held(&self, delivery: &Delivery) -> bool {
         let record = &delivery.record;
-        self.nacks.iter().any(|n| {
+        let nacked = self.nacks.iter().any(|n| {
             n.partition == record.partition && n.key == record.key && n.version < record.version
-        })
+        });
+        if nacked || delivery.retry {
+            return nacked;
+        }
+        let inner = self.group.inner.lock();
+        let held = inner
+            .committed
+            .held(record.partition)
+            .get(record.key.as_ref());
+        held.is_some_and(|h| h.has_head() && h.version < record.version)
     }
 
     fn check_open(&self, batch: u64, partition: u32, offset: u64) -> Result<()> {
@@ -298,6 +315,7 @@ impl Consumer {
         self.generation = inner.generation;
         self.first_open_batch = self.next_batch;
         self.assigned_batch = self.next_batch;
+        self.read_ends.clear();
         self.nacks.clear();
         self.retried.clear();
         self.nacked_keys.clear();
@@ -337,7 +355,7 @@ impl Consumer {
                 .committed
                 .held(p)
                 .iter()
-                .filter(|(_, h)| h.offset < start)
+                .filter(|(_, h)| h.has_head() && h.offset < start)
                 .map(|(key, h)| (key.clone(), h.version))
                 .collect();
             for (key, version) in below {
@@ -446,6 +464,7 @@ impl Consumer {
                     record,
                     attempt,
                     batch: number,
+                    retry: true,
                 });
             }
         }
@@ -463,14 +482,20 @@ impl Consumer {
             while deliveries.len() < max {
                 match reader.next() {
                     Some(Ok(record)) => {
+                        let key = record.key.as_ref();
                         let skip = skip_any
-                            && (held.contains_key(record.key.as_ref())
-                                || nacked.is_some_and(|keys| keys.contains(record.key.as_ref())));
+                            && (held
+                                .get(key)
+                                .is_some_and(|h| h.passes(record.version, record.offset))
+                                || nacked
+                                    .and_then(|keys| keys.get(key))
+                                    .is_some_and(|&v| record.version >= v));
                         if !skip {
                             deliveries.push(Delivery {
                                 record,
                                 attempt: 0,
                                 batch: number,
+                                retry: false,
                             });
                         }
                     }
@@ -518,12 +543,14 @@ impl Consumer {
                 delivery.attempt = *attempts;
             }
         }
+        self.read_ends
+            .extend(ends.into_iter().map(|(p, end)| (number, p, end)));
         let batch = Batch {
             deliveries,
             caught_up,
             generation: self.generation,
             number,
-            ends,
+            member: self.member,
         };
         Ok((batch, next_due))
     }
@@ -569,10 +596,23 @@ impl Consumer {
         batch: &Batch,
         appends: &[KeyAppend<'_, '_>],
     ) -> Result<Vec<crate::Appended>> {
-        let nacks = self.nacks.iter().filter(|n| n.batch <= batch.number);
-        let retried = self.retried.iter().filter(|r| r.batch <= batch.number);
+        let number = batch.number;
+        if batch.member != self.member {
+            return Err(Error::NotAssigned {
+                group: self.group.name.clone(),
+                partition: batch.deliveries.first().map_or(0, |d| d.record.partition),
+            });
+        }
+        let ends: Vec<(u32, u64)> = self
+            .read_ends
+            .iter()
+            .filter(|(b, _, _)| *b <= number)
+            .map(|&(_, p, end)| (p, end))
+            .collect();
+        let nacks = self.nacks.iter().filter(|n| n.batch <= number);
+        let retried = self.retried.iter().filter(|r| r.batch <= number);
         let settles = nacks.clone().count() + retried.clone().count();
-        if batch.ends.is_empty() && appends.is_empty() && settles == 0 {
+        if ends.is_empty() && appends.is_empty() && settles == 0 {
             return Ok(Vec::new());
         }
         let partitions = self.shared.config.user_partitions;
@@ -587,13 +627,15 @@ impl Consumer {
         }
         let mut inner = self.group.inner.lock();
         let assigned = inner.assignment(self.member, partitions);
-        let touched = batch
-            .ends
+        let mut touched: Vec<u32> = ends
             .iter()
             .map(|(p, _)| *p)
             .chain(nacks.clone().map(|n| n.partition))
-            .chain(retried.clone().map(|r| r.partition));
-        for p in touched {
+            .chain(retried.clone().map(|r| r.partition))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for &p in &touched {
             if !assigned.contains(&p) || batch.generation != inner.generation {
                 return Err(Error::NotAssigned {
                     group: self.group.name.clone(),
@@ -602,51 +644,53 @@ impl Consumer {
             }
         }
         let mut next = inner.committed.clone();
-        for &(p, end) in &batch.ends {
+        for &(p, end) in &ends {
             next.advance(p, end);
         }
-        // Held keys delivered again, with no nack: they move on past what was delivered.
-        let now = now_ms();
+        // Held keys delivered again: they move on past what was delivered (a nack below puts
+        // the head back where it failed).
         for r in retried {
             let partition = &self.shared.partitions[r.partition as usize];
-            let end = next.get(r.partition);
             let held = next.held_mut(r.partition);
-            let version = r.through + 1;
-            retry::move_on(
-                partition,
-                held,
-                &r.key,
-                version,
-                Some(r.through_offset),
-                end,
-            )?;
+            retry::move_on(partition, held, &r.key, (r.through, r.through_offset))?;
         }
-        for &(p, _) in &batch.ends {
-            if !next.held(p).is_empty() {
-                let end = next.get(p);
-                retry::sweep(&self.shared.partitions[p as usize], next.held_mut(p), end)?;
-            }
-        }
-        // Nacked events: the first of each key becomes its held head.
+        // Nacked events: the first of each key becomes its head, unless the key is held at an
+        // earlier event already (the nacked one waits behind it). Of two nacks of one event,
+        // the later one's reason stays.
         let mut first_nacks: Vec<&Nack> = Vec::new();
         for n in nacks {
             match first_nacks
                 .iter_mut()
                 .find(|f| f.partition == n.partition && f.key == n.key)
             {
-                Some(f) if f.version > n.version => *f = n,
+                Some(f) if f.version >= n.version => *f = n,
                 Some(_) => {}
                 None => first_nacks.push(n),
             }
         }
-        let policy = inner.retry;
+        let (policy, now) = (inner.retry, now_ms());
         for n in first_nacks {
-            let held = retry::failed(&policy, n.offset, n.version, n.attempt, &n.reason, now);
-            next.held_mut(n.partition).insert(n.key.clone(), held);
+            let held = next.held_mut(n.partition);
+            let existing = held.get(&n.key);
+            if existing.is_some_and(|h| h.has_head() && h.version < n.version) {
+                continue;
+            }
+            let ahead = existing.map_or(0, |h| h.ahead);
+            let at = (n.offset, n.version);
+            let failed = retry::failed(&policy, at, n.failures, &n.reason, now, ahead);
+            held.insert(n.key.clone(), failed);
+        }
+        for &p in &touched {
+            let end = next.get(p);
+            next.sweep(p, end);
         }
         let bytes = next.encoded_len() as u64;
         let limit = self.shared.config.limits.event_bytes_max;
         if bytes > limit {
+            drop(inner);
+            // The member starts again at the committed cursors: its nacks cannot be kept, and
+            // are not to be lost either (the events are delivered again).
+            self.generation = u64::MAX;
             return Err(Error::GroupStateTooLarge {
                 group: self.group.name.clone(),
                 bytes,
@@ -669,7 +713,7 @@ impl Consumer {
         inner.recorded = true;
         inner.deleted = false;
         drop(inner);
-        self.settled(batch.number);
+        self.settled(number);
         // As appends do: under `Sync` the commit returns once durable (waited for outside the
         // group's lock, so that other members' commits queue meanwhile and share the fsync);
         // under `Interval` and `Buffered` once queued.
@@ -687,10 +731,12 @@ impl Consumer {
     fn settled(&mut self, number: u64) {
         self.nacks.retain(|n| n.batch > number);
         self.retried.retain(|r| r.batch > number);
+        self.read_ends.retain(|(b, _, _)| *b > number);
         self.nacked_keys.clear();
         for n in &self.nacks {
             let keys = self.nacked_keys.entry(n.partition).or_default();
-            keys.insert(n.key.clone());
+            let version = keys.entry(n.key.clone()).or_insert(n.version);
+            *version = (*version).min(n.version);
         }
         self.first_open_batch = self.first_open_batch.max(number + 1);
     }

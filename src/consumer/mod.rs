@@ -299,9 +299,10 @@ impl Group {
                 }
             });
         }
-        self.set_cursors(|cursors| {
+        self.set_cursors(true, |cursors| {
             for (p, offset) in offsets.iter().enumerate() {
                 cursors.set(p as u32, *offset);
+                cursors.replay_from_here(p as u32);
             }
             Ok(())
         })
@@ -320,7 +321,7 @@ impl Group {
         }
         let partitions = self.shared.config.user_partitions;
         let payload = Cursors::encode_deleted(partitions);
-        self.write_state(&mut inner, Cursors::new(partitions), &payload)?;
+        self.write_state(&mut inner, Cursors::new(partitions), &payload, true)?;
         inner.delivered.iter_mut().for_each(|d| *d = 0);
         Ok(())
     }
@@ -361,26 +362,38 @@ impl Group {
                 start,
             });
         }
-        self.set_cursors(|cursors| {
+        self.set_cursors(true, |cursors| {
             cursors.set(partition, offset);
+            cursors.replay_from_here(partition);
             Ok(())
         })
     }
 
-    /// Writes the group's cursors as `change` makes them, and waits until that is durable.
-    fn set_cursors(&self, change: impl FnOnce(&mut Cursors) -> Result<()>) -> Result<()> {
+    /// Writes the group's cursors as `change` makes them, and waits until that is durable;
+    /// with `restart`, every member then restarts at the committed cursors.
+    fn set_cursors(
+        &self,
+        restart: bool,
+        change: impl FnOnce(&mut Cursors) -> Result<()>,
+    ) -> Result<()> {
         let mut inner = self.state.inner.lock();
         let mut next = inner.committed.clone();
         change(&mut next)?;
         let payload = next.encode();
-        self.write_state(&mut inner, next, &payload)
+        self.write_state(&mut inner, next, &payload, restart)
     }
 
     /// Appends the group record `payload`, waits until it is durable, and only then makes
-    /// `next` the group's cursors and restarts every member there. Waited for under the
-    /// group's lock: resets, seeks and deletions are rare, and no commit may slip in between;
-    /// if the write fails, nothing in memory changed.
-    fn write_state(&self, inner: &mut Inner, next: Cursors, payload: &[u8]) -> Result<()> {
+    /// `next` the group's cursors and (with `restart`) restarts every member there. Waited for
+    /// under the group's lock: resets, seeks, deletions and dead-letter changes are rare, and
+    /// no commit may slip in between; if the write fails, nothing in memory changed.
+    fn write_state(
+        &self,
+        inner: &mut Inner,
+        next: Cursors,
+        payload: &[u8],
+        restart: bool,
+    ) -> Result<()> {
         let events = [Event::new(payload)];
         let write = [self.state.record_write(&self.shared, &events)];
         let queued = self
@@ -390,9 +403,11 @@ impl Group {
         queued.ticket(&self.shared.progress).wait()?;
         inner.recorded = true;
         inner.deleted = state::is_deleted(payload);
-        inner.attempts.clear();
         inner.committed = next;
-        inner.generation += 1;
+        if restart {
+            inner.attempts.clear();
+            inner.generation += 1;
+        }
         Ok(())
     }
 

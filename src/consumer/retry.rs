@@ -21,7 +21,8 @@ use crate::write::partition::Partition;
 /// on disk: set it again after each open (the default otherwise).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Deliveries an event gets before it is parked (at least 1: 1 parks at the first nack).
+    /// Failed deliveries (nacks) an event gets before it is parked (at least 1: 1 parks at the
+    /// first nack). Deliveries again after a restart or a rebalance do not count.
     pub max_attempts: u32,
     /// Wait before the first retry; each further retry waits twice as long as the one before.
     pub backoff_initial: Duration,
@@ -71,16 +72,18 @@ pub struct DeadLetter {
     pub events: u64,
 }
 
-/// The held state of an event whose `attempt`-th delivery failed now (`now_ms`).
+/// The held state of an event whose `failures`-th delivery failed now (`now_ms`); the key's
+/// events below `ahead` were delivered ahead of the end.
 pub(super) fn failed(
     policy: &RetryPolicy,
-    offset: u64,
-    version: u64,
-    attempt: u32,
+    at: (u64, u64),
+    failures: u32,
     reason: &str,
     now_ms: u64,
+    ahead: u64,
 ) -> Held {
-    let attempts = attempt.max(1);
+    let (offset, version) = at;
+    let attempts = failures.max(1);
     let status = if attempts >= policy.max_attempts {
         HeldStatus::Parked {
             at_ms: now_ms,
@@ -99,65 +102,41 @@ pub(super) fn failed(
         offset,
         version,
         attempts,
+        ahead,
         status,
     }
 }
 
-/// Moves a held key on to `version`, once the key's events up to `delivered` (an offset) were
-/// delivered from its head: held there, due now, if that event is visible. If it is not, the
-/// key is free, unless its events were delivered ahead of the group's end (`end`): the
-/// partition's reader has yet to pass them, and must not deliver them again, so the key stays
-/// held (from just after them) until the end passes them ([`sweep`]).
+/// Moves a held key on once a retry delivered its events through `through` (a version, at
+/// offset `through_offset`) and none failed: held at the next version, due now, if that event
+/// is visible; otherwise only the events delivered ahead of the group's end stay passed by
+/// (the reader has yet to reach them), until the end passes them (`Cursors::sweep`).
 pub(super) fn move_on(
     partition: &Partition,
     held: &mut std::collections::HashMap<Vec<u8>, Held>,
     key: &[u8],
-    version: u64,
-    delivered: Option<u64>,
-    end: u64,
+    through: (u64, u64),
 ) -> Result<()> {
-    let offset = match crate::stream::read::version_offset(partition, key, version)? {
-        Some(offset) => offset,
-        None => match delivered {
-            Some(delivered) if delivered >= end => delivered + 1,
-            _ => {
-                held.remove(key);
-                return Ok(());
-            }
-        },
-    };
-    held.insert(
-        key.to_vec(),
-        Held {
+    let (through, through_offset) = through;
+    let version = through + 1;
+    let ahead = held.get(key).map_or(0, |h| h.ahead).max(through_offset + 1);
+    let next = match crate::stream::read::version_offset(partition, key, version)? {
+        Some(offset) => Held {
             offset,
             version,
             attempts: 0,
+            ahead,
             status: HeldStatus::Retry { due_ms: 0 },
         },
-    );
-    Ok(())
-}
-
-/// Frees the held keys of a partition that only waited for its end to pass the events
-/// delivered ahead of it ([`move_on`]): their next event is still not visible, and the end is
-/// past what was delivered.
-pub(super) fn sweep(
-    partition: &Partition,
-    held: &mut std::collections::HashMap<Vec<u8>, Held>,
-    end: u64,
-) -> Result<()> {
-    let waiting: Vec<(Vec<u8>, u64)> = held
-        .iter()
-        .filter(|(_, h)| {
-            h.attempts == 0 && h.offset <= end && h.status == HeldStatus::Retry { due_ms: 0 }
-        })
-        .map(|(key, h)| (key.clone(), h.version))
-        .collect();
-    for (key, version) in waiting {
-        if crate::stream::read::version_offset(partition, &key, version)?.is_none() {
-            held.remove(&key);
-        }
-    }
+        None => Held {
+            offset: ahead,
+            version,
+            attempts: 0,
+            ahead,
+            status: HeldStatus::Ahead,
+        },
+    };
+    held.insert(key.to_vec(), next);
     Ok(())
 }
 
@@ -183,7 +162,8 @@ impl Group {
         self.state.inner.lock().retry
     }
 
-    /// Keys waiting for a retry now: (partition, key, failed attempts so far), in offset order.
+    /// Keys waiting for a retry now: (partition, key, failed attempts so far), in (partition,
+    /// key) order.
     pub fn retrying(&self) -> Vec<(u32, Vec<u8>, u32)> {
         let inner = self.state.inner.lock();
         let all = inner.committed.all_held();
@@ -212,7 +192,8 @@ impl Group {
                 let info = &found.info;
                 for i in 0..u64::from(info.record_count) {
                     let (offset, version) = (info.base_offset + i, info.base_version + i);
-                    if version >= h.version && (offset < end || version == h.version) {
+                    let reached = offset < end || offset < h.ahead || version == h.version;
+                    if version >= h.version && reached {
                         events += 1;
                     }
                 }
@@ -232,7 +213,8 @@ impl Group {
     }
 
     /// Re-drives the dead letter of `key`: its failed event and those parked behind it are
-    /// delivered again, in order, with a fresh count of attempts. Durable once it returns.
+    /// delivered again, in order, with a fresh count of attempts. Durable once it returns;
+    /// members go on where they are.
     ///
     /// # Errors
     ///
@@ -240,7 +222,7 @@ impl Group {
     pub fn redrive(&self, key: &[u8]) -> Result<()> {
         let p = self.shared.route(key)?;
         let group = self.state.name.clone();
-        self.set_cursors(|cursors| {
+        self.set_cursors(false, |cursors| {
             let held = cursors.held_mut(p);
             match held.get_mut(key) {
                 Some(h) if matches!(h.status, HeldStatus::Parked { .. }) => {
@@ -263,8 +245,18 @@ impl Group {
     ///
     /// The errors of appends.
     pub fn redrive_all(&self) -> Result<usize> {
+        let parked = {
+            let inner = self.state.inner.lock();
+            let all = inner.committed.all_held();
+            all.iter()
+                .filter(|(_, _, h)| matches!(h.status, HeldStatus::Parked { .. }))
+                .count()
+        };
+        if parked == 0 {
+            return Ok(0);
+        }
         let mut count = 0;
-        self.set_cursors(|cursors| {
+        self.set_cursors(false, |cursors| {
             for p in 0..cursors.offsets().len() as u32 {
                 for h in cursors.held_mut(p).values_mut() {
                     if matches!(h.status, HeldStatus::Parked { .. }) {
@@ -281,7 +273,8 @@ impl Group {
 
     /// Discards the dead letter of `key`: its failed event and the events parked behind it are
     /// never delivered to this group; the key's later events are delivered as they come.
-    /// Durable once it returns.
+    /// Durable once it returns; every member then restarts at the committed cursors (as after
+    /// a reset), so that events it passed by as parked and has not committed are delivered.
     ///
     /// # Errors
     ///
@@ -290,11 +283,10 @@ impl Group {
     pub fn discard(&self, key: &[u8]) -> Result<()> {
         let p = self.shared.route(key)?;
         let group = self.state.name.clone();
-        let partition = self.shared.partitions[p as usize].clone();
-        self.set_cursors(|cursors| {
+        self.set_cursors(true, |cursors| {
             let end = cursors.get(p);
-            let version = match cursors.held(p).get(key) {
-                Some(h) if matches!(h.status, HeldStatus::Parked { .. }) => h.version,
+            let h = match cursors.held(p).get(key) {
+                Some(h) if matches!(h.status, HeldStatus::Parked { .. }) => h.clone(),
                 _ => {
                     return Err(Error::NoDeadLetter {
                         group,
@@ -302,19 +294,21 @@ impl Group {
                     })
                 }
             };
-            // The parked events are the failed one and the key's events below the end; the
-            // key goes on from the first after them.
-            let mut next = version + 1;
-            for found in partition.streams.key_frames(&partition, key, next)? {
-                let info = &found.info;
-                let below_end = end.saturating_sub(info.base_offset);
-                let parked = below_end.min(u64::from(info.record_count));
-                if parked == 0 {
-                    break;
-                }
-                next = next.max(info.base_version + parked);
-            }
-            move_on(&partition, cursors.held_mut(p), key, next, None, end)
+            // The parked events are the failed one, the key's events below the end, and those
+            // delivered ahead: the reader passes them by; the key's later events come.
+            let ahead = end.max(h.ahead).max(h.offset + 1);
+            cursors.held_mut(p).insert(
+                key.to_vec(),
+                Held {
+                    offset: ahead,
+                    version: h.version,
+                    attempts: 0,
+                    ahead,
+                    status: HeldStatus::Ahead,
+                },
+            );
+            cursors.sweep(p, end);
+            Ok(())
         })
     }
 }
@@ -335,9 +329,9 @@ mod tests {
             .collect();
         assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(policy.backoff(u32::MAX), Duration::from_millis(1000));
-        let held = failed(&policy, 5, 2, 3, "r", 1_000);
+        let held = failed(&policy, (5, 2), 3, "r", 1_000, 0);
         assert_eq!(held.status, HeldStatus::Retry { due_ms: 1_400 });
-        let parked = failed(&policy, 5, 2, 10, "r", 1_000);
+        let parked = failed(&policy, (5, 2), 10, "r", 1_000, 0);
         assert!(matches!(
             parked.status,
             HeldStatus::Parked { at_ms: 1_000, .. }

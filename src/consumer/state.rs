@@ -11,17 +11,20 @@
 //!   4  u32     partition count P
 //!   8  u64 ×P  committed end of each partition, in partition order
 //!   .  u32     held key count H
-//!   .  H held keys, in (partition, head offset) order, each:
+//!   .  H held keys, in (partition, key bytes) order, each:
 //!        0  u32  partition
-//!        4  u8   status: 1 = waiting for a retry; 2 = parked (a dead letter)
+//!        4  u8   status: 1 = waiting for a retry; 2 = parked (a dead letter); 3 = none of
+//!                its events is held, but some were delivered ahead of the end (see `ahead`)
 //!        5  u8   reserved, 0
 //!        6  u16  key length K (at least 1)
 //!        8  u32  failed deliveries of the head event
-//!       12  u32  reason length R (UTF-8; 0 while waiting for a retry)
-//!       16  u64  head offset: the key's first event not settled
-//!       24  u64  head version: that event's version in its key
+//!       12  u32  reason length R (UTF-8; 0 unless parked)
+//!       16  u64  head offset: the key's first event not settled (status 3: = ahead)
+//!       24  u64  head version: that event's version in its key (status 3: the next version)
 //!       32  u64  ms since the Unix epoch: when the retry is due, or when it was parked
-//!       40  K bytes of key, then R bytes of reason
+//!       40  u64  ahead: the key's events below this offset were delivered by a retry ahead
+//!                of the end, and are not taken from the reader (0: none)
+//!       48  K bytes of key, then R bytes of reason
 //! ```
 //!
 //! The record's frame checksum covers it, so a group's state is a whole record or none.
@@ -40,9 +43,10 @@ use crate::write::partition::Partition;
 const KIND_CURSORS: u8 = 1;
 const KIND_DELETED: u8 = 2;
 const HEADER_LEN: usize = 8;
-const HELD_HEADER_LEN: usize = 40;
+const HELD_HEADER_LEN: usize = 48;
 const STATUS_RETRY: u8 = 1;
 const STATUS_PARKED: u8 = 2;
+const STATUS_AHEAD: u8 = 3;
 /// Longest reason kept with a dead letter; a longer one is cut at a character boundary.
 pub const REASON_BYTES_MAX: usize = 1024;
 
@@ -54,7 +58,23 @@ pub(crate) struct Held {
     pub version: u64,
     /// Failed deliveries of the head event so far.
     pub attempts: u32,
+    /// The key's events below this offset were delivered by a retry ahead of the group's end:
+    /// the reader passes them by (0: none).
+    pub ahead: u64,
     pub status: HeldStatus,
+}
+
+impl Held {
+    /// Whether the partition's reader passes by this event of the key (`version` at `offset`):
+    /// it is held behind the head, or a retry delivered it already.
+    pub fn passes(&self, version: u64, offset: u64) -> bool {
+        offset < self.ahead || (self.status != HeldStatus::Ahead && version >= self.version)
+    }
+
+    /// Whether the key has a head event (waiting for a retry, or parked).
+    pub fn has_head(&self) -> bool {
+        self.status != HeldStatus::Ahead
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +83,8 @@ pub(crate) enum HeldStatus {
     Retry { due_ms: u64 },
     /// A dead letter: delivered again only when re-driven.
     Parked { at_ms: u64, reason: String },
+    /// No event of the key is held; only `ahead` matters (until the end passes it).
+    Ahead,
 }
 
 /// The held keys of one partition, by key (shared copy-on-write with the members that poll).
@@ -101,26 +123,54 @@ impl Cursors {
         Arc::make_mut(&mut self.held[partition as usize])
     }
 
-    /// Every held key, in (partition, head offset) order.
+    /// Every held key, in (partition, key) order.
     pub fn all_held(&self) -> Vec<(u32, &[u8], &Held)> {
         let mut all: Vec<(u32, &[u8], &Held)> = Vec::new();
         for (p, keys) in self.held.iter().enumerate() {
             all.extend(keys.iter().map(|(k, h)| (p as u32, k.as_slice(), h)));
         }
-        all.sort_by_key(|(p, _, h)| (*p, h.offset));
+        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         all
     }
 
     /// The first offset of a partition the group still needs: its end, or a held key's head
     /// below it.
     pub fn watermark(&self, partition: u32) -> u64 {
-        let held = self.held[partition as usize].values().map(|h| h.offset);
-        held.fold(self.get(partition), u64::min)
+        let keys = self.held[partition as usize].values();
+        let heads = keys.filter(|h| h.has_head()).map(|h| h.offset);
+        heads.fold(self.get(partition), u64::min)
     }
 
     /// Puts a cursor anywhere (a reset or a seek).
     pub fn set(&mut self, partition: u32, offset: u64) {
         self.offsets[partition as usize] = offset;
+    }
+
+    /// After a reset or a seek of `partition`: everything from the cursor on is delivered
+    /// again, so nothing is passed by for having been delivered ahead (held heads stay).
+    pub fn replay_from_here(&mut self, partition: u32) {
+        let held = self.held_mut(partition);
+        held.retain(|_, h| h.has_head());
+        held.values_mut().for_each(|h| h.ahead = 0);
+    }
+
+    /// Ends the `ahead` of keys whose events the end `end` has passed: keys with nothing else
+    /// held are free.
+    pub fn sweep(&mut self, partition: u32, end: u64) {
+        if self
+            .held(partition)
+            .values()
+            .all(|h| h.ahead == 0 || h.ahead > end)
+        {
+            return;
+        }
+        let held = self.held_mut(partition);
+        held.retain(|_, h| h.has_head() || h.ahead > end);
+        for h in held.values_mut() {
+            if h.ahead <= end {
+                h.ahead = 0;
+            }
+        }
     }
 
     /// Moves a cursor forward (never back: a commit of older events changes nothing).
@@ -162,6 +212,7 @@ impl Cursors {
             let (status, ms) = match &h.status {
                 HeldStatus::Retry { due_ms } => (STATUS_RETRY, *due_ms),
                 HeldStatus::Parked { at_ms, .. } => (STATUS_PARKED, *at_ms),
+                HeldStatus::Ahead => (STATUS_AHEAD, 0),
             };
             let reason = reason_of(h);
             bytes.extend_from_slice(&partition.to_le_bytes());
@@ -172,6 +223,7 @@ impl Cursors {
             bytes.extend_from_slice(&h.offset.to_le_bytes());
             bytes.extend_from_slice(&h.version.to_le_bytes());
             bytes.extend_from_slice(&ms.to_le_bytes());
+            bytes.extend_from_slice(&h.ahead.to_le_bytes());
             bytes.extend_from_slice(key);
             bytes.extend_from_slice(reason.as_bytes());
         }
@@ -199,7 +251,7 @@ impl Cursors {
         }
         let count = read_u32(bytes, held_at);
         let mut at = held_at + 4;
-        let mut previous: Option<(u32, u64)> = None;
+        let mut previous: Option<(u32, &[u8])> = None;
         for _ in 0..count {
             if bytes.len() - at < HELD_HEADER_LEN {
                 return Err(damaged("a group record's held key is cut short"));
@@ -212,6 +264,7 @@ impl Cursors {
             let offset = read_u64(bytes, at + 16);
             let version = read_u64(bytes, at + 24);
             let ms = read_u64(bytes, at + 32);
+            let ahead = read_u64(bytes, at + 40);
             let body = at + HELD_HEADER_LEN;
             if partition >= partitions
                 || bytes[at + 5] != 0
@@ -221,11 +274,12 @@ impl Cursors {
             {
                 return Err(damaged("a group record's held key is malformed"));
             }
-            if previous.is_some_and(|p| p >= (partition, offset)) {
+            let key = &bytes[body..body + key_len];
+            if previous.is_some_and(|p| p >= (partition, key)) {
                 return Err(damaged("a group record's held keys are out of order"));
             }
-            previous = Some((partition, offset));
-            let key = bytes[body..body + key_len].to_vec();
+            previous = Some((partition, key));
+            let key = key.to_vec();
             let reason = std::str::from_utf8(&bytes[body + key_len..body + key_len + reason_len])
                 .map_err(|_| damaged("a group record's reason is not UTF-8"))?;
             let status = match (status, reason_len) {
@@ -234,12 +288,16 @@ impl Cursors {
                     at_ms: ms,
                     reason: reason.to_owned(),
                 },
+                (STATUS_AHEAD, 0) if ms == 0 && attempts == 0 && ahead == offset => {
+                    HeldStatus::Ahead
+                }
                 _ => return Err(damaged("a group record's held key has an unknown status")),
             };
             let held = Held {
                 offset,
                 version,
                 attempts,
+                ahead,
                 status,
             };
             if cursors.held_mut(partition).insert(key, held).is_some() {
@@ -257,7 +315,7 @@ impl Cursors {
 fn reason_of(held: &Held) -> &str {
     match &held.status {
         HeldStatus::Parked { reason, .. } => reason,
-        HeldStatus::Retry { .. } => "",
+        HeldStatus::Retry { .. } | HeldStatus::Ahead => "",
     }
 }
 
@@ -352,6 +410,7 @@ mod tests {
                 offset: 3,
                 version: 2,
                 attempts: 1,
+                ahead: 9,
                 status: HeldStatus::Retry { due_ms: 99 },
             },
         );
@@ -361,13 +420,28 @@ mod tests {
                 offset: 4,
                 version: 0,
                 attempts: 5,
+                ahead: 0,
                 status: HeldStatus::Parked {
                     at_ms: 100,
                     reason: "bad ✓".into(),
                 },
             },
         );
-        assert_eq!(cursors.watermark(1), 3);
+        cursors.held_mut(1).insert(
+            b"k0".to_vec(),
+            Held {
+                offset: 2,
+                version: 7,
+                attempts: 0,
+                ahead: 2,
+                status: HeldStatus::Ahead,
+            },
+        );
+        assert_eq!(
+            cursors.watermark(1),
+            3,
+            "a key only delivered ahead needs nothing"
+        );
         let bytes = cursors.encode();
         assert_eq!(bytes.len(), cursors.encoded_len());
         assert_eq!(Cursors::decode(&bytes, 3).unwrap(), cursors);

@@ -282,7 +282,7 @@ fn groups_from_files(log_dir: &LogDir) -> Result<Vec<GroupView>, Failure> {
                     lag: end_offset.saturating_sub(committed),
                 })
                 .collect(),
-            retrying: record.held.iter().filter(|h| !h.parked).count(),
+            retrying: record.held.iter().filter(|h| h.status == 1).count(),
             dead_letters: record
                 .held
                 .into_iter()

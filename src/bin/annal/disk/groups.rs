@@ -26,15 +26,19 @@ const KIND_DELETED: u8 = 2;
 
 const _: () = assert!(OFFSETS_OFFSET == 8);
 /// A held key's fixed fields, before its key and reason.
-const HELD_FIXED_LEN: usize = 40;
+const HELD_FIXED_LEN: usize = 48;
 const STATUS_RETRY: u8 = 1;
 const STATUS_PARKED: u8 = 2;
+/// Nothing of the key held; only events delivered ahead of the end are passed by.
+const STATUS_AHEAD: u8 = 3;
 const REASON_LEN_MAX: usize = 1024;
 
 /// A key a group holds: waiting for a retry, or parked (a dead letter).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldKey {
     pub partition: u32,
+    /// 1 waiting for a retry, 2 parked, 3 only delivered ahead.
+    pub status: u8,
     pub parked: bool,
     pub key: Vec<u8>,
     pub attempts: u32,
@@ -42,6 +46,8 @@ pub struct HeldKey {
     pub version: u64,
     /// When the retry is due, or when it was parked (ms since the Unix epoch).
     pub time_ms: u64,
+    /// The key's events below this offset were delivered ahead of the end.
+    pub ahead: u64,
     pub reason: String,
 }
 
@@ -148,6 +154,13 @@ pub fn decode_record(bytes: &[u8], partitions: u32) -> Result<GroupRecord, Strin
         let parked = match (status, reason_len) {
             (STATUS_RETRY, 0) => false,
             (STATUS_PARKED, _) => true,
+            (STATUS_AHEAD, 0)
+                if u32_at(fixed, 8) == 0
+                    && u64_at(fixed, 32) == 0
+                    && u64_at(fixed, 40) == u64_at(fixed, 16) =>
+            {
+                false
+            }
             _ => return Err(format!("held key {i} has status {status}")),
         };
         let body = at + HELD_FIXED_LEN;
@@ -159,24 +172,20 @@ pub fn decode_record(bytes: &[u8], partitions: u32) -> Result<GroupRecord, Strin
             .map_err(|_| format!("held key {i} has a reason that is not UTF-8"))?;
         let key = HeldKey {
             partition,
+            status,
             parked,
             key: key.to_vec(),
             attempts: u32_at(fixed, 8),
             offset: u64_at(fixed, 16),
             version: u64_at(fixed, 24),
             time_ms: u64_at(fixed, 32),
+            ahead: u64_at(fixed, 40),
             reason: reason.to_owned(),
         };
         if let Some(previous) = held.last() {
-            if (previous.partition, previous.offset) >= (key.partition, key.offset) {
-                return Err(format!("held key {i} is out of order"));
+            if (previous.partition, &previous.key) >= (key.partition, &key.key) {
+                return Err(format!("held key {i} is out of (partition, key) order"));
             }
-        }
-        if held
-            .iter()
-            .any(|h| h.partition == key.partition && h.key == key.key)
-        {
-            return Err(format!("held key {i} holds a key held before"));
         }
         held.push(key);
         at = body + key_len + reason_len;
