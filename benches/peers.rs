@@ -130,6 +130,7 @@ fn main() {
     replay_row(duration);
     hydrate_row(duration);
     drain_row(duration);
+    let drain_pipelined = annal_side::drain(REPLAY_EVENTS, duration, true);
     let pipelined = pipelined_row(&plan, scratch.path());
     let flush_only_one = commitlog_peer::durable(1, duration, commitlog_peer::Flush::Alone);
     let flush_only_sixteen = commitlog_peer::durable(16, duration, commitlog_peer::Flush::Alone);
@@ -150,6 +151,11 @@ fn main() {
         pipelined.annal.bytes_per_sync,
         100.0 * pipelined.annal.bytes_per_s / pipelined.raw_bytes_per_s,
         pipelined.raw_bytes_per_s / 1e6
+    );
+    println!(
+        "annal consumer drain with commit_pipelined (the next batch read while one commit's \
+         fdatasync is in flight): {}",
+        table::rate(drain_pipelined)
     );
     println!(
         "commitlog with flush() alone after each append (no fdatasync of its data): \
@@ -213,7 +219,7 @@ fn drain_row(duration: Duration) {
     Row {
         workload: "consumer drain 2M, durable commit per 1,000",
         figures: [
-            Figure::Rate(annal_side::drain(REPLAY_EVENTS, duration)),
+            Figure::Rate(annal_side::drain(REPLAY_EVENTS, duration, false)),
             Figure::Absent("no consumers"),
             Figure::Absent("no consumers"),
             Figure::Rate(sqlite_peer::drain(REPLAY_EVENTS, duration)),

@@ -577,3 +577,47 @@ fn a_damaged_cursor_record_is_an_error_never_other_cursors() {
     }
     assert!(errors > 0, "some damage was reported");
 }
+
+#[test]
+fn a_pipelined_commit_is_durable_once_its_ticket_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    append_many(&log, 100);
+    let group = log.group("pipelined").unwrap();
+    let mut consumer = group.join().unwrap();
+    let first = consumer.poll(40, Duration::from_millis(100)).unwrap();
+    let ticket = consumer
+        .commit_pipelined(&first)
+        .unwrap()
+        .expect("a commit");
+    // The member goes on while the commit's fsync is in flight.
+    let second = consumer.poll(60, Duration::from_millis(100)).unwrap();
+    assert_eq!(first.len() + second.len(), 100);
+    let offsets = |b: &annal::Batch| -> BTreeSet<(u32, u64)> {
+        b.iter()
+            .map(|d| (d.record.partition, d.record.offset))
+            .collect()
+    };
+    assert!(offsets(&first).is_disjoint(&offsets(&second)));
+    ticket.wait().unwrap();
+    let committed = group.committed();
+    assert_eq!(committed.iter().sum::<u64>(), 40);
+    let last = consumer
+        .commit_pipelined(&second)
+        .unwrap()
+        .expect("a commit");
+    last.wait().unwrap();
+    assert!(
+        consumer.commit_pipelined(&second).unwrap().is_none(),
+        "nothing left"
+    );
+    drop(consumer);
+    drop(group);
+    // Dropped without close: the commits were durable when their tickets resolved.
+    drop(log);
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(
+        log.group("pipelined").unwrap().lag(),
+        vec![0; PARTITIONS as usize]
+    );
+}

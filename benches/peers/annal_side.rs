@@ -81,7 +81,7 @@ pub fn replay(events: u64, duration: Duration) -> f64 {
 /// Workload 8: a log of `events` (written in batches), drained by one member of a new
 /// consumer group per repetition, committing every `BATCH_EVENTS` events, each commit durable
 /// (`Durability::Sync`) before the next poll.
-pub fn drain(events: u64, duration: Duration) -> f64 {
+pub fn drain(events: u64, duration: Duration, pipelined: bool) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), Durability::Buffered);
     let keys = common::keys();
@@ -100,6 +100,7 @@ pub fn drain(events: u64, duration: Duration) -> f64 {
         let mut consumer = group.join().expect("join");
         let mut count = 0u64;
         let mut bytes = 0usize;
+        let mut in_flight: Option<annal::Ticket> = None;
         while count < events {
             let batch = consumer
                 .poll(BATCH_EVENTS, Duration::from_millis(100))
@@ -108,7 +109,19 @@ pub fn drain(events: u64, duration: Duration) -> f64 {
                 bytes += delivery.record.payload.len();
             }
             count += batch.len() as u64;
-            consumer.commit(&batch).expect("commit");
+            if pipelined {
+                // The next batch is read while this commit's sync is in flight; the one
+                // before is waited for first, so one commit is in flight at a time.
+                if let Some(ticket) = in_flight.take() {
+                    ticket.wait().expect("commit");
+                }
+                in_flight = consumer.commit_pipelined(&batch).expect("commit");
+            } else {
+                consumer.commit(&batch).expect("commit");
+            }
+        }
+        if let Some(ticket) = in_flight {
+            ticket.wait().expect("commit");
         }
         std::hint::black_box(bytes);
         count

@@ -591,11 +591,51 @@ impl Consumer {
         self.commit_with(batch, appends)
     }
 
+    /// Queues the commit of the batch (and of the member's earlier batches) and returns at
+    /// once, under every durability mode, with a ticket whose `wait` returns once the commit
+    /// is durable (as [`Log::append_pipelined`](crate::Log::append_pipelined)'s do); `None`
+    /// when there was nothing to commit. A member can so handle its next batch while the
+    /// commit's fsync is in flight: a crash before the ticket resolves may take the commit,
+    /// and its events are then delivered again. If the ticket fails, the log reports the loss
+    /// (see [`Log::flush`](crate::Log::flush)); the member's next commit writes its whole
+    /// state again.
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Self::commit), but for the wait.
+    pub fn commit_pipelined(&mut self, batch: &Batch) -> Result<Option<crate::Ticket>> {
+        Ok(self
+            .queue_commit(batch, &[])?
+            .map(|(_, queued)| queued.ticket(&self.shared.progress)))
+    }
+
     fn commit_with(
         &mut self,
         batch: &Batch,
         appends: &[KeyAppend<'_, '_>],
     ) -> Result<Vec<crate::Appended>> {
+        let Some((places, queued)) = self.queue_commit(batch, appends)? else {
+            return Ok(Vec::new());
+        };
+        // As appends do: under `Sync` the commit returns once durable (waited for outside the
+        // group's lock, so that other members' commits queue meanwhile and share the fsync);
+        // under `Interval` and `Buffered` once queued.
+        if self.shared.config.durability == crate::Durability::Sync {
+            if let Err(error) = queued.ticket(&self.shared.progress).wait() {
+                self.reload()?;
+                return Err(error);
+            }
+        }
+        Ok(places)
+    }
+
+    /// Queues the group's record for the commit of batch `batch` (with `appends`, in one
+    /// journal record) and updates the group's state; `None` if there is nothing to write.
+    fn queue_commit(
+        &mut self,
+        batch: &Batch,
+        appends: &[KeyAppend<'_, '_>],
+    ) -> Result<Option<(Vec<crate::Appended>, crate::write::sequencer::Queued)>> {
         let number = batch.number;
         if batch.member != self.member {
             return Err(Error::NotAssigned {
@@ -613,7 +653,7 @@ impl Consumer {
         let retried = self.retried.iter().filter(|r| r.batch <= number);
         let settles = nacks.clone().count() + retried.clone().count();
         if ends.is_empty() && appends.is_empty() && settles == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let partitions = self.shared.config.user_partitions;
         let mut writes = Vec::with_capacity(appends.len() + 1);
@@ -714,16 +754,7 @@ impl Consumer {
         inner.deleted = false;
         drop(inner);
         self.settled(number);
-        // As appends do: under `Sync` the commit returns once durable (waited for outside the
-        // group's lock, so that other members' commits queue meanwhile and share the fsync);
-        // under `Interval` and `Buffered` once queued.
-        if self.shared.config.durability == crate::Durability::Sync {
-            if let Err(error) = queued.ticket(&self.shared.progress).wait() {
-                self.reload()?;
-                return Err(error);
-            }
-        }
-        Ok(places)
+        Ok(Some((places, queued)))
     }
 
     /// After a commit of batch `number`: its nacks and retries, and those of earlier batches,
