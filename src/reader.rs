@@ -116,6 +116,7 @@ impl Reader {
         self.next_offset
     }
 
+    #[inline]
     fn next_record(&mut self) -> Result<Option<Record>> {
         let Some(at) = self.advance()? else {
             return Ok(None);
@@ -398,6 +399,7 @@ fn all_zero(bytes: &[u8]) -> bool {
 impl Iterator for Reader {
     type Item = Result<Record>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;

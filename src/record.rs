@@ -163,14 +163,19 @@ impl Record {
         record_index: u64,
     ) -> Record {
         let at = |r: std::ops::Range<usize>| map.slice(frame_start + r.start..frame_start + r.end);
-        let headers = ranges
-            .headers
-            .into_iter()
-            .map(|(name, value)| Header {
-                name: at(name),
-                value: at(value),
-            })
-            .collect();
+        // Most events have no headers: skip the iterator machinery for them.
+        let headers = if ranges.headers.is_empty() {
+            Vec::new()
+        } else {
+            ranges
+                .headers
+                .into_iter()
+                .map(|(name, value)| Header {
+                    name: at(name),
+                    value: at(value),
+                })
+                .collect()
+        };
         Record {
             partition,
             offset: info.base_offset + record_index,
