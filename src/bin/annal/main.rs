@@ -20,6 +20,7 @@ mod verify;
 mod verify_derived;
 mod verify_partition;
 mod verify_repair;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -38,6 +38,8 @@ struct PartitionStats {
     segments: u64,
     /// Bytes of its files: segments, indexes, key tables.
     bytes: u64,
+    /// The first offset kept (0 until retention deleted segments).
+    start_offset: u64,
     end_offset: u64,
     first_ms: Option<u64>,
     last_ms: Option<u64>,
@@ -51,7 +53,10 @@ pub fn run(args: &StatsArgs) -> Result<(), Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     let journal_bytes = file_len(&log.dir.join(layout::JOURNAL_FILE));
     let (snapshots, snapshot_bytes) = snapshot_files(&log.dir)?;
-    let events: u64 = partitions.iter().map(|p| p.end_offset).sum();
+    let events: u64 = partitions
+        .iter()
+        .map(|p| p.end_offset.saturating_sub(p.start_offset))
+        .sum();
     let keys: u64 = partitions.iter().map(|p| p.key_hashes.len() as u64).sum();
     let segments: u64 = partitions.iter().map(|p| p.segments).sum();
     let partition_bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
@@ -66,6 +71,7 @@ pub fn run(args: &StatsArgs) -> Result<(), Failure> {
                     "partition": p.partition,
                     "segments": p.segments,
                     "bytes": p.bytes,
+                    "start_offset": p.start_offset,
                     "end_offset": p.end_offset,
                     "distinct_keys": p.key_hashes.len(),
                     "first_timestamp_ms": p.first_ms,
@@ -120,15 +126,23 @@ pub fn run(args: &StatsArgs) -> Result<(), Failure> {
         count_text(snapshots)
     ))?;
     out.line(&format!(
-        "{:<9} {:>8} {:>11} {:>12} {:>9}  {:<24} {:<24}",
-        "partition", "segments", "bytes", "end offset", "keys", "first event", "last event"
+        "{:<9} {:>8} {:>11} {:>12} {:>12} {:>9}  {:<24} {:<24}",
+        "partition",
+        "segments",
+        "bytes",
+        "start",
+        "end offset",
+        "keys",
+        "first event",
+        "last event"
     ))?;
     for p in &partitions {
         out.line(&format!(
-            "{:<9} {:>8} {:>11} {:>12} {:>9}  {:<24} {:<24}",
+            "{:<9} {:>8} {:>11} {:>12} {:>12} {:>9}  {:<24} {:<24}",
             p.partition,
             p.segments,
             bytes_text(p.bytes),
+            p.start_offset,
             p.end_offset,
             p.key_hashes.len(),
             p.first_ms.map_or("-".to_owned(), time_text),
@@ -149,6 +163,10 @@ fn partition_stats(log: &LogDir, partition: u32) -> Result<PartitionStats, Failu
     }
     let bases = layout::list_segments(&dir)?;
     stats.segments = bases.len() as u64;
+    stats.start_offset = crate::disk::partition::start_offset(&dir)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     for (i, &base) in bases.iter().enumerate() {
         let path = layout::segment_file(&dir, base, SEGMENT_SUFFIX);
         let mut segment = SegmentFile::open(&path)?;

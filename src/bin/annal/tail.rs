@@ -1,10 +1,10 @@
 //! `annal tail`: events as they arrive, from the log's files, in global order (or one key's or
 //! one partition's order).
 //!
-//! There is no wake-up API for readers yet, and a `Log` cannot be opened while its writer holds
-//! the directory, so `--follow` polls the files with a short sleep. When the engine offers
-//! wake-ups to readers in other processes (planned with consumer groups), `--follow` should
-//! wait on them instead.
+//! A `Log` cannot be opened while its writer holds the directory, so `tail` reads the files, and
+//! `--follow` waits for the writer's next write through inotify (`watch.rs`): woken by the
+//! write, not polling; `--poll` is only the fallback where inotify is not available, and a
+//! bound on the wait.
 //!
 //! What the files show runs slightly ahead of what the writer has acknowledged: a round's frames
 //! are written to the segments just before the journal's fsync (`docs/design.md`), and only the
@@ -31,8 +31,8 @@ use crate::output::{Out, Row, RowFormat};
     annal tail annal-data --follow                 # then wait for more (Ctrl-C ends)\n  \
     annal tail annal-data --key account-0007 --follow\n  \
     annal tail annal-data --partition 3 --from-global 5000 --json\n\n\
-    --follow polls the files every --poll (there is no cross-process wake-up yet). The files \
-    can run a fsync ahead of the writer's acknowledgements: an event shown just before its \
+    --follow is woken by the writer's writes (inotify), falling back to looking every --poll \
+    where that is not available. The files can run a fsync ahead of the writer's acknowledgements: an event shown just before its \
     writer crashes may be cut by recovery.")]
 pub struct TailArgs {
     /// Directory of the log.
@@ -52,8 +52,8 @@ pub struct TailArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,
-    /// How often --follow looks for new events.
-    #[arg(long, default_value = "100ms", value_parser = crate::parse_duration)]
+    /// The longest --follow waits before it looks again (it is woken by writes before that).
+    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
     pub poll: Duration,
     /// One JSON object per event.
     #[arg(long)]
@@ -87,6 +87,14 @@ pub fn run(args: &TailArgs) -> Result<(), Failure> {
     };
     let mut left = args.count.unwrap_or(u64::MAX);
     let mut out = Out::new();
+    let watch = if args.follow {
+        let dirs = (0..log.meta.partitions)
+            .map(|p| crate::disk::layout::partition_dir(&log.dir, p))
+            .collect();
+        crate::watch::Watch::new(&log.dir, dirs)
+    } else {
+        None
+    };
     while left > 0 {
         while left > 0 {
             let Some(row) = source.next_row()? else { break };
@@ -97,10 +105,13 @@ pub fn run(args: &TailArgs) -> Result<(), Failure> {
             left -= 1;
         }
         out.flush()?;
-        if !args.follow {
+        if !args.follow || left == 0 {
             break;
         }
-        std::thread::sleep(args.poll);
+        match &watch {
+            Some(watch) => watch.wait(args.poll),
+            None => std::thread::sleep(args.poll),
+        }
     }
     out.flush()
 }
@@ -159,7 +170,19 @@ impl GlobalMerge {
             head.as_ref()
                 .is_some_and(|row| row.global_position == self.next_global)
         });
-        let Some(p) = at else { return Ok(None) };
+        let Some(p) = at else {
+            // Every partition has a head and none is at the next position: it is in no file
+            // (retention deleted it), since each partition's files hold their positions in
+            // order. Go on from the lowest head.
+            if self.heads.iter().all(Option::is_some) {
+                let lowest = self.heads.iter().flatten().map(|r| r.global_position).min();
+                if let Some(lowest) = lowest.filter(|&l| l > self.next_global) {
+                    self.next_global = lowest;
+                    return self.take_head();
+                }
+            }
+            return Ok(None);
+        };
         let row = self.heads[p].take();
         self.next_global += 1;
         self.heads[p] = self.read_head(p)?;

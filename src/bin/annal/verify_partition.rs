@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::disk::bytes::{u32_at, u64_at};
 use crate::disk::frame::{self, FrameHeader, Probe};
 use crate::disk::headers::{self, PartitionMark, SegmentHeader, NO_SEGMENT};
 use crate::disk::layout::{self, INDEX_SUFFIX, SEGMENT_SUFFIX, TABLE_SUFFIX};
@@ -139,20 +138,13 @@ pub fn check_dir(
     }
     // Retention records a partition's start (a 16-byte `start` file) before it deletes the
     // segments below it.
-    let start_path = dir.join("start");
-    let start = match std::fs::read(&start_path) {
-        Ok(bytes) => {
-            let valid = bytes.len() == 16
-                && crc32fast::hash(&bytes[..8]) == u32_at(&bytes, 8)
-                && bytes[12..] == [0; 4];
-            if valid {
-                u64_at(&bytes, 0)
-            } else {
-                findings.problem(&start_path, 0, "the start file fails its checks");
-                0
-            }
+    let start_path = dir.join(crate::disk::partition::START_FILE);
+    let start = match crate::disk::partition::start_offset(&dir) {
+        Ok(start) => start.unwrap_or(0),
+        Err(reason) => {
+            findings.problem(&start_path, 0, format!("the start file {reason}"));
+            0
         }
-        Err(_) => 0,
     };
     let kept: Vec<u64> = bases
         .iter()

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use super::bytes::{u32_at, u64_at};
 use super::frame::{self, Probe};
 use super::index;
 use super::layout::{self, INDEX_SUFFIX, SEGMENT_SUFFIX};
@@ -157,8 +158,12 @@ impl PartitionCursor {
     }
 
     /// Opens the segment holding `frame_offset`, at the index entry nearest before it. Returns
-    /// false if the partition has no segment yet.
+    /// false if the partition has no segment yet. Below the partition's start (retention
+    /// deleted the segments there) the walk begins at the start.
     fn open_segment(&mut self) -> Result<bool, Failure> {
+        if let Ok(Some(start)) = start_offset(&self.dir) {
+            self.frame_offset = self.frame_offset.max(start);
+        }
         let bases = layout::list_segments(&self.dir)?;
         let Some(&base) = bases.iter().rev().find(|&&b| b <= self.frame_offset) else {
             return Ok(false);
@@ -246,3 +251,31 @@ pub fn decode_rows(
         })
         .collect())
 }
+
+/// The partition's start as its `start` file records it (`docs/format.md`, "The start file"):
+/// `None` without the file (the start is 0).
+///
+/// # Errors
+///
+/// A description of what is wrong with a start file that fails its checks.
+pub fn start_offset(dir: &Path) -> Result<Option<u64>, String> {
+    let bytes = match std::fs::read(dir.join(START_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    if bytes.len() != START_FILE_LEN {
+        return Err(format!(
+            "is {} bytes long, not {START_FILE_LEN}",
+            bytes.len()
+        ));
+    }
+    if crc32fast::hash(&bytes[..8]) != u32_at(&bytes, 8) || bytes[12..] != [0; 4] {
+        return Err("fails its checksum or reserved bytes".to_owned());
+    }
+    Ok(Some(u64_at(&bytes, 0)))
+}
+
+/// The name of a partition's start file, and its length.
+pub const START_FILE: &str = "start";
+const START_FILE_LEN: usize = 16;
