@@ -1,6 +1,7 @@
 //! `annal bench`: a run by event count prints one JSON object with throughput, latency
 //! percentiles and the raw ceiling; a run in a given directory leaves a sound log and no
-//! scratch file; bad arguments and a locked directory fail clearly.
+//! scratch file; consumers drain what producers append; bad arguments and a locked directory
+//! fail clearly.
 
 mod cli_support;
 
@@ -81,4 +82,40 @@ fn bad_arguments_and_a_locked_directory_fail_clearly() {
         "10".as_ref(),
     ]);
     run.expect_error("is open by another process");
+}
+
+#[test]
+fn consumers_drain_what_the_producers_append_and_commit_it_all() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("bench");
+    let dir_text = dir.display().to_string();
+    let out = annal(&[
+        "bench",
+        "--dir",
+        &dir_text,
+        "--events",
+        "5000",
+        "--producers",
+        "2",
+        "--durability",
+        "buffered",
+        "--consumers",
+        "2",
+        "--json",
+    ])
+    .expect_ok();
+    let result: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let consumers = &result["consumers"];
+    assert_eq!(consumers["members"], 2, "{result}");
+    assert!(consumers["delivered"].as_u64().unwrap() >= 5000, "{result}");
+    assert!(consumers["events_per_second"].as_f64().unwrap() > 0.0);
+    // The group committed everything: its lag is 0 in the log left behind.
+    let log = Log::open(&dir, Options::default()).unwrap();
+    let names = log.group_names().unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(log.group(&names[0]).unwrap().lag().iter().all(|&l| l == 0));
+    // Without --consumers, no group and no consumers field.
+    let out = annal(&["bench", "--events", "100", "--json"]).expect_ok();
+    let result: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(result["consumers"].is_null(), "{result}");
 }

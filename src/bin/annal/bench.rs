@@ -34,7 +34,8 @@ const LATENCY_NS_MAX: u64 = 60_000_000_000;
     annal bench                                          # 4 producers, Sync, 5 seconds\n  \
     annal bench --producers 1 --pipeline 64 --events 200000\n  \
     annal bench --durability interval:10 --batch 100 --event-bytes 1024 --duration 10s\n  \
-    annal bench --events 50000 --json | jq .events_per_second\n\n\
+    annal bench --events 50000 --json | jq .events_per_second\n  \
+    annal bench --durability buffered --producers 4 --consumers 2 --events 1000000\n\n\
     The raw ceiling is one thread writing the same bytes per sync as the log's journal did \
     (from the log's stats), each followed by fdatasync, into a fallocated file on the same file \
     system, right after the run.")]
@@ -69,9 +70,25 @@ pub struct BenchArgs {
     /// Distinct keys the appends go to, in turn.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub keys: u64,
+    /// Members of a consumer group draining the log while it is appended to (each polls up to
+    /// 1,000 events and commits); 0 runs no consumer.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub consumers: u32,
     /// Print one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the consumers did.
+struct Consumed {
+    /// Deliveries (with the redeliveries of the first rebalances).
+    delivered: u64,
+    /// Events not yet committed by the group when the producers stopped.
+    lag_at_end: u64,
+    /// From the producers' end (after their flush) until the group had committed everything.
+    catch_up: Duration,
+    /// From the start until the group had committed everything.
+    seconds: f64,
 }
 
 /// What the producers share.
@@ -93,6 +110,7 @@ struct Measured {
     seconds: f64,
     latency: Histogram<u64>,
     journal: Stats,
+    consumed: Option<Consumed>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), Failure> {
@@ -202,8 +220,31 @@ fn drive(log: &Log, args: &BenchArgs) -> Result<Measured, Failure> {
     };
     let bar = progress_bar(args, duration);
     let before = log.stats();
+    let group = if args.consumers > 0 {
+        let name = format!("annal-bench-{}", std::process::id());
+        let group = log
+            .group(&name)
+            .map_err(|e| Failure::annal("open the consumer group", e))?;
+        // A group starts at the earliest offsets: a log given with --dir may hold events.
+        group
+            .reset(annal::StartAt::Latest)
+            .map_err(|e| Failure::annal("position the consumer group", e))?;
+        Some(group)
+    } else {
+        None
+    };
+    let delivered = AtomicU64::new(0);
+    let producers_done = AtomicBool::new(false);
     let started = Instant::now();
-    let histograms = std::thread::scope(|scope| {
+    let (histograms, flushed, seconds, consumed) = std::thread::scope(|scope| {
+        let consumers: Vec<_> = (0..args.consumers)
+            .map(|_| {
+                let (group, delivered, done) = (group.as_ref(), &delivered, &producers_done);
+                scope.spawn(move || {
+                    consume(group.expect("consumers need the group"), delivered, done)
+                })
+            })
+            .collect();
         let producers: Vec<_> = (0..args.producers)
             .map(|p| {
                 let load = &load;
@@ -233,19 +274,42 @@ fn drive(log: &Log, args: &BenchArgs) -> Result<Measured, Failure> {
                 }
             }
         }
-        producers
+        let histograms = producers
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(Failure::message("a producer thread panicked")))
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        // Every event counted must be durable (or written, under Buffered) when the time stops.
+        let flushed = log.flush();
+        let seconds = started.elapsed().as_secs_f64();
+        let producers_end = Instant::now();
+        let lag_at_end: u64 = group.as_ref().map_or(0, |g| g.lag().iter().sum());
+        producers_done.store(true, Relaxed);
+        let consumed = group.as_ref().map(|_| {
+            let results: Vec<Result<(), Failure>> = consumers
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Failure::message("a consumer thread panicked")))
+                })
+                .collect();
+            results
+                .into_iter()
+                .collect::<Result<(), Failure>>()
+                .map(|()| Consumed {
+                    delivered: delivered.load(Relaxed),
+                    lag_at_end,
+                    catch_up: producers_end.elapsed(),
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+        });
+        (histograms, flushed, seconds, consumed)
     });
     bar.finish_and_clear();
-    // Every event counted must be durable (or written, under Buffered) when the time stops.
-    let flushed = log.flush();
-    let seconds = started.elapsed().as_secs_f64();
     flushed.map_err(|e| Failure::annal("flush", e))?;
+    let consumed = consumed.transpose()?;
     let mut latency = new_histogram();
     for histogram in histograms {
         latency
@@ -257,7 +321,33 @@ fn drive(log: &Log, args: &BenchArgs) -> Result<Measured, Failure> {
         seconds,
         latency,
         journal: log.stats().since(&before),
+        consumed,
     })
+}
+
+/// One member of the bench's group: polls and commits until the producers are done and the
+/// group has committed everything.
+fn consume(
+    group: &annal::Group,
+    delivered: &AtomicU64,
+    producers_done: &AtomicBool,
+) -> Result<(), Failure> {
+    let mut consumer = group
+        .join()
+        .map_err(|e| Failure::annal("join the consumer group", e))?;
+    loop {
+        let batch = consumer
+            .poll(1_000, Duration::from_millis(50))
+            .map_err(|e| Failure::annal("poll", e))?;
+        delivered.fetch_add(batch.len() as u64, Relaxed);
+        consumer
+            .commit(&batch)
+            .map_err(|e| Failure::annal("commit", e))?;
+        let done = producers_done.load(Relaxed);
+        if INTERRUPTED.load(Relaxed) || (done && group.lag().iter().all(|&lag| lag == 0)) {
+            return Ok(());
+        }
+    }
 }
 
 fn progress_bar(args: &BenchArgs, duration: Option<Duration>) -> ProgressBar {
@@ -397,6 +487,13 @@ fn report(args: &BenchArgs, measured: &Measured, raw: &RawCeiling) -> Result<(),
                 "events_per_second": raw_events_per_second,
             },
             "percent_of_raw": percent,
+            "consumers": measured.consumed.as_ref().map(|c| json!({
+                "members": args.consumers,
+                "delivered": c.delivered,
+                "events_per_second": measured.events as f64 / c.seconds.max(1e-9),
+                "lag_when_producers_stopped": c.lag_at_end,
+                "caught_up_ms_after_producers": c.catch_up.as_secs_f64() * 1e3,
+            })),
         });
         println!("{object}");
         return Ok(());
@@ -432,6 +529,18 @@ fn report(args: &BenchArgs, measured: &Measured, raw: &RawCeiling) -> Result<(),
         events_per_sync
     );
     println!("annal reaches {percent:.1}% of the raw ceiling");
+    if let Some(c) = &measured.consumed {
+        println!(
+            "{} consumer{} (one group, polls of 1,000, a commit each): {} deliveries, {} \
+             events/s end to end; lag when the producers stopped {}, all committed {} after",
+            args.consumers,
+            if args.consumers == 1 { "" } else { "s" },
+            count_text(c.delivered),
+            count_text((measured.events as f64 / c.seconds.max(1e-9)) as u64),
+            count_text(c.lag_at_end),
+            latency_text(c.catch_up.as_secs_f64() * 1e6)
+        );
+    }
     Ok(())
 }
 
