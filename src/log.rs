@@ -63,6 +63,8 @@ pub struct Log {
     report: RecoveryReport,
     pub(crate) snapshots: SnapshotStore,
     groups: Arc<Groups>,
+    /// When the log was created (ms since the Unix epoch, from `annal.meta`).
+    created_ms: u64,
     /// The process that opened the log: only it has the writer thread.
     pid: u32,
     /// Held for the life of the `Log`: its `flock` keeps other `Log`s out of the directory.
@@ -176,6 +178,7 @@ impl Log {
             report: recovered.report,
             snapshots,
             groups,
+            created_ms: meta.created_ms,
             pid: std::process::id(),
             _lock: lock,
         })
@@ -462,6 +465,12 @@ impl Log {
     pub fn enforce_retention(&self) -> Result<crate::RetentionReport> {
         self.check_process()?;
         crate::retention::enforce(&self.shared, &self.groups)
+    }
+
+    /// When the log was created (ms since the Unix epoch, as `annal.meta` records it): with the
+    /// directory, it tells one log from another (the relay's deduplication ids use it).
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
     }
 
     /// The first offset still stored in `partition`: 0 until retention deletes segments

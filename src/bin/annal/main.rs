@@ -14,6 +14,7 @@ mod failure;
 mod groups;
 mod output;
 mod raw_disk;
+mod relay;
 mod stats;
 mod tail;
 mod verify;
@@ -54,6 +55,7 @@ enum Command {
     Append(append::AppendArgs),
     Stats(stats::StatsArgs),
     Groups(groups::GroupsArgs),
+    Relay(relay::RelayArgs),
     /// The demo's crashing child process (started by `annal demo`).
     #[command(hide = true, name = "demo-crash-child")]
     DemoCrashChild(demo_crash::ChildArgs),
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Append(args) => ("append", append::run(&args)),
         Command::Stats(args) => ("stats", stats::run(&args)),
         Command::Groups(args) => ("groups", groups::run(&args)),
+        Command::Relay(args) => ("relay", relay::run(&args)),
         Command::DemoCrashChild(args) => ("demo", demo_crash::run_child(&args)),
     };
     match result {

@@ -1,0 +1,396 @@
+//! An outbox relay from an [`annal`] log to NATS JetStream: every event the application appended
+//! is published to a JetStream stream, at least once, in order per key, and the broker drops the
+//! duplicates a crash makes (by `Nats-Msg-Id`, within the stream's duplicate window).
+//!
+//! The relay is a member of a consumer group of the log (default `relay`). It polls a batch,
+//! publishes its events with their acknowledgements in flight (bounded), waits for every
+//! `PubAck`, and only then commits the batch: a crash of the relay, of the application or of the
+//! broker loses nothing, and what was published but not committed is published again after a
+//! restart, under the same message ids, so the broker drops it.
+//!
+//! **Subjects.** Each event goes to `<prefix>.<partition>`: a key always routes to one partition,
+//! so a subscriber of one subject (or of `<prefix>.>`) sees each key's events in order, and the
+//! number of subjects stays bounded (a subject per key would grow JetStream's subject index with
+//! every aggregate). The key, partition, offset, version, global position and timestamp travel
+//! as headers (`Annal-Key`, ...), with the event's own headers; bytes a NATS header cannot hold
+//! are written as `%XX`.
+//!
+//! **Deduplication ids.** `annal-<log created ms>-<partition>-<offset>`, or `annal-id-<event id>`
+//! for events appended with an id: the id of an event never changes, so a republish is a
+//! duplicate. The stream's duplicate window (2 minutes by default) must cover the longest time a
+//! relay may be down between a publish and its commit.
+//!
+//! **Order.** Publishes of one batch are pipelined on one connection, so the broker stores them
+//! in order. If a publish fails, the relay publishes again from that event on (the ones after it
+//! that were stored are dropped as duplicates); a key's order in the stream could only break if
+//! the broker refused one event and then stored a later one of the same connection, which a
+//! broken connection or a full stream does not do.
+//!
+//! **Server features.** `async-nats` is built without its `server_2_10` and later features, so
+//! the relay works with NATS Server 2.9 (the version Debian ships, which the tests run): it uses
+//! streams, publishes with headers and PubAcks only.
+//!
+//! The engine stays synchronous: this crate owns the async runtime (one worker thread) that the
+//! NATS client needs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use annal::{Delivery, Log};
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage as Publish;
+use async_nats::HeaderMap;
+
+/// How a relay connects and publishes.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// The broker, such as `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The JetStream stream the events go to; it must exist and take `<prefix>.>`.
+    pub stream: String,
+    /// Subjects are `<prefix>.<partition>`.
+    pub subject_prefix: String,
+    /// The consumer group whose cursors say what was relayed.
+    pub group: String,
+    /// Events per poll (and per commit).
+    pub batch: usize,
+    /// Publishes awaiting their acknowledgement at once.
+    pub max_in_flight: usize,
+    /// How long connecting, and each acknowledgement, may take.
+    pub timeout: Duration,
+    /// The first wait before publishing again after a failure; it doubles up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl RelayConfig {
+    /// A configuration with the defaults: group `relay`, batches of 1,000, 1,000 in flight,
+    /// 5 s timeouts, retries after 100 ms doubling to 5 s.
+    pub fn new(url: &str, stream: &str, subject_prefix: &str) -> RelayConfig {
+        RelayConfig {
+            url: url.to_owned(),
+            stream: stream.to_owned(),
+            subject_prefix: subject_prefix.to_owned(),
+            group: "relay".to_owned(),
+            batch: 1_000,
+            max_in_flight: 1_000,
+            timeout: Duration::from_secs(5),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What went wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The log (polling, committing).
+    Log(annal::Error),
+    /// The broker could not be reached, or did not answer within the timeout.
+    Connect { url: String, reason: String },
+    /// The stream does not exist on the broker.
+    StreamMissing { stream: String },
+    /// The broker refused a request for another reason.
+    Broker { reason: String },
+    /// The relay's runtime could not start.
+    Runtime(std::io::Error),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Log(error) => write!(f, "the log: {error}"),
+            RelayError::Connect { url, reason } => write!(f, "cannot reach {url}: {reason}"),
+            RelayError::StreamMissing { stream } => write!(
+                f,
+                "the stream {stream} does not exist on the broker (create it with the \
+                 subjects <prefix>.>)"
+            ),
+            RelayError::Broker { reason } => write!(f, "the broker refused: {reason}"),
+            RelayError::Runtime(error) => write!(f, "cannot start the relay's runtime: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for RelayError {}
+
+impl From<annal::Error> for RelayError {
+    fn from(error: annal::Error) -> Self {
+        RelayError::Log(error)
+    }
+}
+
+/// What a relay did.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RelayStats {
+    /// Events published, acknowledged and committed.
+    pub relayed: u64,
+    /// Of their acknowledgements, how many said duplicate (published before a crash).
+    pub duplicates: u64,
+    /// Publishes made again after a failure.
+    pub retries: u64,
+    pub elapsed: Duration,
+}
+
+/// A relay connected to its broker, for one log.
+pub struct Relay<'l> {
+    log: &'l Log,
+    config: RelayConfig,
+    runtime: tokio::runtime::Runtime,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl<'l> Relay<'l> {
+    /// Connects to the broker and checks that the stream exists.
+    ///
+    /// # Errors
+    ///
+    /// [`RelayError::Connect`] if the broker cannot be reached or does not answer within the
+    /// timeout, [`RelayError::StreamMissing`], [`RelayError::Runtime`].
+    pub fn connect(log: &'l Log, config: RelayConfig) -> Result<Relay<'l>, RelayError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(RelayError::Runtime)?;
+        let jetstream = runtime.block_on(async {
+            // The client's own timeout covers the TCP connection, not a server that accepts and
+            // then says nothing: the whole handshake is bounded here.
+            let connecting = async_nats::ConnectOptions::new()
+                .connection_timeout(config.timeout)
+                .request_timeout(Some(config.timeout))
+                .connect(config.url.as_str());
+            let client = tokio::time::timeout(config.timeout, connecting)
+                .await
+                .map_err(|_| RelayError::Connect {
+                    url: config.url.clone(),
+                    reason: format!("no answer within {:?}", config.timeout),
+                })?
+                .map_err(|e| RelayError::Connect {
+                    url: config.url.clone(),
+                    reason: e.to_string(),
+                })?;
+            let jetstream = async_nats::jetstream::ContextBuilder::new()
+                .timeout(config.timeout)
+                .ack_timeout(config.timeout)
+                .max_ack_inflight(config.max_in_flight.max(1))
+                .backpressure_on_inflight(true)
+                .build(client);
+            match jetstream.get_stream(&config.stream).await {
+                Ok(_) => Ok(jetstream),
+                Err(error) => Err(match error.kind() {
+                    GetStreamErrorKind::JetStream(inner)
+                        if inner.error_code()
+                            == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        RelayError::StreamMissing {
+                            stream: config.stream.clone(),
+                        }
+                    }
+                    GetStreamErrorKind::Request => RelayError::Connect {
+                        url: config.url.clone(),
+                        reason: error.to_string(),
+                    },
+                    _ => RelayError::Broker {
+                        reason: error.to_string(),
+                    },
+                }),
+            }
+        })?;
+        Ok(Relay {
+            log,
+            config,
+            runtime,
+            jetstream,
+        })
+    }
+
+    /// Relays until `stop` is set (then the batch in flight is published, acknowledged and
+    /// committed first), or until `done` says so after a committed batch. A broker that fails
+    /// is retried with backoff, never in a busy loop; a missing stream ends the run.
+    ///
+    /// # Errors
+    ///
+    /// [`RelayError::Log`] from polling and committing, [`RelayError::StreamMissing`].
+    pub fn run(
+        &self,
+        stop: &AtomicBool,
+        mut done: impl FnMut(&RelayStats) -> bool,
+    ) -> Result<RelayStats, RelayError> {
+        let started = Instant::now();
+        let mut stats = RelayStats::default();
+        let group = self.log.group(&self.config.group)?;
+        let mut consumer = group.join()?;
+        while !stop.load(Ordering::Relaxed) {
+            let batch = consumer.poll(self.config.batch, Duration::from_millis(100))?;
+            let mut from = 0;
+            let mut wait = self.config.retry_initial;
+            while from < batch.deliveries.len() {
+                match self
+                    .runtime
+                    .block_on(self.publish(&batch.deliveries[from..], &mut stats))
+                {
+                    Ok(()) => from = batch.deliveries.len(),
+                    Err((published, RelayError::StreamMissing { stream })) => {
+                        let _ = published;
+                        return Err(RelayError::StreamMissing { stream });
+                    }
+                    Err((published, _)) => {
+                        // Published and acknowledged up to there; again from the first that
+                        // was not, after a wait (the broker drops what it stored already).
+                        from += published;
+                        stats.retries += 1;
+                        let until = Instant::now() + wait;
+                        while Instant::now() < until {
+                            if stop.load(Ordering::Relaxed) {
+                                // Nothing of this batch is committed: a restart publishes it
+                                // again.
+                                stats.elapsed = started.elapsed();
+                                return Ok(stats);
+                            }
+                            std::thread::sleep(Duration::from_millis(10).min(wait));
+                        }
+                        wait = (wait * 2).min(self.config.retry_max);
+                    }
+                }
+            }
+            consumer.commit(&batch)?;
+            stats.relayed += batch.len() as u64;
+            stats.elapsed = started.elapsed();
+            if done(&stats) {
+                break;
+            }
+        }
+        stats.elapsed = started.elapsed();
+        Ok(stats)
+    }
+
+    /// Publishes `deliveries` in order, up to `max_in_flight` awaiting their acknowledgements,
+    /// and waits for all of them. On failure, returns how many were acknowledged in order
+    /// before the first that was not, and why.
+    async fn publish(
+        &self,
+        deliveries: &[Delivery],
+        stats: &mut RelayStats,
+    ) -> Result<(), (usize, RelayError)> {
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut acknowledged = 0;
+        for delivery in deliveries {
+            let (subject, message) = self.message(delivery);
+            let future = self
+                .jetstream
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| (acknowledged, publish_error(&self.config, e)))?;
+            in_flight.push_back(future);
+            if in_flight.len() >= self.config.max_in_flight.max(1) {
+                let future = in_flight.pop_front().expect("not empty");
+                let ack = future
+                    .await
+                    .map_err(|e| (acknowledged, publish_error(&self.config, e)))?;
+                stats.duplicates += u64::from(ack.duplicate);
+                acknowledged += 1;
+            }
+        }
+        while let Some(future) = in_flight.pop_front() {
+            let ack = future
+                .await
+                .map_err(|e| (acknowledged, publish_error(&self.config, e)))?;
+            stats.duplicates += u64::from(ack.duplicate);
+            acknowledged += 1;
+        }
+        Ok(())
+    }
+
+    /// The subject and the message of one event.
+    fn message(&self, delivery: &Delivery) -> (String, Publish) {
+        let record = &delivery.record;
+        let subject = format!("{}.{}", self.config.subject_prefix, record.partition);
+        let mut headers = HeaderMap::new();
+        headers.insert("Annal-Key", escape(&record.key).as_str());
+        headers.insert("Annal-Partition", record.partition.to_string().as_str());
+        headers.insert("Annal-Offset", record.offset.to_string().as_str());
+        headers.insert("Annal-Version", record.version.to_string().as_str());
+        headers.insert("Annal-Global", record.global_position.to_string().as_str());
+        headers.insert(
+            "Annal-Timestamp-Ms",
+            record.timestamp_ms.to_string().as_str(),
+        );
+        for header in &record.headers {
+            headers.insert(
+                escape_name(&header.name).as_str(),
+                escape(&header.value).as_str(),
+            );
+        }
+        let id = match record.event_id {
+            Some(id) => format!("annal-id-{id:032x}"),
+            None => format!(
+                "annal-{}-{}-{}",
+                self.log.created_ms(),
+                record.partition,
+                record.offset
+            ),
+        };
+        let message = Publish::build()
+            .payload(record.payload.clone())
+            .headers(headers)
+            .message_id(id);
+        (subject, message)
+    }
+}
+
+fn publish_error(
+    config: &RelayConfig,
+    error: async_nats::jetstream::context::PublishError,
+) -> RelayError {
+    match error.kind() {
+        PublishErrorKind::StreamNotFound => RelayError::StreamMissing {
+            stream: config.stream.clone(),
+        },
+        _ => RelayError::Broker {
+            reason: error.to_string(),
+        },
+    }
+}
+
+/// A header value: printable ASCII as is, other bytes (and `%`) as `%XX`.
+pub fn escape(bytes: &[u8]) -> String {
+    escape_where(bytes, |b| (32..=126).contains(&b) && b != b'%')
+}
+
+/// A header name: printable ASCII but `:` as is, other bytes (and `%`) as `%XX`.
+fn escape_name(bytes: &[u8]) -> String {
+    let name = escape_where(bytes, |b| (33..=126).contains(&b) && b != b'%' && b != b':');
+    if name.is_empty() {
+        "%".to_owned()
+    } else {
+        name
+    }
+}
+
+fn escape_where(bytes: &[u8], keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if keep(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_are_escaped_reversibly() {
+        assert_eq!(escape(b"order-42"), "order-42");
+        assert_eq!(escape(b"a\r\nb%\xff"), "a%0D%0Ab%25%FF");
+        assert_eq!(escape_name(b"type: x"), "type%3A%20x");
+        assert_eq!(escape_name(b""), "%");
+    }
+}
