@@ -40,10 +40,10 @@ struct Args {
     #[arg(long, default_value = "relay")]
     group: String,
     /// Events per batch (one commit each).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 5000)]
     batch: usize,
     /// Publishes awaiting acknowledgement at once.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 5000)]
     in_flight: usize,
     /// Stop once every event there is has been relayed.
     #[arg(long)]
