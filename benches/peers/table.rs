@@ -147,8 +147,8 @@ disk, one after another.
 annal      durable rows: Durability::Sync, `append` returns after the journal's fdatasync
            (group commit); default options (8 partitions).
            buffered rows: Durability::Buffered, `append_batch` of 1,000 under one key; one
-           flush() at the end, timed. Replay: `read(p, 0)` over every partition, checksums
-           verified. Hydrate: `read_key` in a freshly opened Log, key tables built.
+           flush() at the end, timed. Replay: `read(p, 0)` then `next_ref` (records borrowed
+           from the mapping) over every partition, checksums verified. Hydrate: `read_key` in a freshly opened Log, key tables built.
 okaywal    every row synced: `commit()` fdatasyncs each entry (group commit); no unsynced mode.
            durable rows: one entry of one chunk per event; buffered rows: one entry of 1,000
            chunks. Default configuration (1 MiB segments zero-filled when created,
