@@ -215,16 +215,23 @@ impl Reader {
                     return Ok(None);
                 }
             }
-            let start = self.partition.start();
-            if self.next_offset < start {
-                // Retention deleted the segment holding it: never a silent jump.
-                return Err(Error::OffsetBelowStart {
-                    partition: self.partition.id,
-                    offset: self.next_offset,
+            let below_start = |reader: &Self| {
+                let start = reader.partition.start();
+                (reader.next_offset < start).then_some(Error::OffsetBelowStart {
+                    partition: reader.partition.id,
+                    offset: reader.next_offset,
                     start,
-                });
+                })
+            };
+            if let Some(error) = below_start(self) {
+                // Retention deleted the segment holding it: never a silent jump.
+                return Err(error);
             }
-            self.load_frame()?;
+            if let Err(error) = self.load_frame() {
+                // Retention may have deleted the segment while it was being located: that is
+                // not damage.
+                return Err(below_start(self).unwrap_or(error));
+            }
         }
     }
 

@@ -1,11 +1,14 @@
 //! The `crash_model` fuzz target's body (`tests/fuzz_body/crash_model.rs`, whose header lists
 //! the invariants it checks) run over seeded programs, so that `cargo test` exercises it without
-//! cargo-fuzz: each program is random bytes, read as operations (appends, batches, pipelined
-//! bursts, expected-version appends with ids, retries, multi-key appends, power cuts) on a log
-//! recorded by the simulated disk.
+//! cargo-fuzz: each program is random bytes, read as a setup (with or without retention, the
+//! retry policy) and operations (appends, batches, pipelined bursts, expected-version appends
+//! with ids, retries, multi-key appends, a group member's polls with nacks and commits,
+//! re-drives and discards of dead letters, `enforce_retention`, clean restarts, power cuts) on a
+//! log recorded by the simulated disk.
 //!
-//! A failing program prints its seed; `ANNAL_FUZZ_SEED=<seed>` replays it, and
-//! `ANNAL_FUZZ_CASES=<n>` runs more programs.
+//! A failing program prints its seed; `ANNAL_FUZZ_SEED=<seed>` replays it,
+//! `ANNAL_FUZZ_CASES=<n>` runs more programs, and `ANNAL_FUZZ_INPUT=<file>` runs a cargo-fuzz
+//! input (a crash artifact). `ANNAL_FUZZ_TRACE=1` prints each operation.
 
 mod common;
 
@@ -28,14 +31,32 @@ fn seeded_programs_keep_the_invariants_of_the_crash_model() {
             (1..=cases).collect()
         }
     };
+    // A cargo-fuzz input (a crash artifact) replays as it is.
+    if let Some(path) = std::env::var_os("ANNAL_FUZZ_INPUT") {
+        let program = std::fs::read(&path).expect("ANNAL_FUZZ_INPUT: a readable file");
+        let run = body::run_program(&program);
+        eprintln!("{run:#?}");
+        return;
+    }
+    let mut coverage = body::Coverage::default();
     for seed in seeds {
         let mut rng = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let len = 60 + rng.below(240);
         let program = rng.bytes(len);
-        let result = std::panic::catch_unwind(|| body::check_program(&program));
-        if let Err(panic) = result {
-            eprintln!("failing program: ANNAL_FUZZ_SEED={seed}");
-            std::panic::resume_unwind(panic);
+        let result = std::panic::catch_unwind(|| body::run_program(&program));
+        match result {
+            Ok(run) => coverage.add(&run),
+            Err(panic) => {
+                eprintln!("failing program: ANNAL_FUZZ_SEED={seed}");
+                std::panic::resume_unwind(panic);
+            }
         }
     }
+    // What the programs exercised (shown with --nocapture).
+    eprintln!("{coverage:#?}");
+    let unordered =
+        body::DEAD_LETTERS_OUT_OF_OFFSET_ORDER.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("dead_letters() calls out of the documented (partition, offset) order: {unordered}");
+    let races = body::RACES_TOLERATED.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("operations tried again after a deletion race (ANNAL_FUZZ_TOLERATE_DELETION_RACES): {races}");
 }

@@ -209,6 +209,7 @@ impl Group {
                 events: events.max(1),
             });
         }
+        letters.sort_by_key(|l| (l.partition, l.offset));
         Ok(letters)
     }
 

@@ -144,13 +144,22 @@ impl StreamIndex {
             loop {
                 let sealed = pin.end_offset() != u64::MAX;
                 let entry = if sealed {
-                    self.table_of(partition, &pin)?.id_entry_of(id)
+                    match self.table_of(partition, &pin) {
+                        Ok(table) => table.id_entry_of(id),
+                        // Deleted by retention since the list was taken: so is all before it.
+                        Err(_) if deleted(partition, &pin) => return Ok(None),
+                        Err(error) => return Err(error),
+                    }
                 } else {
                     let mut mem = self.mem.lock();
                     self.caught_up(&mut mem, partition, &pin)?.id_entry_of(id)
                 };
                 let Some(entry) = entry else { break };
-                let map = pin.map()?;
+                let map = match pin.map() {
+                    Ok(map) => map,
+                    Err(_) if deleted(partition, &pin) => return Ok(None),
+                    Err(error) => return Err(error),
+                };
                 let data_len = pin.data(&map).len();
                 let found = check_id(&map, data_len, entry.position as usize, entry.index, id);
                 match found {
@@ -212,7 +221,12 @@ impl StreamIndex {
             loop {
                 let sealed = pin.end_offset() != u64::MAX;
                 let entries = if sealed {
-                    Source::Sealed(self.table_of(partition, &pin)?).entries(hash)
+                    match self.table_of(partition, &pin) {
+                        Ok(table) => Source::Sealed(table).entries(hash),
+                        // Deleted by retention since the list was taken: so is all before it.
+                        Err(_) if deleted(partition, &pin) => return Ok(()),
+                        Err(error) => return Err(error),
+                    }
                 } else {
                     let mut mem = self.mem.lock();
                     let mem = self.caught_up(&mut mem, partition, &pin)?;
@@ -223,7 +237,11 @@ impl StreamIndex {
                 }
                 // Mapped only now: most segments hold none of a key's frames, and mapping a
                 // sealed segment costs a system call and page faults.
-                let map = pin.map()?;
+                let map = match pin.map() {
+                    Ok(map) => map,
+                    Err(_) if deleted(partition, &pin) => return Ok(()),
+                    Err(error) => return Err(error),
+                };
                 let data = pin.data(&map);
                 match check_frames(data, &entries, key) {
                     Ok(found) => {
@@ -476,6 +494,12 @@ impl Source<'_> {
             Source::Mem(mem) => mem.key_entries(hash),
         }
     }
+}
+
+/// Whether retention deleted this sealed segment (its end is at or below the partition's start):
+/// an error opening it then means it is gone, not damaged.
+fn deleted(partition: &Partition, pin: &SegmentPin) -> bool {
+    pin.end_offset() != u64::MAX && pin.end_offset() <= partition.start()
 }
 
 /// The segments that may hold visible records, oldest first.
