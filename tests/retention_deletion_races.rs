@@ -60,7 +60,7 @@ fn readers_and_appends_racing_background_deletions_see_no_io_errors() {
             let mut n = 0u128;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("k{}", n % 8).into_bytes();
-                let result = if n % 4 == 0 {
+                let result = if n.is_multiple_of(4) {
                     let event = Event::new(&payload).id(n + 1);
                     log.append_to(&key, Expected::Any, &[event]).map(drop)
                 } else {

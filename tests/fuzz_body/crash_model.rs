@@ -84,6 +84,8 @@ const PARTITIONS: u32 = 2;
 const OPERATIONS_MAX: usize = 400;
 const KEYS: u8 = 7;
 const GROUP: &str = "fuzz";
+/// A nack seen in a batch: (version, offset, failures, reason).
+type NackSeen = (u64, u64, u32, String);
 
 /// The log's options without retention: those of every crash image's open too (so that nothing
 /// is deleted in the background while an image is checked; the start file is read whatever the
@@ -963,7 +965,7 @@ fn consume(
     let mut reader_last: Vec<Option<u64>> = vec![None; PARTITIONS as usize];
     let mut reader_seen = false;
     // Per key nacked: (version, offset, failures, reason).
-    let mut nacked: BTreeMap<(u32, Vec<u8>), (u64, u64, u32, String)> = BTreeMap::new();
+    let mut nacked: BTreeMap<(u32, Vec<u8>), NackSeen> = BTreeMap::new();
     for (i, d) in batch.iter().enumerate() {
         let r = &d.record;
         let (p, o) = (r.partition, r.offset);
@@ -1113,7 +1115,7 @@ fn consume(
         let place = (r.partition, r.offset);
         next.reached.insert(place);
         let pk = (r.partition, r.key.to_vec());
-        if !nacked.get(&pk).is_some_and(|n| n.0 <= r.version) {
+        if nacked.get(&pk).is_none_or(|n| n.0 > r.version) {
             next.settled.insert(place);
         }
     }
@@ -1159,6 +1161,7 @@ fn consume(
         next.held.insert(pk.clone(), held);
     }
     next.ends = observed.committed.clone();
+    #[allow(clippy::needless_range_loop)] // `p` indexes three vectors and names the partition
     for p in 0..PARTITIONS as usize {
         let end = log.end_offset(p as u32).unwrap();
         assert!(
