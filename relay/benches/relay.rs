@@ -41,12 +41,25 @@ fn main() {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or("nats-server");
+    let mut command = Command::new(binary);
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(root.path().join("nats"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the child between fork and exec and only calls prctl, which is
+        // async-signal-safe: the server dies with this process, however it ends.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
     let _server = Server(
-        Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(root.path().join("nats"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        command
             .spawn()
             .expect("start nats-server (apt-get install nats-server)"),
     );

@@ -3,7 +3,8 @@
 //! missing; the relay killed with SIGKILL at random moments and restarted, nothing missing and
 //! no duplicate left in the stream; the broker stopped and started again under load; a stream
 //! that does not exist; a broker that never answers. Every server and relay process started
-//! here is stopped by its PID however the test ends.
+//! here is stopped by its PID when its test ends, and by the kernel if the test process is
+//! killed (`die_with_parent`).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -31,12 +32,15 @@ impl Server {
     }
 
     fn start_on(store: &Path, port: u16) -> Server {
-        let child = Command::new(nats_server())
+        let mut command = Command::new(nats_server());
+        command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut command);
+        let child = command
             .spawn()
             .expect("start nats-server (install it: apt-get install nats-server)");
         let server = Server { child, port };
@@ -61,6 +65,20 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The child gets SIGKILL when the thread that started it ends, also when this process is
+/// killed and no destructor runs (Linux `PR_SET_PDEATHSIG`).
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec and only calls prctl, which is
+    // async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -355,6 +373,7 @@ fn a_relay_killed_at_random_moments_and_restarted_loses_nothing() {
     }
     let relay_args = |until_caught_up: bool| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_annal-relay"));
+        die_with_parent(&mut command);
         command
             .arg(&log_dir)
             .args(["--to", &url, "--stream", STREAM, "--subject", PREFIX])
@@ -410,6 +429,7 @@ fn sigterm_stops_the_relay_cleanly_and_a_restart_resumes_from_its_cursor() {
     }
     let relay = |until_caught_up: bool| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_annal-relay"));
+        die_with_parent(&mut command);
         command
             .arg(&log_dir)
             .args(["--to", &url, "--stream", STREAM, "--subject", PREFIX])
