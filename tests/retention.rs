@@ -366,3 +366,42 @@ fn the_groups_partition_is_never_deleted() {
     let log = Log::open(dir.path(), options()).unwrap();
     assert_eq!(log.group("g").unwrap().committed(), [2_000]);
 }
+
+/// A commit not yet durable does not count: its fsync fails here (the log is poisoned), so the
+/// group's durable cursor stays where it was, and nothing it still needs may go.
+#[test]
+fn interest_based_retention_waits_for_commits_to_be_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail_points = annal::io::FailPoints::new();
+    let options = options()
+        .durability(Durability::Sync)
+        .retention_until_consumed(true)
+        .fail_points(fail_points.clone());
+    let log = Log::open(dir.path(), options).unwrap();
+    let batch: Vec<annal::Event<'_>> = (0..50).map(|_| annal::Event::new(&EVENT[..])).collect();
+    for i in 0..80 {
+        log.append_batch(format!("key-{}", i % 5).as_bytes(), &batch)
+            .unwrap();
+    }
+    let group = log.group("g").unwrap();
+    let mut consumer = group.join().unwrap();
+    let first = consumer.poll(1_000, Duration::from_millis(100)).unwrap();
+    consumer.commit(&first).unwrap();
+    let durable = group.committed()[0];
+    log.enforce_retention().unwrap();
+    let start = log.start_offset(0).unwrap();
+    assert!(start <= durable);
+    // The rest is committed in memory, but its record's fsync fails.
+    let rest = consumer.poll(10_000, Duration::from_millis(100)).unwrap();
+    assert!(!rest.is_empty());
+    fail_points.fail_syncs(1);
+    let ticket = consumer.commit_pipelined(&rest).unwrap().expect("a commit");
+    assert!(ticket.wait().is_err());
+    assert!(group.committed()[0] > durable, "committed in memory");
+    log.enforce_retention().unwrap();
+    assert!(
+        log.start_offset(0).unwrap() <= durable,
+        "deleted what only a lost commit had settled: start {}, durable cursor {durable}",
+        log.start_offset(0).unwrap()
+    );
+}

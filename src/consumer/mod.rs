@@ -85,7 +85,8 @@ impl Groups {
 
     /// Per partition, the lowest offset a group (not deleted) still needs: its committed end,
     /// or the head of a key it holds below that. `None` while there is no group. Groups open
-    /// in this process count with what they committed here; the others with their record.
+    /// in this process count with the lower of what they committed here and their visible
+    /// record; the others with their record.
     pub(crate) fn watermarks(&self, shared: &Shared) -> Result<Option<Vec<u64>>> {
         let partitions = shared.config.user_partitions;
         let mut lowest: Option<Vec<u64>> = None;
@@ -97,13 +98,24 @@ impl Groups {
         };
         let on_disk = self.on_disk(shared)?;
         let open = self.open.lock().clone();
+        let groups = &shared.partitions[shared.config.groups_partition() as usize];
         for state in open.values() {
-            let inner = state.inner.lock();
-            if !inner.deleted {
-                count(&inner.committed);
+            let (deleted, committed) = {
+                let inner = state.inner.lock();
+                (inner.deleted, inner.committed.clone())
+            };
+            if deleted {
+                continue;
+            }
+            // What this process committed may not be durable yet (a commit returns to other
+            // members' view before its fsync; pipelined commits, `Interval`, `Buffered`): the
+            // lower of it and the group's visible record counts, so that a crash cannot take a
+            // commit that a deletion relied on (under `Sync`, visible records are durable).
+            count(&committed);
+            if let Some((record, false)) = state::load_record(groups, &state.key, partitions)? {
+                count(&record);
             }
         }
-        let groups = &shared.partitions[shared.config.groups_partition() as usize];
         for (name, deleted) in on_disk {
             if deleted || open.contains_key(&name) {
                 continue;
