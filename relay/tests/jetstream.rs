@@ -82,6 +82,23 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// The `annal-relay` program on `log_dir`, batches of `batch`, its stdout piped.
+fn relay_command(log_dir: &Path, url: &str, batch: u32, until_caught_up: bool) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_annal-relay"));
+    die_with_parent(&mut command);
+    command
+        .arg(log_dir)
+        .args(["--to", url, "--stream", STREAM, "--subject", PREFIX])
+        .args(["--batch", &batch.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if until_caught_up {
+        command.arg("--until-caught-up");
+    }
+    command
+}
+
 fn nats_server() -> &'static str {
     [
         "/usr/sbin/nats-server",
@@ -371,21 +388,7 @@ fn a_relay_killed_at_random_moments_and_restarted_loses_nothing() {
         append(&log, 60_000, 300, &mut versions);
         log.close().unwrap();
     }
-    let relay_args = |until_caught_up: bool| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_annal-relay"));
-        die_with_parent(&mut command);
-        command
-            .arg(&log_dir)
-            .args(["--to", &url, "--stream", STREAM, "--subject", PREFIX])
-            .args(["--batch", "100"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if until_caught_up {
-            command.arg("--until-caught-up");
-        }
-        command
-    };
+    let relay_args = |until_caught_up: bool| relay_command(&log_dir, &url, 100, until_caught_up);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for _round in 0..8 {
         seed ^= seed << 13;
@@ -427,21 +430,7 @@ fn sigterm_stops_the_relay_cleanly_and_a_restart_resumes_from_its_cursor() {
         append(&log, 40_000, 300, &mut versions);
         log.close().unwrap();
     }
-    let relay = |until_caught_up: bool| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_annal-relay"));
-        die_with_parent(&mut command);
-        command
-            .arg(&log_dir)
-            .args(["--to", &url, "--stream", STREAM, "--subject", PREFIX])
-            .args(["--batch", "500"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if until_caught_up {
-            command.arg("--until-caught-up");
-        }
-        command
-    };
+    let relay = |until_caught_up: bool| relay_command(&log_dir, &url, 500, until_caught_up);
     let child = relay(false).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(150));
     // SAFETY: kill only sends a signal to the child's PID, which has not been reaped yet.
