@@ -354,16 +354,21 @@ impl Consumer {
                 });
             }
             let mut inner = self.group.inner.lock();
-            let below: Vec<(Vec<u8>, u64)> = inner
+            let below: Vec<Vec<u8>> = inner
                 .committed
                 .held(p)
                 .iter()
                 .filter(|(_, h)| h.has_head() && h.offset < start)
-                .map(|(key, h)| (key.clone(), h.version))
+                .map(|(key, _)| key.clone())
                 .collect();
-            for (key, version) in below {
+            for key in below {
+                // The key's first event at or above the start, whatever its version: the
+                // events below the head were below the start too, so it is the first one after
+                // the head, or, when retention deleted every event of the key and its versions
+                // started again at 0, the first of its new history (taking the first at or
+                // above the head's version would deliver that history out of order).
                 let mut reached = false;
-                let first = crate::stream::read::key_records(partition, &key, version, |r| {
+                let first = crate::stream::read::key_records(partition, &key, 0, |r| {
                     let more = !reached;
                     reached |= r.offset >= start;
                     more
