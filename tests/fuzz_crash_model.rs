@@ -3,7 +3,8 @@
 //! cargo-fuzz: each program is random bytes, read as a setup (with or without retention, the
 //! retry policy) and operations (appends, batches, pipelined bursts, expected-version appends
 //! with ids, retries, multi-key appends, a group member's polls with nacks and commits,
-//! re-drives and discards of dead letters, `enforce_retention`, clean restarts, power cuts) on a
+//! re-drives and discards of dead letters, `enforce_retention`, clean restarts, injected
+//! failures of fsyncs and writes with a reopen after a poisoning, power cuts) on a
 //! log recorded by the simulated disk.
 //!
 //! A failing program prints its seed; `ANNAL_FUZZ_SEED=<seed>` replays it,

@@ -3,7 +3,9 @@
 //! disk (`src/storage/simdisk.rs`): `Sync` appends, batches, pipelined bursts, expected-version
 //! appends with ids, retries, multi-key appends, a consumer group member's polls, nacks and
 //! commits (some pipelined and left in flight), re-drives and discards of dead letters,
-//! `enforce_retention`, clean restarts, and power cuts whose images are chosen by the input too.
+//! `enforce_retention`, clean restarts, injected failures (a failed fsync, write or short
+//! write, a full disk) with a reopen after a poisoning, and power cuts whose images are chosen
+//! by the input too.
 //!
 //! Invariants checked, in detail in the shared body `tests/fuzz_body/crash_model.rs` (which
 //! `tests/fuzz_crash_model.rs` also runs under `cargo test`):
@@ -21,6 +23,8 @@
 //! 7. The group's record is one whole write at or after the last acknowledged one (cursors,
 //!    retrying keys, dead letters); a new member is delivered exactly the events it left
 //!    unsettled, in version order per key, nothing parked, nothing settled.
+//! 8. An append that failed (`AppendFailed`) never appears; after a poisoning, each append in
+//!    doubt is whole or absent after the reopen, and the log goes on from what it kept.
 
 #![no_main]
 

@@ -33,6 +33,7 @@ pub use crate::storage::segment::set_sealed_segments_idle_max;
 pub struct FailPoints {
     sync_failures: AtomicU32,
     write_failures: AtomicU32,
+    short_writes: AtomicU32,
     disk_full: AtomicBool,
     preallocation_unsupported: AtomicBool,
     /// While true, every key hashes to 0 in key tables (`stream/table.rs`): forced collisions.
@@ -99,6 +100,20 @@ impl FailPoints {
         self.write_failures.store(count, Ordering::SeqCst);
     }
 
+    /// The next `count` writes write the first half of their bytes (rounded down), then fail
+    /// with `EIO`: a short write followed by an error.
+    pub fn fail_writes_short(&self, count: u32) {
+        self.short_writes.store(count, Ordering::SeqCst);
+    }
+
+    /// Clears every injected failure (counters and a full disk), whether or not it happened.
+    pub fn clear_failures(&self) {
+        self.fail_syncs(0);
+        self.fail_writes(0);
+        self.fail_writes_short(0);
+        self.set_disk_full(false);
+    }
+
     /// Makes every sync wait until [`release_syncs`](Self::release_syncs).
     pub fn hold_syncs(&self) {
         *self.syncs_held.lock() = true;
@@ -158,14 +173,16 @@ impl FailPoints {
         Ok(())
     }
 
-    fn check_write(&self, extends: bool) -> io::Result<()> {
+    /// `Err` when the write must fail without writing; `Ok(true)` when it must write the first
+    /// half of its bytes and then fail.
+    fn check_write(&self, extends: bool) -> io::Result<bool> {
         if extends && self.disk_full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         if Self::take(&self.write_failures) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        Ok(())
+        Ok(Self::take(&self.short_writes))
     }
 
     fn check_preallocate(&self, extends: bool) -> io::Result<()> {
@@ -262,9 +279,12 @@ impl File {
     pub fn write_all_at(&self, bytes: &[u8], position: u64) -> Result<()> {
         if let Some(faults) = &self.faults {
             let extends = position + bytes.len() as u64 > self.len_for_faults();
-            faults
+            let short = faults
                 .check_write(extends)
                 .map_err(|e| Error::io("write", &self.path, e))?;
+            if short {
+                return self.write_short(bytes, position);
+            }
         }
         self.file
             .write_all_at(bytes, position)
@@ -283,9 +303,12 @@ impl File {
         let total: usize = slices.iter().map(|s| s.len()).sum();
         if let Some(faults) = &self.faults {
             let extends = position + total as u64 > self.len_for_faults();
-            faults
+            let short = faults
                 .check_write(extends)
                 .map_err(|e| Error::io("write", &self.path, e))?;
+            if short {
+                return self.write_short(&slices.concat(), position);
+            }
         }
         let io_error = |e: io::Error| Error::io("write", &self.path, e);
         // The next slice to write, and how much of it is written already.
@@ -334,6 +357,22 @@ impl File {
         Ok(())
     }
 
+    /// An injected short write: the first half of `bytes` is written (and recorded), then the
+    /// write fails with `EIO`.
+    fn write_short(&self, bytes: &[u8], position: u64) -> Result<()> {
+        let half = &bytes[..bytes.len() / 2];
+        self.file
+            .write_all_at(half, position)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        record(&self.faults, || simdisk::Op::Write {
+            path: self.path.clone(),
+            position,
+            bytes: half.to_vec(),
+        });
+        let error = io::Error::from_raw_os_error(libc::EIO);
+        Err(Error::io("write", &self.path, error))
+    }
+
     /// Starts writing back `len` bytes at `position` without waiting (`sync_file_range` with
     /// `SYNC_FILE_RANGE_WRITE`): a hint that makes a later sync of the same bytes shorter. It
     /// makes nothing durable, so its errors are left to that later sync.
@@ -368,9 +407,10 @@ impl File {
     /// One sync, through the fail points, recorded on the simulated disk once it succeeded.
     fn sync(&self, op: &'static str, sync: fn(&fs::File) -> io::Result<()>) -> Result<()> {
         if let Some(faults) = &self.faults {
-            faults
-                .check_sync()
-                .map_err(|e| Error::io(op, &self.path, e))?;
+            if let Err(e) = faults.check_sync() {
+                record(&self.faults, || simdisk::Op::SyncFailed(self.path.clone()));
+                return Err(Error::io(op, &self.path, e));
+            }
         }
         sync(&self.file).map_err(|e| Error::io(op, &self.path, e))?;
         record(&self.faults, || simdisk::Op::Sync(self.path.clone()));

@@ -12,6 +12,10 @@
 //!   systems commit metadata in order, so a later entry change never survives an earlier lost
 //!   one).
 //!
+//! A file sync that failed settles the file's pending writes at that instant, as a power cut
+//! would (the kernel wrote some, and never writes the others again); a directory sync that
+//! failed changes nothing (journaling file systems keep the entry changes in their journal).
+//!
 //! Files that the log opens without the fail points (index files, which are derived data and
 //! rebuilt by recovery) are not recorded and so are absent from images.
 
@@ -38,6 +42,12 @@ pub(crate) enum Op {
         len: u64,
     },
     Sync(PathBuf),
+    /// A sync of the file that failed. The kernel may have written any part of the pending
+    /// writes, and it marks the pages clean whatever it did ("fsyncgate": Linux since 4.13
+    /// reports the error once and a later sync does not write them again): the pending writes
+    /// are settled here, each sector kept, dropped or torn as at a power cut, and what was
+    /// dropped is gone from the disk even though reads of the running system still see it.
+    SyncFailed(PathBuf),
     Rename {
         from: PathBuf,
         to: PathBuf,
@@ -160,6 +170,13 @@ pub(crate) fn crash_image(ops: &[Op], base: &Path, image: &Path, seed: u64) -> s
                     for pending in std::mem::take(&mut file.pending) {
                         apply(&mut file.durable, &pending, usize::MAX);
                     }
+                }
+            }
+            Op::SyncFailed(path) => {
+                if let Some(Entry::File(id)) = names.get(path) {
+                    let file = &mut files[*id];
+                    file.durable = survivor(file, &mut rng);
+                    file.pending.clear();
                 }
             }
             Op::Rename { from, to } => {

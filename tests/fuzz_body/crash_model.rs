@@ -15,7 +15,16 @@
 // multi-key append over both partitions, a consumer group member polling, nacking some
 // deliveries (chosen by the next byte) and committing (or queueing the commit with
 // `commit_pipelined` and leaving it in flight), a re-drive or discard of a dead letter (or
-// `redrive_all`), `enforce_retention`, a clean restart (close and open again), or a power cut.
+// `redrive_all`), `enforce_retention`, a clean restart (close and open again), an injected
+// failure (the next fsync fails with EIO, the next write fails, the next write is short and
+// fails, or the disk is full) met by a burst of pipelined appends and a batch, or a power cut.
+// An append that failed with `AppendFailed` must never appear; the running log must show
+// exactly what was acknowledged, and the next append must work without a reopen. After a
+// poisoning (`Poisoned`), the images of that instant are checked like a power cut's, then the
+// running process reopens the log: each append whose ticket failed is whole or absent, the ones
+// kept continue the versions, and the group's record is its last acknowledged one. A failed
+// fsync settles the file's unsynced writes on the simulated disk at that instant (kept,
+// dropped or torn, and never written again by a later sync), as Linux does since 4.13.
 // At the power cut (and once more at the end of the program) the body builds the image that
 // the cut could leave, chosen by the next bytes as a seed, and checks against a plain model of
 // what was acknowledged:
@@ -51,6 +60,9 @@
 //    head, carrying its durable attempts; nothing parked behind a dead letter; nothing settled
 //    (committed, delivered ahead by a retry, or discarded). A cursor below the start is told
 //    once (`EventsExpired { from: cursor, to: start }`).
+// 10. Injected failures: an append that failed (`AppendFailed`, or refused when called) never
+//     appears, in the running log, after a reopen, or in any image; after a poisoning each
+//     append in doubt is whole or absent, and the reopened log goes on from what it kept.
 //
 // Along the way (in the running process), each poll and commit is checked against the same
 // model: no settled event is delivered again, retries come first and from the head, the reader
@@ -264,6 +276,11 @@ pub struct Coverage {
     pub ids_forgotten: u64,
     pub versions_restarted: u64,
     pub retry_attempts_lost_to_a_moving_start: u64,
+    pub faults_injected: u64,
+    pub appends_failed: u64,
+    pub appends_poisoned: u64,
+    pub poisoned_kept: u64,
+    pub reopens_after_poison: u64,
 }
 
 impl Coverage {
@@ -283,6 +300,11 @@ impl Coverage {
         self.redrives += other.redrives;
         self.discards += other.discards;
         self.restarts += other.restarts;
+        self.faults_injected += other.faults_injected;
+        self.appends_failed += other.appends_failed;
+        self.appends_poisoned += other.appends_poisoned;
+        self.poisoned_kept += other.poisoned_kept;
+        self.reopens_after_poison += other.reopens_after_poison;
         self.pipelined_commits += other.pipelined_commits;
         self.expired_in_process += other.expired_in_process;
         self.retention_runs += other.retention_runs;
@@ -379,6 +401,14 @@ struct Observed {
     dead: Vec<DeadKey>,
 }
 
+/// Where an append landed, as `annal::Appended` says (which the model cannot build).
+struct Place {
+    partition: u32,
+    offset: u64,
+    version: u64,
+    global_position: u64,
+}
+
 /// A write of the group's record the model knows of: the last acknowledged one, or a later one
 /// in flight (its ticket).
 struct Candidate {
@@ -409,6 +439,9 @@ struct Model {
     committed: Vec<u64>,
     /// Each partition's highest start seen.
     starts: Vec<u64>,
+    /// Payloads of appends that failed (`AppendFailed`), or whose fate after a poisoning the
+    /// reopen decided (absent): none of them may ever appear.
+    never: BTreeSet<Vec<u8>>,
     /// The group's state as the running process has it (the last write, queued or done).
     group: GroupModel,
     /// The last acknowledged write of the group's record, then those queued after it.
@@ -437,6 +470,7 @@ impl Model {
             restarted_keys: BTreeSet::new(),
             committed: vec![0; PARTITIONS as usize],
             starts: vec![0; PARTITIONS as usize],
+            never: BTreeSet::new(),
             candidates: vec![Candidate {
                 observed,
                 group: group.clone(),
@@ -463,6 +497,19 @@ impl Model {
 
     /// `at` acknowledged `payloads` under `key`; `start` is the partition's start read after.
     fn ack(&mut self, at: annal::Appended, key: &[u8], payloads: &[Vec<u8>], start: u64) {
+        let place = (at.partition, at.offset, at.version, at.global_position);
+        self.ack_at(place, key, payloads, start);
+    }
+
+    /// As `ack`, for an append at `(partition, offset, version, global position)`.
+    fn ack_at(&mut self, place: (u32, u64, u64, u64), key: &[u8], payloads: &[Vec<u8>], start: u64) {
+        let (partition, offset, version, global_position) = place;
+        let at = Place {
+            partition,
+            offset,
+            version,
+            global_position,
+        };
         let next = self.next_version.get(key).copied().unwrap_or(0);
         if at.version != next {
             // "A key whose events are all deleted has no history: its next append is version 0
@@ -842,6 +889,32 @@ pub fn run_program(data: &[u8]) -> Coverage {
                     assert_eq!(report.segments_deleted, 0, "deleted without retention");
                 }
             }
+            14 if arg % 3 == 1 => {
+                let count = bytes.next().unwrap_or(0);
+                let fault = inject_fault(&log, &fail_points, &mut model, arg / 3, count, &mut n);
+                if let Some(poisoning) = fault {
+                    // Images of this instant hold every acknowledged append, and of the
+                    // poisoned ones each whole or absent; then the running process reopens.
+                    model.see_starts(&log);
+                    check_cut(&fail_points, root.path(), &mut model, u64::from(count), cuts);
+                    cuts += 1;
+                    drop(consumer);
+                    drop(group);
+                    drop(log);
+                    log = open();
+                    model.coverage.reopens_after_poison += 1;
+                    learn_after_poison(&log, &mut model, poisoning);
+                    group = log.group(GROUP).unwrap();
+                    group.set_retry_policy(setup.policy()).unwrap();
+                    let (observed, _) = observe(&group);
+                    assert_eq!(
+                        observed, model.candidates[0].observed,
+                        "the group's state after a reopen after a poisoning"
+                    );
+                    model.group = model.candidates[0].group.clone();
+                    consumer = group.join().unwrap();
+                }
+            }
             14 if arg % 3 == 0 => {
                 // A clean restart: everything queued is durable at close.
                 model.wait_pending();
@@ -879,6 +952,164 @@ pub fn run_program(data: &[u8]) -> Coverage {
     model.wait_pending();
     log.close().unwrap();
     model.coverage
+}
+
+/// What a poisoning left undecided: each partition's end before the failure, and the appends
+/// (key, payloads) that failed with `Poisoned`, each to be whole or absent after the reopen.
+struct Poisoning {
+    ends: Vec<u64>,
+    undecided: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+}
+
+/// The fault operation: `kind` picks an injected failure (the next fsync, the next write, a
+/// short write, or a full disk), which a burst of pipelined `Sync` appends and then a batch
+/// meet; a probe append follows once the failure is cleared. Appends acknowledged go to the
+/// model; those that failed with `AppendFailed`, or were refused when called, must never
+/// appear; those whose tickets failed with `Poisoned` are undecided until the reopen (returned).
+/// Without a poisoning, the running log shows exactly what was acknowledged, and the probe
+/// works: a failed round needs no reopen.
+fn inject_fault(
+    log: &Log,
+    fail_points: &FailPoints,
+    model: &mut Model,
+    kind: u8,
+    count: u8,
+    n: &mut u64,
+) -> Option<Poisoning> {
+    // No commit in flight meets the failure.
+    model.wait_pending();
+    let step = model.setup.payload_step;
+    let ends: Vec<u64> = (0..PARTITIONS).map(|p| log.end_offset(p).unwrap()).collect();
+    model.coverage.faults_injected += 1;
+    trace!("fault {} count {count}", kind % 4);
+    match kind % 4 {
+        0 => fail_points.fail_syncs(1),
+        1 => fail_points.fail_writes(1),
+        2 => fail_points.fail_writes_short(1),
+        _ => fail_points.set_disk_full(true),
+    }
+    let mut undecided = Vec::new();
+    let burst: Vec<(Vec<u8>, Vec<u8>)> = (0..u64::from(count % 4) + 1)
+        .map(|i| (key(count.wrapping_add(i as u8)), payload(*n + i, count, step)))
+        .collect();
+    *n += burst.len() as u64;
+    let tickets: Vec<_> = burst
+        .iter()
+        .map(|(key, payload)| log.append_pipelined(key, payload))
+        .collect();
+    for (ticket, (key, payload)) in tickets.into_iter().zip(burst) {
+        let result = match ticket {
+            Ok(ticket) => ticket.wait(),
+            Err(e) => {
+                // Refused when called: never written.
+                assert!(matches!(e, Error::Poisoned { .. }), "append_pipelined: {e}");
+                model.never.insert(payload);
+                continue;
+            }
+        };
+        settle(log, model, result, &key, vec![payload], &mut undecided);
+    }
+    let key = self::key(count.wrapping_add(3));
+    let batch = vec![payload(*n, count / 2, step), payload(*n + 1, 1, step)];
+    *n += 2;
+    let result = log.append_batch(&key, &batch);
+    settle(log, model, result, &key, batch, &mut undecided);
+    fail_points.clear_failures();
+    let probe = payload(*n, count / 4, step);
+    *n += 1;
+    let result = log.append(&key, &probe);
+    assert!(
+        !matches!(result, Err(Error::AppendFailed { .. })),
+        "an append after the failure was cleared: {result:?}"
+    );
+    settle(log, model, result, &key, vec![probe], &mut undecided);
+    if !undecided.is_empty() {
+        return Some(Poisoning { ends, undecided });
+    }
+    // Not poisoned: the running log holds exactly what was acknowledged past the old ends.
+    for p in 0..PARTITIONS {
+        let from = ends[p as usize].max(log.start_offset(p).unwrap());
+        for record in log.read(p, from).unwrap() {
+            let record = record.unwrap();
+            let acked = model.acked.get(&(p, record.offset));
+            assert!(
+                acked.is_some_and(|a| a.payload[..] == record.payload[..]),
+                "after a failed append, {p}/{} holds {:?}, not what was acknowledged there",
+                record.offset,
+                String::from_utf8_lossy(&record.payload[..20.min(record.payload.len())])
+            );
+        }
+    }
+    None
+}
+
+/// The outcome of one append that may have met an injected failure.
+fn settle(
+    log: &Log,
+    model: &mut Model,
+    result: annal::Result<annal::Appended>,
+    key: &[u8],
+    payloads: Vec<Vec<u8>>,
+    undecided: &mut Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+) {
+    match result {
+        Ok(at) => {
+            let start = log.start_offset(at.partition).unwrap();
+            model.ack(at, key, &payloads, start);
+        }
+        Err(Error::AppendFailed { .. }) => {
+            model.coverage.appends_failed += 1;
+            model.never.extend(payloads);
+        }
+        Err(Error::Poisoned { .. }) => {
+            model.coverage.appends_poisoned += 1;
+            undecided.push((key.to_vec(), payloads));
+        }
+        Err(e) => panic!("an append meeting an injected failure: {e}"),
+    }
+}
+
+/// After the reopen that follows a poisoning: each undecided append is whole or absent; the
+/// ones kept join the model (their versions must follow), the others must never appear.
+fn learn_after_poison(log: &Log, model: &mut Model, poisoning: Poisoning) {
+    let Poisoning {
+        ends,
+        mut undecided,
+    } = poisoning;
+    for p in 0..PARTITIONS {
+        let start = log.start_offset(p).unwrap();
+        let from = ends[p as usize].max(start);
+        for record in log.read(p, from).unwrap() {
+            let record = record.unwrap();
+            if let Some(acked) = model.acked.get(&(p, record.offset)) {
+                assert_eq!(
+                    &acked.payload[..],
+                    &record.payload[..],
+                    "after the reopen, {p}/{}",
+                    record.offset
+                );
+                continue;
+            }
+            let Some(i) = undecided
+                .iter()
+                .position(|(key, payloads)| key[..] == record.key[..] && payloads[0][..] == record.payload[..])
+            else {
+                panic!(
+                    "after the reopen, {p}/{} holds {:?}: neither acknowledged nor an undecided \
+                     append's first event",
+                    record.offset,
+                    String::from_utf8_lossy(&record.payload[..20.min(record.payload.len())])
+                );
+            };
+            let (key, payloads) = undecided.remove(i);
+            let place = (p, record.offset, record.version, record.global_position);
+            model.ack_at(place, &key, &payloads, start);
+            model.coverage.poisoned_kept += 1;
+        }
+    }
+    for (_, payloads) in undecided {
+        model.never.extend(payloads);
+    }
 }
 
 /// The consumer operation: a poll (its `EventsExpired` errors told and polled past), nacks of
@@ -1482,6 +1713,12 @@ fn check_cut(
             assert!(
                 record.payload.starts_with(b"event "),
                 "cut {cut}: {p}/{expected} invented"
+            );
+            assert!(
+                !model.never.contains(&record.payload[..]),
+                "cut {cut}: {p}/{expected} is an append that failed, or that the reopen after \
+                 a poisoning left out: {:?}",
+                String::from_utf8_lossy(&record.payload[..20.min(record.payload.len())])
             );
             if let Some(acked) = model.acked.get(&(p, record.offset)) {
                 assert_eq!(
