@@ -1,7 +1,8 @@
 //! The `decode_files` fuzz target's body (`tests/fuzz_body/decode_files.rs`, whose header lists
 //! the invariants it checks) run over seeded damage, so that `cargo test` exercises it without
 //! cargo-fuzz: for every kind of file of a log (segments, indexes, key tables, `annal.meta`,
-//! snapshots, the journal), random bytes written at random places, and cuts.
+//! snapshots, the journal, start files, the groups' records), random bytes written at random
+//! places, and cuts.
 //!
 //! A failing case prints its seed; `ANNAL_FUZZ_SEED=<seed>` replays it, and
 //! `ANNAL_FUZZ_CASES=<n>` runs more.
