@@ -110,7 +110,7 @@ impl Log {
         let faults = options.fail_points.clone();
         io::create_dir_all_durable(&dir, &faults)?;
         let lock = meta::lock(&dir)?;
-        let meta = match Meta::read(&dir)? {
+        let meta = match Meta::read(&dir, &faults)? {
             Some(meta) => {
                 if let Some(requested) = options.partitions {
                     if requested != meta.partitions {

@@ -77,7 +77,9 @@ pub(crate) fn enforce(shared: &Shared, groups: &Groups) -> Result<RetentionRepor
                 let too_old = match retention.age_max {
                     Some(age) => {
                         let age_ms = age.as_millis().min(u128::from(u64::MAX)) as u64;
-                        newest_event_bound_ms(partition, next)?.saturating_add(age_ms) <= now
+                        newest_event_bound_ms(partition, next, &shared.config.faults)?
+                            .saturating_add(age_ms)
+                            <= now
                     }
                     None => false,
                 };
@@ -109,15 +111,13 @@ pub(crate) fn enforce(shared: &Shared, groups: &Groups) -> Result<RetentionRepor
 
 /// A bound on the newest event of the segment before `next`: `next`'s creation time (a
 /// segment is created when the one before it is full, after its last event was appended).
-fn newest_event_bound_ms(partition: &Partition, next: &Segment) -> Result<u64> {
-    use std::io::Read;
+fn newest_event_bound_ms(
+    partition: &Partition,
+    next: &Segment,
+    faults: &io::Faults,
+) -> Result<u64> {
     let path = segment::segment_path(&partition.dir, next.base_offset);
-    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
-    std::fs::File::open(&path)
-        .and_then(|file| {
-            file.take(SEGMENT_HEADER_LEN as u64)
-                .read_to_end(&mut header)
-        })
+    let header = io::read_prefix(&path, SEGMENT_HEADER_LEN as u64, faults)
         .map_err(|e| crate::error::Error::io("read", &path, e))?;
     Ok(SegmentHeader::decode(&header, &path)?.created_ms)
 }

@@ -34,6 +34,8 @@ pub struct FailPoints {
     sync_failures: AtomicU32,
     write_failures: AtomicU32,
     short_writes: AtomicU32,
+    /// While set, reads (through [`read_prefix`]) of files whose path contains it fail.
+    failing_reads: parking_lot::Mutex<Option<String>>,
     disk_full: AtomicBool,
     preallocation_unsupported: AtomicBool,
     /// While true, every key hashes to 0 in key tables (`stream/table.rs`): forced collisions.
@@ -106,8 +108,17 @@ impl FailPoints {
         self.short_writes.store(count, Ordering::SeqCst);
     }
 
+    /// While `pattern` is `Some`, every read of a file whose path contains it fails with `EIO`
+    /// (after the file was opened: a missing file is still `NotFound`). Only the reads made
+    /// with `read` calls go through the fail points; segments and the journal are read
+    /// through mappings, where a failing disk sends `SIGBUS` (see `docs/durability.md`).
+    pub fn fail_reads_of(&self, pattern: Option<&str>) {
+        *self.failing_reads.lock() = pattern.map(str::to_owned);
+    }
+
     /// Clears every injected failure (counters and a full disk), whether or not it happened.
     pub fn clear_failures(&self) {
+        self.fail_reads_of(None);
         self.fail_syncs(0);
         self.fail_writes(0);
         self.fail_writes_short(0);
@@ -185,6 +196,16 @@ impl FailPoints {
         Ok(Self::take(&self.short_writes))
     }
 
+    fn check_read(&self, path: &Path) -> io::Result<()> {
+        let failing = self.failing_reads.lock();
+        match failing.as_deref() {
+            Some(pattern) if path.to_string_lossy().contains(pattern) => {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_preallocate(&self, extends: bool) -> io::Result<()> {
         if extends && self.disk_full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
@@ -214,6 +235,19 @@ const IOV_MAX: usize = 1024;
 
 /// Where failures are injected from: nothing in production.
 pub(crate) type Faults = Option<Arc<FailPoints>>;
+
+/// Reads at most `limit` bytes from the start of the file at `path` (`u64::MAX`: all of it),
+/// through the fail points. A length on disk cannot make it allocate more than `limit`.
+pub(crate) fn read_prefix(path: &Path, limit: u64, faults: &Faults) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = fs::File::open(path)?;
+    if let Some(faults) = faults {
+        faults.check_read(path)?;
+    }
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// Index files take no injected failures. The index is derived data whose write errors are
 /// ignored by design; letting its writes consume a test's "fail the next write" would make the

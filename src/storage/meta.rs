@@ -109,9 +109,10 @@ impl Meta {
     }
 
     /// Reads the metadata file, if there is one.
-    pub fn read(dir: &Path) -> Result<Option<Meta>> {
+    pub fn read(dir: &Path, faults: &Faults) -> Result<Option<Meta>> {
         let path = dir.join(META_FILE);
-        match std::fs::read(&path) {
+        // One byte past a valid file tells a longer one apart.
+        match io::read_prefix(&path, META_LEN as u64 + 1, faults) {
             Ok(bytes) => Meta::decode(&bytes, &path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("read", &path, e)),

@@ -143,9 +143,10 @@ pub fn encode_start(start: u64) -> [u8; START_FILE_LEN] {
 /// # Errors
 ///
 /// [`Error::Corrupt`] for a start file that fails its checks, I/O errors.
-pub fn read_start(dir: &Path) -> Result<u64> {
+pub fn read_start(dir: &Path, faults: &Faults) -> Result<u64> {
     let path = start_path(dir);
-    let bytes = match std::fs::read(&path) {
+    // One byte past a valid file tells a longer one apart.
+    let bytes = match io::read_prefix(&path, START_FILE_LEN as u64 + 1, faults) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Error::io("read", &path, e)),

@@ -30,7 +30,6 @@
 //! A state over [`SNAPSHOT_BYTES_MAX`] is refused with [`Error::SnapshotTooLarge`].
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -170,7 +169,7 @@ impl SnapshotStore {
             if version > version_max {
                 continue;
             }
-            match read_snapshot(&path, version) {
+            match read_snapshot(&path, version, &self.faults) {
                 Ok(Some(snapshot)) if snapshot.key == key => return Ok(Some(snapshot)),
                 // Removed since the listing, or another key's file under the same name.
                 Ok(_) => {}
@@ -195,7 +194,7 @@ impl SnapshotStore {
             if version == saved_version {
                 continue;
             }
-            if !matches!(read_snapshot(&path, version), Ok(Some(s)) if s.key == key) {
+            if !matches!(read_snapshot(&path, version, &self.faults), Ok(Some(s)) if s.key == key) {
                 continue;
             }
             if kept < self.keep {
@@ -305,18 +304,14 @@ fn encode(key: &[u8], version: u64, state: &[u8]) -> Vec<u8> {
 
 /// Reads and checks the snapshot file at `path`, named with `name_version`; `None` when the
 /// file is gone. Damage is `Error::Corrupt` at the byte that is wrong.
-fn read_snapshot(path: &Path, name_version: u64) -> Result<Option<Snapshot>> {
-    let file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open", path, e)),
-    };
+fn read_snapshot(path: &Path, name_version: u64, faults: &Faults) -> Result<Option<Snapshot>> {
     // One byte past the largest valid file is enough to tell that a file is too long, so no
     // length on disk can make this read allocate more.
-    let mut bytes = Vec::new();
-    file.take(SNAPSHOT_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
+    let bytes = match io::read_prefix(path, SNAPSHOT_FILE_BYTES_MAX + 1, faults) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
     decode(Bytes::from(bytes), path, name_version).map(Some)
 }
 

@@ -129,7 +129,7 @@ pub(crate) fn recover(
     }
     for id in 0..partitions {
         let mark = checkpoint.partitions[id as usize];
-        check_partition(dir, id, config.user_partitions, mark)?;
+        check_partition(dir, id, config.user_partitions, mark, &config.faults)?;
     }
 
     let mut report = RecoveryReport {

@@ -23,22 +23,17 @@ pub(super) fn check_partition(
     id: u32,
     user_partitions: u32,
     mark: PartitionMark,
+    faults: &io::Faults,
 ) -> Result<()> {
     if mark.segment_base == NO_SEGMENT {
         return Ok(());
     }
     let path = segment::segment_path(&partition_dir(dir, id, user_partitions), mark.segment_base);
-    let bytes = match std::fs::File::open(&path) {
-        Ok(file) => {
-            use std::io::Read;
-            let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
-            let len = file
-                .metadata()
+    let bytes = match io::read_prefix(&path, SEGMENT_HEADER_LEN as u64, faults) {
+        Ok(header) => {
+            let len = std::fs::metadata(&path)
                 .map_err(|e| Error::io("stat", &path, e))?
                 .len();
-            file.take(SEGMENT_HEADER_LEN as u64)
-                .read_to_end(&mut header)
-                .map_err(|e| Error::io("read", &path, e))?;
             (header, len)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -48,7 +43,7 @@ pub(super) fn check_partition(
                 "the segment named by the checkpoint is missing",
             ))
         }
-        Err(e) => return Err(Error::io("open", &path, e)),
+        Err(e) => return Err(Error::io("read", &path, e)),
     };
     let (header, len) = bytes;
     let header = SegmentHeader::decode(&header, &path)?;
@@ -93,7 +88,7 @@ pub(super) fn prepare_partition(
     let policy = config.index_policy;
     let mut listing = list(&path, &config.faults)?;
     // Retention records the start before it deletes segments: finish a deletion cut short.
-    let start = segment::read_start(&path)?;
+    let start = segment::read_start(&path, &config.faults)?;
     while listing.segments.len() >= 2
         && listing.segments[1] <= start
         && (mark.segment_base == NO_SEGMENT || listing.segments[0] < mark.segment_base)
