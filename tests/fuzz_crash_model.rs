@@ -32,11 +32,8 @@ fn seeded_programs_keep_the_invariants_of_the_crash_model() {
             (1..=cases).collect()
         }
     };
-    // A cargo-fuzz input (a crash artifact) replays as it is.
-    if let Some(path) = std::env::var_os("ANNAL_FUZZ_INPUT") {
-        let program = std::fs::read(&path).expect("ANNAL_FUZZ_INPUT: a readable file");
-        let run = body::run_program(&program);
-        eprintln!("{run:#?}");
+    // A cargo-fuzz input (a crash artifact) replays as it is, in the corpus test below.
+    if std::env::var_os("ANNAL_FUZZ_INPUT").is_some() {
         return;
     }
     let mut coverage = body::Coverage::default();
@@ -55,9 +52,19 @@ fn seeded_programs_keep_the_invariants_of_the_crash_model() {
     }
     // What the programs exercised (shown with --nocapture).
     eprintln!("{coverage:#?}");
-    let unordered =
-        body::DEAD_LETTERS_OUT_OF_OFFSET_ORDER.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("dead_letters() calls out of the documented (partition, offset) order: {unordered}");
     let races = body::RACES_TOLERATED.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("operations tried again after a deletion race (ANNAL_FUZZ_TOLERATE_DELETION_RACES): {races}");
+}
+
+/// The checked-in corpus (`fuzz/seeds/crash_model/`), each input run as cargo-fuzz runs it.
+/// `ANNAL_FUZZ_INPUT=<file>` runs one file instead (a crash artifact), and prints what it
+/// exercised.
+#[test]
+fn the_checked_in_corpus_keeps_the_invariants_of_the_crash_model() {
+    let coverage = std::sync::Mutex::new(body::Coverage::default());
+    common::corpus::replay("crash_model", "fuzz_crash_model", |program| {
+        let run = body::run_program(program);
+        coverage.lock().unwrap().add(&run);
+    });
+    eprintln!("{:#?}", coverage.lock().unwrap());
 }

@@ -18,6 +18,9 @@ use common::rng::XorShift;
 
 #[test]
 fn damage_to_any_file_is_reported_or_repaired_never_returned() {
+    if std::env::var_os("ANNAL_FUZZ_INPUT").is_some() {
+        return; // the corpus test runs it
+    }
     let seeds: Vec<u64> = match std::env::var("ANNAL_FUZZ_SEED") {
         Ok(seed) => vec![seed.parse().expect("a u64 seed")],
         Err(_) => {
@@ -46,4 +49,10 @@ fn damage_to_any_file_is_reported_or_repaired_never_returned() {
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// The checked-in corpus (`fuzz/seeds/decode_files/`); `ANNAL_FUZZ_INPUT=<file>` runs one file.
+#[test]
+fn the_checked_in_corpus_of_damages_is_reported_or_repaired() {
+    common::corpus::replay("decode_files", "fuzz_decode_files", body::check_damage);
 }

@@ -75,6 +75,9 @@ fn mutate(pristine: &[u8], rng: &mut XorShift) -> (Vec<u8>, &'static str) {
 
 #[test]
 fn recovery_of_mutated_journals_keeps_the_invariants_of_the_fuzz_target() {
+    if std::env::var_os("ANNAL_FUZZ_INPUT").is_some() {
+        return; // the corpus test runs it
+    }
     let pristine = body::template().records_area.clone();
     assert!(
         pristine.len() >= 8 * PAGE,
@@ -94,4 +97,15 @@ fn recovery_of_mutated_journals_keeps_the_invariants_of_the_fuzz_target() {
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// The checked-in corpus (`fuzz/seeds/recover_journal/`); `ANNAL_FUZZ_INPUT=<file>` runs one
+/// file.
+#[test]
+fn the_checked_in_corpus_of_journals_keeps_the_invariants() {
+    common::corpus::replay(
+        "recover_journal",
+        "fuzz_recover_journal",
+        body::check_records_area,
+    );
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod corpus;
 pub mod rng;
 pub mod segment_files;
 pub mod streams;

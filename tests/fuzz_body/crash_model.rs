@@ -647,11 +647,6 @@ fn starts(log: &Log) -> Vec<u64> {
         .collect()
 }
 
-/// How many `dead_letters()` calls listed letters out of the documented (partition, offset)
-/// order.
-pub static DEAD_LETTERS_OUT_OF_OFFSET_ORDER: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(0);
-
 /// The group's state as its API shows it, and each dead letter's count of parked events (in
 /// the order of `Observed::dead`).
 fn observe(group: &Group) -> (Observed, Vec<u64>) {
@@ -660,13 +655,13 @@ fn observe(group: &Group) -> (Observed, Vec<u64>) {
     sorted.sort();
     assert_eq!(retrying, sorted, "retrying keys in (partition, key) order");
     let letters = group.dead_letters().unwrap();
-    // Documented "in (partition, offset) order"; the engine lists them in (partition, key)
-    // order (`Cursors::all_held`): counted (`DEAD_LETTERS_OUT_OF_OFFSET_ORDER`), not failed; the
-    // comparisons below sort them by (partition, key).
+    // Documented "in (partition, offset) order"; the comparisons below sort them by
+    // (partition, key).
     let offsets: Vec<(u32, u64)> = letters.iter().map(|l| (l.partition, l.offset)).collect();
-    if !offsets.windows(2).all(|w| w[0] <= w[1]) {
-        DEAD_LETTERS_OUT_OF_OFFSET_ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "dead letters in (partition, offset) order: {offsets:?}"
+    );
     let mut dead: Vec<(DeadKey, u64)> = letters
         .iter()
         .map(|l| {
