@@ -56,9 +56,10 @@ struct SegmentCursor {
 }
 
 /// Where the reader's next record is (`Reader::advance`).
+/// Where the next record is: its frame's start and its ranges in it, and its index in the
+/// frame. The frame's header stays in `Reader::frame` (not copied per record).
 struct At {
     start: usize,
-    info: FrameInfo,
     ranges: frame::RecordRanges,
     index: u64,
 }
@@ -76,15 +77,16 @@ pub struct RecordRef<'m> {
     pub key: &'m [u8],
     pub payload: &'m [u8],
     frame: &'m [u8],
-    headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    headers: frame::HeaderRanges,
 }
 
 impl<'m> RecordRef<'m> {
     /// The headers, in the order they were given.
     pub fn headers(&self) -> impl Iterator<Item = (&'m [u8], &'m [u8])> + '_ {
+        let frame = self.frame;
         self.headers
-            .iter()
-            .map(|(name, value)| (&self.frame[name.clone()], &self.frame[value.clone()]))
+            .iter(frame)
+            .map(move |(name, value)| (&frame[name], &frame[value]))
     }
 }
 
@@ -122,11 +124,12 @@ impl Reader {
             return Ok(None);
         };
         let segment = self.segment.as_ref().expect("advance left the segment");
+        let frame = self.frame.as_ref().expect("advance left the frame");
         Ok(Some(Record::from_frame(
             self.partition.id,
             &segment.map,
             at.start,
-            &at.info,
+            &frame.info,
             at.ranges,
             at.index,
         )))
@@ -165,15 +168,16 @@ impl Reader {
             }
         };
         let segment = self.segment.as_ref().expect("advance left the segment");
-        let frame = &segment.map[at.start..at.start + at.info.frame_len as usize];
+        let info = &self.frame.as_ref().expect("advance left the frame").info;
+        let frame = &segment.map[at.start..at.start + info.frame_len as usize];
         Some(Ok(RecordRef {
             partition: self.partition.id,
-            offset: at.info.base_offset + at.index,
-            version: at.info.base_version + at.index,
-            global_position: at.info.global_position + at.index,
-            timestamp_ms: at.info.timestamp_ms,
+            offset: info.base_offset + at.index,
+            version: info.base_version + at.index,
+            global_position: info.global_position + at.index,
+            timestamp_ms: info.timestamp_ms,
             event_id: at.ranges.event_id,
-            key: &frame[at.info.key_range()],
+            key: &frame[info.key_range()],
             payload: &frame[at.ranges.payload.clone()],
             frame,
             headers: at.ranges.headers,
@@ -197,7 +201,6 @@ impl Reader {
                         self.next_offset = offset + 1;
                         return Ok(Some(At {
                             start,
-                            info: frame.info,
                             ranges,
                             index: offset - frame.info.base_offset,
                         }));

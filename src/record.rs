@@ -167,9 +167,10 @@ impl Record {
         let headers = if ranges.headers.is_empty() {
             Vec::new()
         } else {
+            let frame = &map[frame_start..];
             ranges
                 .headers
-                .into_iter()
+                .iter(frame)
                 .map(|(name, value)| Header {
                     name: at(name),
                     value: at(value),

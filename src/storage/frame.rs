@@ -416,9 +416,34 @@ impl Iterator for Chain<'_> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordRanges {
     pub event_id: Option<u128>,
-    /// (name, value) ranges.
-    pub headers: Vec<(Range<usize>, Range<usize>)>,
+    pub headers: HeaderRanges,
     pub payload: Range<usize>,
+}
+
+/// Where a record's headers lie in its frame: `count` (name, value) pairs from `start`,
+/// checked by [`RecordCursor::next_record`]. Kept as a place rather than a list, so that
+/// walking records allocates nothing; [`iter`](Self::iter) reads the pairs when asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeaderRanges {
+    start: usize,
+    count: u16,
+}
+
+impl HeaderRanges {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Each header's (name, value) ranges, relative to the frame's start; `frame` is the frame
+    /// `next_record` checked them in (a frame changed since ends the iteration early).
+    pub fn iter(self, frame: &[u8]) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+        let mut at = self.start;
+        (0..self.count).map_while(move |_| {
+            let name = length_prefixed(frame, &mut at, LengthPrefix::U16).ok()?;
+            let value = length_prefixed(frame, &mut at, LengthPrefix::U32).ok()?;
+            Some((name, value))
+        })
+    }
 }
 
 /// Walks the records of a frame whose header [`probe`] accepted.
@@ -462,12 +487,11 @@ impl RecordCursor {
             }
             _ => return Err(Damage::at(self.position, "unknown record attributes")),
         };
-        let header_count = read_u16(take(frame, &mut at, 2)?, 0) as usize;
-        let mut headers = Vec::with_capacity(header_count.min(64));
-        for _ in 0..header_count {
-            let name = length_prefixed(frame, &mut at, LengthPrefix::U16)?;
-            let value = length_prefixed(frame, &mut at, LengthPrefix::U32)?;
-            headers.push((name, value));
+        let count = read_u16(take(frame, &mut at, 2)?, 0);
+        let headers = HeaderRanges { start: at, count };
+        for _ in 0..count {
+            length_prefixed(frame, &mut at, LengthPrefix::U16)?;
+            length_prefixed(frame, &mut at, LengthPrefix::U32)?;
         }
         let payload = length_prefixed(frame, &mut at, LengthPrefix::U32)?;
         self.position = at;
@@ -572,10 +596,11 @@ mod tests {
         let mut cursor = RecordCursor::new(&info);
         let first = cursor.next_record(&buf).unwrap().unwrap();
         assert_eq!(&buf[first.payload.clone()], b"first");
-        assert_eq!(&buf[first.headers[0].0.clone()], b"type");
-        assert_eq!(&buf[first.headers[0].1.clone()], b"A");
+        let headers: Vec<_> = first.headers.iter(&buf).collect();
+        assert_eq!(&buf[headers[0].0.clone()], b"type");
+        assert_eq!(&buf[headers[0].1.clone()], b"A");
         let second = cursor.next_record(&buf).unwrap().unwrap();
-        assert_eq!(second.headers.len(), 2);
+        assert_eq!(second.headers.iter(&buf).count(), 2);
         assert!(second.payload.is_empty());
         let third = cursor.next_record(&buf).unwrap().unwrap();
         assert_eq!(&buf[third.payload], b"third");
