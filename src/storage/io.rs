@@ -5,6 +5,7 @@
 //! Reads go through memory maps (`segment.rs`) and plain `read_at`; they cannot make data less
 //! durable, so they are not part of the seam.
 
+use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -578,9 +579,21 @@ pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
     Ok(())
 }
 
+/// Directories whose entry this process made durable (it created them and synced their parent,
+/// or synced the parent of one it found): `create_dir_all_durable` syncs nothing more for them.
+static DURABLE_DIRS: parking_lot::Mutex<BTreeSet<PathBuf>> =
+    parking_lot::Mutex::new(BTreeSet::new());
+
 /// Creates a directory and any missing parents, and syncs the parent of each directory it
 /// created, so that the new directories survive a power loss.
+///
+/// A directory that exists already gets its parent synced too, once per process: its entry may
+/// be one that nothing made durable (an earlier call, or an earlier process, created it and
+/// then failed, or was killed, before the sync), and the caller is about to rely on it.
 pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> {
+    if dir.is_dir() && DURABLE_DIRS.lock().contains(dir) {
+        return Ok(());
+    }
     let mut missing = Vec::new();
     let mut at = Some(dir);
     while let Some(path) = at {
@@ -590,20 +603,33 @@ pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> 
         missing.push(path);
         at = path.parent();
     }
+    let missing_none = missing.is_empty();
     for path in missing.into_iter().rev() {
         match fs::create_dir(path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => continue,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {
+                // Made meanwhile by another thread or process: not known durable.
+                sync_dir(parent_of(path), faults)?;
+                continue;
+            }
             Err(e) => return Err(Error::io("create directory", path, e)),
         }
         record(faults, || simdisk::Op::MakeDir(path.to_owned()));
-        let parent = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        sync_dir(parent, faults)?;
+        sync_dir(parent_of(path), faults)?;
     }
+    if missing_none {
+        sync_dir(parent_of(dir), faults)?;
+    }
+    DURABLE_DIRS.lock().insert(dir.to_owned());
     Ok(())
+}
+
+/// The directory holding `path`'s entry (`.` for a relative name without a parent).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// Removes a file; a file that is already gone is not an error.
