@@ -465,6 +465,7 @@ impl RecordCursor {
     /// The next record's ranges, or `Ok(None)` after the last one. `frame` is the whole frame.
     /// An `Err` names the wrong byte relative to the frame's start; the caller adds the file and
     /// the frame's position ([`Error::corrupt`]).
+    #[inline]
     pub fn next_record(&mut self, frame: &[u8]) -> Result<Option<RecordRanges>, Damage> {
         if self.remaining == 0 {
             if self.position != frame.len() {
@@ -512,6 +513,7 @@ pub fn validate_records(frame: &[u8], info: &FrameInfo) -> Result<(), Damage> {
 
 /// The `len` bytes at `at`, which moves past them. Damage is reported at `at`: the field cut
 /// by the end of the frame.
+#[inline]
 fn take<'b>(bytes: &'b [u8], at: &mut usize, len: usize) -> Result<&'b [u8], Damage> {
     let start = *at;
     let end = start
@@ -535,6 +537,7 @@ enum LengthPrefix {
 /// A field stored as its length and then that many bytes: returns their range, and moves `at`
 /// past them. Damage is reported at the length: the bytes that promise more than the frame
 /// holds.
+#[inline]
 fn length_prefixed(
     bytes: &[u8],
     at: &mut usize,
