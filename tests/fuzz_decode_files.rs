@@ -27,7 +27,7 @@ fn damage_to_any_file_is_reported_or_repaired_never_returned() {
             let cases = std::env::var("ANNAL_FUZZ_CASES")
                 .ok()
                 .and_then(|n| n.parse().ok())
-                .unwrap_or(120u64);
+                .unwrap_or(2_000u64);
             (1..=cases).collect()
         }
     };
