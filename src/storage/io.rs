@@ -581,8 +581,11 @@ pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
 
 /// Directories whose entry this process made durable (it created them and synced their parent,
 /// or synced the parent of one it found): `create_dir_all_durable` syncs nothing more for them.
+/// Bounded (snapshots make one directory per key): when full it is emptied, and a directory
+/// met again costs one more sync of its parent.
 static DURABLE_DIRS: parking_lot::Mutex<BTreeSet<PathBuf>> =
     parking_lot::Mutex::new(BTreeSet::new());
+const DURABLE_DIRS_MAX: usize = 16_384;
 
 /// Creates a directory and any missing parents, and syncs the parent of each directory it
 /// created, so that the new directories survive a power loss.
@@ -620,7 +623,11 @@ pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> 
     if missing_none {
         sync_dir(parent_of(dir), faults)?;
     }
-    DURABLE_DIRS.lock().insert(dir.to_owned());
+    let mut durable = DURABLE_DIRS.lock();
+    if durable.len() >= DURABLE_DIRS_MAX {
+        durable.clear();
+    }
+    durable.insert(dir.to_owned());
     Ok(())
 }
 
