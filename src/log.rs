@@ -110,6 +110,14 @@ impl Log {
         let faults = options.fail_points.clone();
         io::create_dir_all_durable(&dir, &faults)?;
         let lock = meta::lock(&dir)?;
+        // A process killed between creating a directory here (a partition's, the snapshots
+        // directory, a key's snapshot directory) and syncing its parent left an entry that a
+        // power cut may still take: make every such entry durable before relying on it.
+        io::sync_dir(&dir, &faults)?;
+        let snapshots = dir.join(crate::stream::snapshot::SNAPSHOTS_DIR);
+        if snapshots.is_dir() {
+            io::sync_dir(&snapshots, &faults)?;
+        }
         let meta = match Meta::read(&dir, &faults)? {
             Some(meta) => {
                 if let Some(requested) = options.partitions {

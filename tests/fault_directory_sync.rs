@@ -10,6 +10,16 @@
 use annal::io::FailPoints;
 use annal::{Durability, Error, Log, Options};
 
+fn is_directory_sync(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Io {
+            op: "fsync directory",
+            ..
+        }
+    )
+}
+
 fn options(fail_points: &std::sync::Arc<FailPoints>) -> Options {
     Options::default()
         .partitions(1)
@@ -31,10 +41,13 @@ fn a_failed_sync_of_a_new_partition_directory_is_made_good_before_the_partition_
     // follows fails.
     fail_points.fail_syncs(1);
     let failed = log.append(b"key", b"event 0");
-    assert!(
-        matches!(failed, Err(Error::AppendFailed { .. })),
-        "{failed:?}"
-    );
+    match &failed {
+        Err(Error::AppendFailed { source, .. }) => assert!(
+            is_directory_sync(source),
+            "the failed sync is the log directory's: {source:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
     fail_points.clear_failures();
     let mut acked = Vec::new();
     for n in 1..=20u32 {
@@ -62,5 +75,62 @@ fn a_failed_sync_of_a_new_partition_directory_is_made_good_before_the_partition_
         assert_eq!(found, acked, "seed {seed}");
         reopened.close().unwrap();
         std::fs::remove_dir_all(&image).unwrap();
+    }
+}
+
+/// The same for the snapshots directory, the parent of each key's snapshot directory: when the
+/// sync after creating it failed, a later save must not rely on finding it.
+#[test]
+fn a_failed_sync_of_the_new_snapshots_directory_is_made_good_before_a_snapshot_is_saved() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    std::fs::create_dir(&dir).unwrap();
+    let fail_points = FailPoints::new();
+    let log = Log::open(&dir, options(&fail_points)).unwrap();
+    for n in 0..5u32 {
+        log.append(b"key", format!("event {n}").as_bytes()).unwrap();
+    }
+    fail_points.record_crashes(&dir);
+    fail_points.fail_syncs(1);
+    let failed = log.save_snapshot(b"key", 3, b"state at 3").unwrap_err();
+    assert!(is_directory_sync(&failed), "{failed:?}");
+    fail_points.clear_failures();
+    log.save_snapshot(b"key", 4, b"state at 4").unwrap();
+    let instant = fail_points.recorded_ops();
+    for seed in 0..40 {
+        let image = root.path().join(format!("image-{seed}"));
+        fail_points.crash_image(instant, &image, seed).unwrap();
+        // The image holds what the recording saw of the log directory: the snapshots only;
+        // the log itself was durable before the recording started, so it is copied in.
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let target = image.join(entry.file_name());
+            if !target.exists() && entry.file_name() != "snapshots" {
+                copy_tree(&entry.path(), &target);
+            }
+        }
+        let reopened = Log::open(&image, Options::default().partitions(1)).unwrap();
+        let (snapshot, rest) = reopened.load(b"key").unwrap();
+        let snapshot = snapshot.unwrap_or_else(|| panic!("seed {seed}: the snapshot is lost"));
+        assert_eq!(
+            (snapshot.version, &snapshot.state[..]),
+            (4, &b"state at 4"[..])
+        );
+        assert!(rest.is_empty(), "seed {seed}");
+        reopened.close().unwrap();
+        std::fs::remove_dir_all(&image).unwrap();
+    }
+    log.close().unwrap();
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else if !from.ends_with("annal.lock") {
+        std::fs::copy(from, to).unwrap();
     }
 }

@@ -2,10 +2,11 @@
 //! set_len, preallocate, rename, directory sync) goes through this module, so that tests can
 //! inject failures here and nowhere else.
 //!
-//! Reads go through memory maps (`segment.rs`) and plain `read_at`; they cannot make data less
-//! durable, so they are not part of the seam.
+//! Segments and the journal are read through memory maps (`segment.rs`). The small files read
+//! with `read` calls that open and recovery depend on (`annal.meta`, start files, segment
+//! headers, snapshots) go through [`read_prefix`], so that tests can make them fail; index files
+//! and key tables (derived data) are read directly.
 
-use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -579,24 +580,15 @@ pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
     Ok(())
 }
 
-/// Directories whose entry this process made durable (it created them and synced their parent,
-/// or synced the parent of one it found): `create_dir_all_durable` syncs nothing more for them.
-/// Bounded (snapshots make one directory per key): when full it is emptied, and a directory
-/// met again costs one more sync of its parent.
-static DURABLE_DIRS: parking_lot::Mutex<BTreeSet<PathBuf>> =
-    parking_lot::Mutex::new(BTreeSet::new());
-const DURABLE_DIRS_MAX: usize = 16_384;
-
 /// Creates a directory and any missing parents, and syncs the parent of each directory it
 /// created, so that the new directories survive a power loss.
 ///
-/// A directory that exists already gets its parent synced too, once per process: its entry may
-/// be one that nothing made durable (an earlier call, or an earlier process, created it and
-/// then failed, or was killed, before the sync), and the caller is about to rely on it.
+/// When a sync fails, the directories this call created are removed again (they are empty), so
+/// that the next call creates them and syncs their parents again instead of finding them there
+/// and relying on entries that a power cut may take. (A directory left by a process killed
+/// between its creation and the sync is made durable by `Log::open`, which syncs the log
+/// directory and the snapshots directory.)
 pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> {
-    if dir.is_dir() && DURABLE_DIRS.lock().contains(dir) {
-        return Ok(());
-    }
     let mut missing = Vec::new();
     let mut at = Some(dir);
     while let Some(path) = at {
@@ -606,29 +598,34 @@ pub(crate) fn create_dir_all_durable(dir: &Path, faults: &Faults) -> Result<()> 
         missing.push(path);
         at = path.parent();
     }
-    let missing_none = missing.is_empty();
+    let mut created: Vec<&Path> = Vec::new();
     for path in missing.into_iter().rev() {
         match fs::create_dir(path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {
-                // Made meanwhile by another thread or process: not known durable.
-                sync_dir(parent_of(path), faults)?;
-                continue;
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => continue,
+            Err(e) => {
+                remove_created(&created, faults);
+                return Err(Error::io("create directory", path, e));
             }
-            Err(e) => return Err(Error::io("create directory", path, e)),
         }
         record(faults, || simdisk::Op::MakeDir(path.to_owned()));
-        sync_dir(parent_of(path), faults)?;
+        created.push(path);
+        if let Err(e) = sync_dir(parent_of(path), faults) {
+            remove_created(&created, faults);
+            return Err(e);
+        }
     }
-    if missing_none {
-        sync_dir(parent_of(dir), faults)?;
-    }
-    let mut durable = DURABLE_DIRS.lock();
-    if durable.len() >= DURABLE_DIRS_MAX {
-        durable.clear();
-    }
-    durable.insert(dir.to_owned());
     Ok(())
+}
+
+/// Removes the empty directories `created` made, the deepest first (best effort: one that
+/// cannot be removed stays, as after a crash).
+fn remove_created(created: &[&Path], faults: &Faults) {
+    for path in created.iter().rev() {
+        if fs::remove_dir(path).is_ok() {
+            record(faults, || simdisk::Op::Remove(path.to_path_buf()));
+        }
+    }
 }
 
 /// The directory holding `path`'s entry (`.` for a relative name without a parent).

@@ -25,6 +25,8 @@ pub(super) fn check_partition(
     mark: PartitionMark,
     faults: &io::Faults,
 ) -> Result<()> {
+    // A start file that cannot be read refuses the open here, before anything changes.
+    segment::read_start(&partition_dir(dir, id, user_partitions), faults)?;
     if mark.segment_base == NO_SEGMENT {
         return Ok(());
     }
