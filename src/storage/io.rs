@@ -4,7 +4,7 @@
 //!
 //! Segments and the journal are read through memory maps (`segment.rs`). The small files read
 //! with `read` calls that open and recovery depend on (`annal.meta`, start files, segment
-//! headers, snapshots) go through [`read_prefix`], so that tests can make them fail; index files
+//! headers, snapshots) go through `read_prefix`, so that tests can make them fail; index files
 //! and key tables (derived data) are read directly.
 
 use std::fs::{self, OpenOptions};
