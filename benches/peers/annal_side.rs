@@ -81,7 +81,9 @@ pub fn replay(events: u64, duration: Duration) -> f64 {
 /// Workload 8: a log of `events` (written in batches), drained by one member of a new
 /// consumer group per repetition, committing every `BATCH_EVENTS` events, each commit durable
 /// (`Durability::Sync`) before the next poll.
-pub fn drain(events: u64, duration: Duration, pipelined: bool) -> f64 {
+/// `in_flight` commits are queued with `commit_pipelined` before the oldest is waited for (0:
+/// each commit blocks).
+pub fn drain(events: u64, duration: Duration, in_flight_max: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), Durability::Buffered);
     let keys = common::keys();
@@ -100,7 +102,7 @@ pub fn drain(events: u64, duration: Duration, pipelined: bool) -> f64 {
         let mut consumer = group.join().expect("join");
         let mut count = 0u64;
         let mut bytes = 0usize;
-        let mut in_flight: Option<annal::Ticket> = None;
+        let mut in_flight: std::collections::VecDeque<annal::Ticket> = Default::default();
         while count < events {
             let batch = consumer
                 .poll(BATCH_EVENTS, Duration::from_millis(100))
@@ -109,18 +111,19 @@ pub fn drain(events: u64, duration: Duration, pipelined: bool) -> f64 {
                 bytes += delivery.record.payload.len();
             }
             count += batch.len() as u64;
-            if pipelined {
-                // The next batch is read while this commit's sync is in flight; the one
-                // before is waited for first, so one commit is in flight at a time.
-                if let Some(ticket) = in_flight.take() {
-                    ticket.wait().expect("commit");
+            if in_flight_max > 0 {
+                // The next batches are read while commits' syncs are in flight; the oldest
+                // is waited for once `in_flight_max` are.
+                if in_flight.len() == in_flight_max {
+                    let oldest = in_flight.pop_front().expect("one in flight");
+                    oldest.wait().expect("commit");
                 }
-                in_flight = consumer.commit_pipelined(&batch).expect("commit");
+                in_flight.extend(consumer.commit_pipelined(&batch).expect("commit"));
             } else {
                 consumer.commit(&batch).expect("commit");
             }
         }
-        if let Some(ticket) = in_flight {
+        for ticket in in_flight {
             ticket.wait().expect("commit");
         }
         std::hint::black_box(bytes);
