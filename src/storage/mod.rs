@@ -6,10 +6,11 @@
 //! path (`crate::write`) decides when to write and sync, readers decide what to read.
 
 pub(crate) mod codec;
+#[doc(hidden)]
+pub(crate) mod faults;
 pub(crate) mod frame;
 pub(crate) mod hash;
 pub(crate) mod index;
-#[doc(hidden)]
 pub mod io;
 pub(crate) mod journal;
 pub(crate) mod meta;
