@@ -406,6 +406,39 @@ fn interest_based_retention_waits_for_commits_to_be_durable() {
     );
 }
 
+/// Bug (found by review): a group's first commit, whose fsync failed, counted for interest-based
+/// retention: with no visible record of the group, only its in-memory commit was taken, and the
+/// segments it settled were deleted although a crash would bring the group back at 0.
+#[test]
+fn interest_based_retention_waits_for_a_new_groups_first_commit_to_be_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail_points = annal::io::FailPoints::new();
+    let options = options()
+        .durability(Durability::Sync)
+        .retention_until_consumed(true)
+        .fail_points(fail_points.clone());
+    let log = Log::open(dir.path(), options).unwrap();
+    let batch: Vec<annal::Event<'_>> = (0..50).map(|_| annal::Event::new(&EVENT[..])).collect();
+    for i in 0..80 {
+        log.append_batch(format!("key-{}", i % 5).as_bytes(), &batch)
+            .unwrap();
+    }
+    let group = log.group("new").unwrap();
+    let mut consumer = group.join().unwrap();
+    let all = consumer.poll(10_000, Duration::from_millis(100)).unwrap();
+    assert!(!all.is_empty());
+    fail_points.fail_syncs(1);
+    let ticket = consumer.commit_pipelined(&all).unwrap().expect("a commit");
+    assert!(ticket.wait().is_err());
+    assert!(group.committed()[0] > 0, "committed in memory");
+    log.enforce_retention().unwrap();
+    assert_eq!(
+        log.start_offset(0).unwrap(),
+        0,
+        "deleted what only the group's lost first commit had settled"
+    );
+}
+
 /// Bug (found by the crash model, seed 358 of `ANNAL_FUZZ_CASES=400`): a key held for a retry
 /// whose events retention all deleted, and whose versions then started again at 0, was delivered
 /// out of order: its hold moved to the first event at or above the old head's version (v2 of

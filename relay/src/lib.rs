@@ -4,9 +4,12 @@
 //!
 //! The relay is a member of a consumer group of the log (default `relay`). It polls a batch,
 //! publishes its events with their acknowledgements in flight (bounded), waits for every
-//! `PubAck`, and only then commits the batch: a crash of the relay, of the application or of the
-//! broker loses nothing, and what was published but not committed is published again after a
-//! restart, under the same message ids, so the broker drops it.
+//! `PubAck`, and only then commits the batch: a crash of the relay or of the application loses
+//! nothing, and what was published but not committed is published again after a restart, under
+//! the same message ids, so the broker drops it. A broker that loses messages it acknowledged
+//! (NATS does not fsync each one by default) loses them from the stream; and on a log that is not
+//! `Sync`, events a power cut takes from the log may already be in the stream (both in
+//! `docs/durability.md`).
 //!
 //! **Subjects.** Each event goes to `<prefix>.<partition>`: a key always routes to one partition,
 //! so a subscriber of one subject (or of `<prefix>.>`) sees each key's events in order, and the

@@ -112,8 +112,12 @@ impl Groups {
             // lower of it and the group's visible record counts, so that a crash cannot take a
             // commit that a deletion relied on (under `Sync`, visible records are durable).
             count(&committed);
-            if let Some((record, false)) = state::load_record(groups, &state.key, partitions)? {
-                count(&record);
+            match state::load_record(groups, &state.key, partitions)? {
+                Some((record, false)) => count(&record),
+                Some((_, true)) => {}
+                // No visible record yet: a crash would bring the group back with nothing
+                // committed, so it needs everything.
+                None => count(&Cursors::new(partitions)),
             }
         }
         for (name, deleted) in on_disk {
