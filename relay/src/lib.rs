@@ -15,8 +15,9 @@
 //! so a subscriber of one subject (or of `<prefix>.>`) sees each key's events in order, and the
 //! number of subjects stays bounded (a subject per key would grow JetStream's subject index with
 //! every aggregate). The key, partition, offset, version, global position and timestamp travel
-//! as headers (`Annal-Key`, ...), with the event's own headers; bytes a NATS header cannot hold
-//! are written as `%XX`.
+//! as headers (`Annal-Key`, ...), and the event's own headers as `Annal-Header-<name>` (so that
+//! an event header never replaces one of these, nor is acted on by JetStream as a `Nats-`
+//! header would be); bytes a NATS header cannot hold are written as `%XX`.
 //!
 //! **Deduplication ids.** `annal-<log created ms>-<partition>-<offset>`, or `annal-id-<event id>`
 //! for events appended with an id: the id of an event never changes, so a republish is a
@@ -42,6 +43,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// The prefix of an event's own headers in its message: `Annal-Header-<name>`.
+pub const EVENT_HEADER_PREFIX: &str = "Annal-Header-";
 
 use annal::{Delivery, Log};
 use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind};
@@ -343,9 +347,11 @@ impl<'l> Relay<'l> {
             "Annal-Timestamp-Ms",
             record.timestamp_ms.to_string().as_str(),
         );
+        // The event's own headers, under a prefix of their own: a name such as `Annal-Key` or
+        // `Nats-Rollup` must neither replace the relay's headers nor be acted on by JetStream.
         for header in &record.headers {
-            headers.insert(
-                escape_name(&header.name).as_str(),
+            headers.append(
+                format!("{EVENT_HEADER_PREFIX}{}", escape_name(&header.name)).as_str(),
                 escape(&header.value).as_str(),
             );
         }

@@ -452,3 +452,60 @@ fn sigterm_stops_the_relay_cleanly_and_a_restart_resumes_from_its_cursor() {
     );
     check(&read_back(&url, 40_000), &log_dir, 40_000);
 }
+
+/// Bug (found by review): an event's own headers went to the broker under their own names, so
+/// a header called `Annal-Key` replaced the relay's, a `Nats-` header was acted on by JetStream
+/// (`Nats-Expected-Stream: other` made the broker refuse the event). They now travel as
+/// `Annal-Header-<name>`.
+#[test]
+fn event_headers_travel_under_their_own_prefix() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("nats"));
+    create_stream(&server.url());
+    let log = Log::open(
+        root.path().join("log"),
+        Options::default().durability(Durability::Sync),
+    )
+    .unwrap();
+    let event = annal::Event::new(b"payload")
+        .header("Annal-Key", "spoofed")
+        .header("Nats-Expected-Stream", "another-stream")
+        .header("type", "A");
+    log.append_to(b"the-key", annal::Expected::Any, &[event])
+        .unwrap();
+    // Stopped after 20 s if it never catches up (a refused publish is retried forever).
+    let relay = Relay::connect(&log, RelayConfig::new(&server.url(), STREAM, PREFIX)).unwrap();
+    let group = log.group("relay").unwrap();
+    let stop = AtomicBool::new(false);
+    let caught_up = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let result = relay.run(&stop, |_| group.lag().iter().all(|&l| l == 0));
+        stop.store(true, Ordering::Relaxed);
+        result.is_ok() && group.lag().iter().all(|&l| l == 0)
+    });
+    assert!(caught_up, "the event was not relayed");
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let stream = jetstream.get_stream(STREAM).await.unwrap();
+        let message = stream.get_raw_message(1).await.unwrap();
+        let headers = message.headers;
+        let all = |name: &str| -> Vec<String> {
+            headers
+                .get_all(name)
+                .map(|v| v.as_str().to_owned())
+                .collect()
+        };
+        assert_eq!(all("Annal-Key"), ["the-key"]);
+        assert_eq!(all("Annal-Header-Annal-Key"), ["spoofed"]);
+        assert_eq!(all("Annal-Header-Nats-Expected-Stream"), ["another-stream"]);
+        assert_eq!(all("Annal-Header-type"), ["A"]);
+    });
+    log.close().unwrap();
+}
