@@ -32,6 +32,11 @@ pub const PADDING_ROOM: u64 = JOURNAL_ALIGN + frame::PADDING_LEN_MIN as u64;
 /// kilobytes while a busy one calls `fallocate` rarely.
 pub const PREALLOCATE_STEP_MIN: u64 = 64 << 10;
 pub const PREALLOCATE_STEP_MAX: u64 = 8 << 20;
+/// Writeback of a segment's new data is started (`sync_file_range`) once this much is written
+/// since it was last started, so that the checkpoint's sync finds little left to write. Not per
+/// round: under `Sync` each small round would add a disk write of its own beside the journal's
+/// (a lone `Sync` producer went from 8.5k–9.1k to 9.2k–10.1k appends/s without them).
+pub const WRITEBACK_STEP: u64 = 1 << 20;
 
 /// The segment being written.
 pub(crate) struct Active {
@@ -47,6 +52,8 @@ pub(crate) struct Active {
     visible_position: u64,
     /// Data up to here is synced (by a checkpoint or a roll).
     synced_position: u64,
+    /// Writeback of the data up to here is started or done.
+    writeback_position: u64,
     synced_end: u64,
     /// Entries of frames written but not yet visible.
     new_entries: Vec<IndexEntry>,
@@ -83,6 +90,7 @@ impl Active {
             written_end: resumed.end,
             visible_position: resumed.position,
             synced_position: resumed.position,
+            writeback_position: resumed.position,
             synced_end: resumed.end,
             new_entries: Vec::new(),
             unpersisted_entries: Vec::new(),
@@ -274,9 +282,14 @@ impl Lane {
             .data
             .write_all_vectored_at(slices, active.written_position)
             .map_err(Fault::Poison)?;
-        // Segments are synced only at checkpoints; starting their writeback now spreads the
-        // disk's work over the lap instead of stalling the writer at the checkpoint.
-        active.data.start_writeback(active.written_position, len);
+        // Segments are synced only at checkpoints; starting their writeback as they fill
+        // spreads the disk's work over the lap instead of stalling the writer at the checkpoint.
+        if end - active.writeback_position >= WRITEBACK_STEP {
+            active
+                .data
+                .start_writeback(active.writeback_position, end - active.writeback_position);
+            active.writeback_position = end;
+        }
         active.written_position = end;
         active.written_end = self.written_end;
         if end > active.segment.mapped_len() as u64 {
@@ -296,6 +309,7 @@ impl Lane {
         let next = self.next.take().expect("reserved before writing");
         old.data.sync_data().map_err(Fault::Poison)?;
         old.synced_position = old.written_position;
+        old.writeback_position = old.written_position;
         old.synced_end = old.written_end;
         flush_entries(&mut old);
         persist_index(&mut old);
@@ -358,6 +372,7 @@ impl Lane {
             }
             active.data.sync_data().map_err(Fault::Poison)?;
             active.synced_position = active.written_position;
+            active.writeback_position = active.written_position;
             active.synced_end = active.written_end;
             flush_entries(active);
             persist_index(active);
