@@ -6,6 +6,7 @@
 //! once, as one journal record. Because assignment and queueing happen under the same lock, the
 //! order of offsets, of global positions and of the journal are one and the same.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -243,6 +244,9 @@ pub(crate) struct Sequencer {
     pub work: Condvar,
     /// Appenders wait here for room.
     pub space: Condvar,
+    /// Counts the appends that wanted the writer (`work` is notified only while it waits
+    /// there): a writer spinning for work, with the lock released, watches it.
+    pub wanted: AtomicU64,
     config: Arc<Config>,
 }
 
@@ -277,6 +281,7 @@ impl Sequencer {
             }),
             work: Condvar::new(),
             space: Condvar::new(),
+            wanted: AtomicU64::new(0),
             config,
         }
     }
@@ -592,8 +597,11 @@ impl Sequencer {
         } else {
             first || pending.frame_bytes() >= self.config.write_batch_bytes()
         };
-        if pending.writer_waiting && wanted {
-            self.work.notify_one();
+        if wanted {
+            self.wanted.fetch_add(1, Ordering::Release);
+            if pending.writer_waiting {
+                self.work.notify_one();
+            }
         }
         Ok(queued)
     }

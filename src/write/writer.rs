@@ -15,8 +15,11 @@
 //!   kept and retried with backoff while new appends are refused: offsets handed out are final.
 //! - a failed fsync, or a failed write after the journal record: the log is poisoned.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::MutexGuard;
 
 use crate::error::{Error, LostRange};
 use crate::options::Durability;
@@ -24,6 +27,7 @@ use crate::storage::journal::{Checkpoint, ENTRY_TAG_LEN, RECORD_HEADER_LEN};
 use crate::write::active::{Demand, Fault, Lane};
 use crate::write::journal::JournalWriter;
 use crate::write::sequencer::{QueuedFrame, Refusal};
+use crate::write::ticket::SPIN_PAUSES;
 use crate::write::Shared;
 
 /// The longest a `Sync` round waits to gather the appenders of the previous round.
@@ -31,6 +35,10 @@ pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);
 /// Gathering starts only after a round of at least this many frames: with fewer appenders,
 /// waiting for them costs more than the fsyncs it saves.
 pub const GATHER_FRAMES_MIN: usize = 4;
+/// How long the writer spins for the next append before it sleeps, after a round of fewer than
+/// `GATHER_FRAMES_MIN` appends under `Sync`: a lone appender comes back within microseconds, and
+/// waking a sleeping writer costs tens of them on a virtual machine.
+pub const WRITER_SPIN: Duration = Duration::from_micros(50);
 /// A stalled round is retried after this long at first...
 pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// ... doubling up to this.
@@ -162,6 +170,7 @@ impl Writer {
         });
         pending.gather_target = gather.map_or(1, |(target, _)| target);
         let mut interval_due = false;
+        let mut spun = false;
         loop {
             if pending.flush_requested > self.flush_done || pending.closing {
                 break;
@@ -207,6 +216,27 @@ impl Writer {
                     break;
                 }
                 deadline = Some(deadline.map_or(sync_at, |d: Instant| d.min(sync_at)));
+            }
+            if !spun
+                && sync_mode
+                && self.last_round_frames < GATHER_FRAMES_MIN
+                && self.stall.is_none()
+            {
+                // Spin once, with the lock released, then look again under it (an append, a
+                // flush or a close may have come meanwhile without waking anyone).
+                spun = true;
+                let seen = shared.sequencer.wanted.load(Ordering::Acquire);
+                let until = now + WRITER_SPIN;
+                MutexGuard::unlocked(&mut pending, || {
+                    while shared.sequencer.wanted.load(Ordering::Acquire) == seen
+                        && Instant::now() < until
+                    {
+                        for _ in 0..SPIN_PAUSES {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+                continue;
             }
             pending.writer_waiting = true;
             match deadline {
@@ -269,6 +299,7 @@ impl Writer {
     /// Writes the round, syncs if asked, publishes. `Err` means the log is poisoned.
     fn commit_round(&mut self, round: &Round) -> Result<(), ()> {
         let sync = self.wants_sync(round);
+        let sync_mode = self.shared.config.durability == Durability::Sync;
         self.last_round_frames = self.frames.len() - self.written_frames;
         let mut failed_sync_round = None;
         match self.write_frames() {
@@ -301,6 +332,13 @@ impl Writer {
                 return Err(());
             }
             self.last_sync = started.elapsed();
+            // A lone appender's ticket may spin through the next round's fsync.
+            let lone = sync_mode && self.last_round_frames < GATHER_FRAMES_MIN;
+            self.shared.progress.set_spin(if lone {
+                self.last_sync * 2
+            } else {
+                Duration::ZERO
+            });
             self.durable_journal = self.written_journal;
             for lane in &mut self.lanes {
                 lane.durable_end = lane.written_end();
