@@ -7,6 +7,12 @@ mod cli_support;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+/// Held by each test from writing its executables to running them. Files just written are open
+/// for writing until closed, and a child forked meanwhile by the other test holds that
+/// descriptor until it execs: running the file then fails with "Text file busy" (ETXTBSY),
+/// which failed this file once in a full `cargo test` run.
+static EXECUTABLES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A copy of `annal` in a directory of its own, with `relay` (if given) as its `annal-relay`.
 fn annal_alone(relay: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -22,6 +28,7 @@ fn annal_alone(relay: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
 
 #[test]
 fn the_arguments_and_the_exit_code_are_the_relay_programs() {
+    let _turn = EXECUTABLES.lock().unwrap_or_else(|e| e.into_inner());
     let (_dir, annal) = annal_alone(Some("#!/bin/sh\necho \"relay got: $*\"\nexit 7\n"));
     let out = Command::new(&annal)
         .args(["relay", "data", "--to", "nats://x:1", "--help", "-v"])
@@ -36,6 +43,7 @@ fn the_arguments_and_the_exit_code_are_the_relay_programs() {
 
 #[test]
 fn without_the_relay_program_it_says_how_to_build_it() {
+    let _turn = EXECUTABLES.lock().unwrap_or_else(|e| e.into_inner());
     let (_dir, annal) = annal_alone(None);
     let out = Command::new(&annal)
         .args(["relay", "data", "--to", "nats://x:1"])
