@@ -41,6 +41,13 @@ pub(crate) enum Op {
         path: PathBuf,
         len: u64,
     },
+    /// A write made durable on its own (`RWF_DSYNC`): its bytes are durable at once, the
+    /// file's other pending writes stay pending.
+    WriteDurable {
+        path: PathBuf,
+        position: u64,
+        bytes: Vec<u8>,
+    },
     Sync(PathBuf),
     /// A sync of the file that failed. The kernel may have written any part of the pending
     /// writes, and it marks the pages clean whatever it did ("fsyncgate": Linux since 4.13
@@ -164,6 +171,28 @@ pub(crate) fn crash_image(ops: &[Op], base: &Path, image: &Path, seed: u64) -> s
                     }
                 }
             }
+            Op::WriteDurable {
+                path,
+                position,
+                bytes,
+            } => {
+                if let Some(Entry::File(id)) = names.get(path) {
+                    let file = &mut files[*id];
+                    let end = position + bytes.len() as u64;
+                    file.len = file.len.max(end);
+                    // Earlier pending writes no longer decide these bytes: whatever became of
+                    // them, this write is what the disk holds there now.
+                    file.pending = std::mem::take(&mut file.pending)
+                        .into_iter()
+                        .flat_map(|pending| outside(pending, *position, end))
+                        .collect();
+                    let durable = Pending::Write {
+                        position: *position,
+                        bytes: bytes.clone(),
+                    };
+                    apply(&mut file.durable, &durable, usize::MAX);
+                }
+            }
             Op::Sync(path) => {
                 if let Some(Entry::File(id)) = names.get(path) {
                     let file = &mut files[*id];
@@ -204,6 +233,37 @@ pub(crate) fn crash_image(ops: &[Op], base: &Path, image: &Path, seed: u64) -> s
     }
     std::fs::create_dir_all(image)?;
     write_dir(base, base, image, &dirs, &files, &mut rng)
+}
+
+/// What of a pending operation lies outside the bytes `[start, end)`. A length change is kept
+/// whole unless it would cut into them, which no caller of durable writes does.
+fn outside(pending: Pending, start: u64, end: u64) -> Vec<Pending> {
+    match pending {
+        Pending::Write { position, bytes } => {
+            let write_end = position + bytes.len() as u64;
+            if write_end <= start || position >= end {
+                return vec![Pending::Write { position, bytes }];
+            }
+            let mut pieces = Vec::new();
+            if position < start {
+                pieces.push(Pending::Write {
+                    position,
+                    bytes: bytes[..(start - position) as usize].to_vec(),
+                });
+            }
+            if write_end > end {
+                pieces.push(Pending::Write {
+                    position: end,
+                    bytes: bytes[(end - position) as usize..].to_vec(),
+                });
+            }
+            pieces
+        }
+        Pending::SetLen(len) => {
+            debug_assert!(len >= end, "a pending cut into bytes written durably");
+            vec![Pending::SetLen(len)]
+        }
+    }
 }
 
 /// Applies one pending operation, a write cut to `keep` bytes.
@@ -294,4 +354,53 @@ fn write_dir(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A durable write is in every image, over whatever earlier pending writes left there; the
+    /// file's other pending writes stay a seeded choice.
+    #[test]
+    fn a_durable_write_survives_every_cut_and_settles_nothing_else() {
+        let base = tempfile::tempdir().unwrap();
+        let file = base.path().join("f");
+        let ops = vec![
+            Op::Create(file.clone()),
+            Op::SyncDir(base.path().to_owned()),
+            Op::Write {
+                path: file.clone(),
+                position: 0,
+                bytes: vec![1; 1024],
+            },
+            Op::WriteDurable {
+                path: file.clone(),
+                position: 512,
+                bytes: vec![2; 512],
+            },
+            Op::Write {
+                path: file.clone(),
+                position: 2048,
+                bytes: vec![3; 512],
+            },
+        ];
+        let mut kept_before = 0;
+        let mut kept_after = 0;
+        for seed in 0..64 {
+            let image = tempfile::tempdir().unwrap();
+            crash_image(&ops, base.path(), image.path(), seed).unwrap();
+            let bytes = std::fs::read(image.path().join("f")).unwrap();
+            assert!(bytes.len() >= 1024, "seed {seed}: {} bytes", bytes.len());
+            assert!(bytes[512..1024].iter().all(|&b| b == 2), "seed {seed}");
+            assert!(
+                bytes[..512].iter().all(|&b| b == 0 || b == 1),
+                "seed {seed}"
+            );
+            kept_before += usize::from(bytes[0] == 1);
+            kept_after += usize::from(bytes.len() > 2048 && bytes[2048] == 3);
+        }
+        assert!(kept_before > 0 && kept_before < 64, "{kept_before} of 64");
+        assert!(kept_after > 0 && kept_after < 64, "{kept_after} of 64");
+    }
 }

@@ -190,8 +190,12 @@ impl JournalWriter {
             self.position
         };
         let bytes = checkpoint.encode();
-        self.file.write_all_at(&bytes, checkpoint.slot_position())?;
-        self.file.sync_data()?;
+        // Only the slot needs syncing: the records before it are covered by the checkpoint
+        // (their frames are synced in the segments), and the records after it are synced by
+        // the rounds that need them. So a `Buffered` log's journal pages reach the disk only
+        // when a flush or the kernel writes them back (docs/design.md).
+        self.file
+            .write_durable_at(&bytes, checkpoint.slot_position())?;
         self.epoch = checkpoint.number;
         if wrap {
             // A new lap may grow the journal again, if the disk has room by now.

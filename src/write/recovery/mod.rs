@@ -228,7 +228,10 @@ pub(crate) fn recover(
             next_sequence: scan.next_sequence,
             epoch: checkpoint.number,
             file_len: journal_bytes.len() as u64,
-            writeback_ahead: config.durability != crate::options::Durability::Sync,
+            // Under `Interval` the journal is synced soon, and starting its writeback early
+            // keeps that sync short; under `Buffered` it is synced only by a flush, and its
+            // pages are rewritten every lap: writing them back would double the disk's work.
+            writeback_ahead: matches!(config.durability, crate::options::Durability::Interval(_)),
         },
         &config.faults,
         counters.clone(),
