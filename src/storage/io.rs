@@ -126,14 +126,8 @@ impl File {
 
     /// Writes all of `bytes` at `position`.
     pub fn write_all_at(&self, bytes: &[u8], position: u64) -> Result<()> {
-        if let Some(faults) = &self.faults {
-            let extends = position + bytes.len() as u64 > self.len_for_faults();
-            let short = faults
-                .check_write(extends)
-                .map_err(|e| Error::io("write", &self.path, e))?;
-            if short {
-                return self.write_short(bytes, position);
-            }
+        if self.injected_short_write(bytes.len(), position)? {
+            return self.write_short(bytes, position);
         }
         self.write_recorded(bytes, position)
     }
@@ -155,14 +149,8 @@ impl File {
     /// that lie apart in memory, instead of copying them together first.
     pub fn write_all_vectored_at(&self, slices: &[&[u8]], position: u64) -> Result<()> {
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        if let Some(faults) = &self.faults {
-            let extends = position + total as u64 > self.len_for_faults();
-            let short = faults
-                .check_write(extends)
-                .map_err(|e| Error::io("write", &self.path, e))?;
-            if short {
-                return self.write_short(&slices.concat(), position);
-            }
+        if self.injected_short_write(total, position)? {
+            return self.write_short(&slices.concat(), position);
         }
         let io_error = |e: io::Error| Error::io("write", &self.path, e);
         // The next slice to write, and how much of it is written already.
@@ -225,14 +213,10 @@ impl File {
     ///
     /// A failure leaves the bytes' durability unknown, as a failed sync does.
     pub fn write_durable_at(&self, bytes: &[u8], position: u64) -> Result<()> {
+        if self.injected_short_write(bytes.len(), position)? {
+            return self.write_short(bytes, position);
+        }
         if let Some(faults) = &self.faults {
-            let extends = position + bytes.len() as u64 > self.len_for_faults();
-            let short = faults
-                .check_write(extends)
-                .map_err(|e| Error::io("write", &self.path, e))?;
-            if short {
-                return self.write_short(bytes, position);
-            }
             if let Err(e) = faults.check_sync() {
                 // The bytes reached the page cache; making them durable failed.
                 self.write_recorded(bytes, position)?;
@@ -284,6 +268,18 @@ impl File {
             done += written as usize;
         }
         Ok(())
+    }
+
+    /// Asks the fail points about a write of `len` bytes at `position`: an injected failure
+    /// (a full disk only for a write that extends the file), or `true` for a short write.
+    fn injected_short_write(&self, len: usize, position: u64) -> Result<bool> {
+        let Some(faults) = &self.faults else {
+            return Ok(false);
+        };
+        let extends = position + len as u64 > self.len_for_faults();
+        faults
+            .check_write(extends)
+            .map_err(|e| Error::io("write", &self.path, e))
     }
 
     /// An injected short write: the first half of `bytes` is written (and recorded), then the

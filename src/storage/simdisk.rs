@@ -85,6 +85,29 @@ struct FileState {
     len: u64,
 }
 
+impl FileState {
+    /// A write, pending or (`durable`) on stable storage at once.
+    fn write(&mut self, position: u64, bytes: &[u8], durable: bool) {
+        let end = position + bytes.len() as u64;
+        self.len = self.len.max(end);
+        let write = Pending::Write {
+            position,
+            bytes: bytes.to_vec(),
+        };
+        if !durable {
+            self.pending.push(write);
+            return;
+        }
+        // Earlier pending writes no longer decide these bytes: whatever became of them, this
+        // write is what the disk holds there now.
+        self.pending = std::mem::take(&mut self.pending)
+            .into_iter()
+            .flat_map(|pending| outside(pending, position, end))
+            .collect();
+        apply(&mut self.durable, &write, usize::MAX);
+    }
+}
+
 /// Names under each directory, as the last directory sync left them and as changed since.
 #[derive(Default)]
 struct DirState {
@@ -148,12 +171,7 @@ pub(crate) fn crash_image(ops: &[Op], base: &Path, image: &Path, seed: u64) -> s
                 bytes,
             } => {
                 if let Some(Entry::File(id)) = names.get(path) {
-                    let file = &mut files[*id];
-                    file.len = file.len.max(position + bytes.len() as u64);
-                    file.pending.push(Pending::Write {
-                        position: *position,
-                        bytes: bytes.clone(),
-                    });
+                    files[*id].write(*position, bytes, false);
                 }
             }
             Op::SetLen { path, len } => {
@@ -177,20 +195,7 @@ pub(crate) fn crash_image(ops: &[Op], base: &Path, image: &Path, seed: u64) -> s
                 bytes,
             } => {
                 if let Some(Entry::File(id)) = names.get(path) {
-                    let file = &mut files[*id];
-                    let end = position + bytes.len() as u64;
-                    file.len = file.len.max(end);
-                    // Earlier pending writes no longer decide these bytes: whatever became of
-                    // them, this write is what the disk holds there now.
-                    file.pending = std::mem::take(&mut file.pending)
-                        .into_iter()
-                        .flat_map(|pending| outside(pending, *position, end))
-                        .collect();
-                    let durable = Pending::Write {
-                        position: *position,
-                        bytes: bytes.clone(),
-                    };
-                    apply(&mut file.durable, &durable, usize::MAX);
+                    files[*id].write(*position, bytes, true);
                 }
             }
             Op::Sync(path) => {
