@@ -43,10 +43,10 @@ const IOV_MAX: usize = 1024;
 /// Most bytes one `pwritev` of [`File::write_all_vectored_at`] carries. The page cache sizes a
 /// write's new folios by the write's length: a 2 MiB write into new blocks takes folios of up
 /// to 2 MiB, which come from the allocator's large free blocks, and on the development VM the
-/// copy into them ran at about 1.2 GB/s, against 2.5 GB/s in calls of at most 64 KiB (the
-/// buffered batch rows went from 2.5M to 3.6M events/s, 1 and 4 producers; see
-/// `docs/design.md`, "Writing segments in 64 KiB calls").
-const WRITE_CALL_BYTES_MAX: usize = 64 << 10;
+/// copy into them ran at about 1.2 GB/s, against 2.5 GB/s in calls of at most 64 KiB. Calls of
+/// 128 KiB to 512 KiB measured alike on buffered batches and pipelined appends; 64 KiB cost
+/// pipelined appends about 5% (`docs/design.md`, "Writing segments in calls of at most 256 KiB").
+const WRITE_CALL_BYTES_MAX: usize = 256 << 10;
 
 /// Where failures are injected from: nothing in production.
 pub(crate) type Faults = Option<Arc<FailPoints>>;
