@@ -439,19 +439,15 @@ fn interest_based_retention_waits_for_a_new_groups_first_commit_to_be_durable() 
     );
 }
 
-/// Bug (found by the crash model, seed 358 of `ANNAL_FUZZ_CASES=400`): a key held for a retry
-/// whose events retention all deleted, and whose versions then started again at 0, was delivered
-/// out of order: its hold moved to the first event at or above the old head's version (v2 of
-/// the new history), so the retry delivered v2 before the reader delivered v0 and v1.
-#[test]
-fn a_held_key_whose_history_expired_and_started_again_is_delivered_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = || {
-        options()
-            .retention_bytes_max(128 << 10)
-            .durability(Durability::Sync)
-    };
-    let log = Log::open(dir.path(), opts()).unwrap();
+/// Options for the retry tests: `Sync`, at most 128 KiB kept.
+fn retry_options() -> Options {
+    options()
+        .retention_bytes_max(128 << 10)
+        .durability(Durability::Sync)
+}
+
+/// Group "g" of `log`, retrying at once, up to 5 attempts.
+fn retrying_group(log: &Log) -> annal::Group {
     let group = log.group("g").unwrap();
     group
         .set_retry_policy(annal::RetryPolicy {
@@ -460,6 +456,37 @@ fn a_held_key_whose_history_expired_and_started_again_is_delivered_in_order() {
             backoff_max: Duration::ZERO,
         })
         .unwrap();
+    group
+}
+
+/// Polls and commits until `count` events of the key "held" came; returns their versions.
+fn held_versions(consumer: &mut annal::Consumer, count: usize, only_new: bool) -> Vec<u64> {
+    let mut versions = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while versions.len() < count && Instant::now() < deadline {
+        let batch = match consumer.poll(2_000, Duration::from_millis(10)) {
+            Err(Error::EventsExpired { .. }) => continue,
+            other => other.unwrap(),
+        };
+        for d in &batch.deliveries {
+            if &d.record.key[..] == b"held" && !(only_new && consumer.is_held(d)) {
+                versions.push(d.record.version);
+            }
+        }
+        consumer.commit(&batch).unwrap();
+    }
+    versions
+}
+
+/// Bug (found by the crash model, seed 358 of `ANNAL_FUZZ_CASES=400`): a key held for a retry
+/// whose events retention all deleted, and whose versions then started again at 0, was delivered
+/// out of order: its hold moved to the first event at or above the old head's version (v2 of
+/// the new history), so the retry delivered v2 before the reader delivered v0 and v1.
+#[test]
+fn a_held_key_whose_history_expired_and_started_again_is_delivered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), retry_options()).unwrap();
+    let group = retrying_group(&log);
     for _ in 0..4 {
         log.append(b"held", &EVENT[..]).unwrap();
     }
@@ -478,26 +505,56 @@ fn a_held_key_whose_history_expired_and_started_again_is_delivered_in_order() {
     drop(group);
     log.close().unwrap();
     // Reopened, the key has no history: its versions start again at 0.
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open(dir.path(), retry_options()).unwrap();
     assert_eq!(log.last_version(b"held").unwrap(), None);
     for v in 0..4 {
         assert_eq!(log.append(b"held", &EVENT[..]).unwrap().version, v);
     }
     let group = log.group("g").unwrap();
     let mut consumer = group.join().unwrap();
-    let mut versions = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while versions.len() < 4 && Instant::now() < deadline {
-        let batch = match consumer.poll(2_000, Duration::from_millis(10)) {
-            Err(Error::EventsExpired { .. }) => continue,
-            other => other.unwrap(),
-        };
-        for d in &batch.deliveries {
-            if &d.record.key[..] == b"held" && !consumer.is_held(d) {
-                versions.push(d.record.version);
-            }
-        }
-        consumer.commit(&batch).unwrap();
-    }
+    let versions = held_versions(&mut consumer, 4, true);
     assert_eq!(versions, [0, 1, 2, 3], "the new history, in order, once");
+}
+
+/// Bug (found by the crash model once the write path got faster): a retry delivered a held
+/// key's head, and retention deleted the key's next version before the commit. The commit looked
+/// for that version, found nothing, and let the key go as if it had no events left, although it
+/// had later ones. It now holds the key at its first event left, as a poll does for a head below
+/// the start.
+#[test]
+fn a_retried_key_whose_next_version_expired_before_the_commit_stays_held_at_its_first_event_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), retry_options()).unwrap();
+    let group = retrying_group(&log);
+    for _ in 0..3 {
+        log.append(b"held", &EVENT[..]).unwrap();
+    }
+    // v0 fails: the key is held at v0, with v1 and v2 behind it.
+    let mut consumer = group.join().unwrap();
+    let batch = consumer.poll(10, Duration::from_millis(10)).unwrap();
+    assert_eq!(batch.deliveries.len(), 3);
+    consumer.nack(&batch.deliveries[0], "fails").unwrap();
+    consumer.commit(&batch).unwrap();
+    // The retry delivers v0 alone (a poll of one event) and it succeeds...
+    let retry = consumer.poll(1, Duration::from_millis(10)).unwrap();
+    assert_eq!(retry.deliveries.len(), 1);
+    assert_eq!(&retry.deliveries[0].record.key[..], b"held");
+    assert_eq!(retry.deliveries[0].record.version, 0);
+    // ... but before its commit, v1 and v2 expire; the key gets later events.
+    append(&log, 300);
+    for _ in 0..2 {
+        log.append(b"held", &EVENT[..]).unwrap();
+    }
+    log.enforce_retention().unwrap();
+    let start = log.start_offset(0).unwrap();
+    assert!(start > 2, "v1 and v2 deleted (start {start})");
+    consumer.commit(&retry).unwrap();
+    let retrying = group.retrying();
+    assert_eq!(
+        retrying,
+        [(0, b"held".to_vec(), 0)],
+        "held at its first event left"
+    );
+    // v3 and v4 come once each, in order, after whatever the reader meets first.
+    assert_eq!(held_versions(&mut consumer, 2, false), [3, 4]);
 }

@@ -362,23 +362,13 @@ impl Consumer {
                 .map(|(key, _)| key.clone())
                 .collect();
             for key in below {
-                // The key's first event at or above the start, whatever its version: the
-                // events below the head were below the start too, so it is the first one after
-                // the head, or, when retention deleted every event of the key and its versions
-                // started again at 0, the first of its new history (taking the first at or
-                // above the head's version would deliver that history out of order).
-                let mut reached = false;
-                let first = crate::stream::read::key_records(partition, &key, 0, |r| {
-                    let more = !reached;
-                    reached |= r.offset >= start;
-                    more
-                })?;
+                let first = retry::first_left(partition, &key, start)?;
                 let held = inner.committed.held_mut(p);
-                match first.iter().find(|r| r.offset >= start) {
-                    Some(record) => {
+                match first {
+                    Some((offset, version)) => {
                         let h = held.get_mut(&key).expect("listed above");
-                        h.offset = record.offset;
-                        h.version = record.version;
+                        h.offset = offset;
+                        h.version = version;
                     }
                     None => {
                         held.remove(&key);

@@ -107,10 +107,33 @@ pub(super) fn failed(
     }
 }
 
+/// The key's first event at or above `start` (offset, version), whatever its version: the
+/// head of a key whose held events retention deleted. Its events below the start are gone, so
+/// this is the first one after them, or, when retention deleted every event of the key and its
+/// versions started again at 0, the first of its new history (taking the first at or above the
+/// head's version would deliver that history out of order).
+pub(super) fn first_left(
+    partition: &Partition,
+    key: &[u8],
+    start: u64,
+) -> Result<Option<(u64, u64)>> {
+    let mut reached = false;
+    let records = crate::stream::read::key_records(partition, key, 0, |r| {
+        let more = !reached;
+        reached |= r.offset >= start;
+        more
+    })?;
+    Ok(records
+        .iter()
+        .find(|r| r.offset >= start)
+        .map(|r| (r.offset, r.version)))
+}
+
 /// Moves a held key on once a retry delivered its events through `through` (a version, at
 /// offset `through_offset`) and none failed: held at the next version, due now, if that event
-/// is visible; otherwise only the events delivered ahead of the group's end stay passed by
-/// (the reader has yet to reach them), until the end passes them (`Cursors::sweep`).
+/// is visible; held at its first event left if retention deleted the next version meanwhile;
+/// otherwise only the events delivered ahead of the group's end stay passed by (the reader has
+/// yet to reach them), until the end passes them (`Cursors::sweep`).
 pub(super) fn move_on(
     partition: &Partition,
     held: &mut std::collections::HashMap<Vec<u8>, Held>,
@@ -120,8 +143,16 @@ pub(super) fn move_on(
     let (through, through_offset) = through;
     let version = through + 1;
     let ahead = held.get(key).map_or(0, |h| h.ahead).max(through_offset + 1);
-    let next = match crate::stream::read::version_offset(partition, key, version)? {
-        Some(offset) => Held {
+    let mut next_event = crate::stream::read::version_offset(partition, key, version)?
+        .map(|offset| (offset, version));
+    let start = partition.start();
+    if next_event.is_none() && through_offset + 1 < start {
+        // Retention may have deleted the next version since the retry delivered the ones
+        // before it (found by the crash model: the key was dropped with events left).
+        next_event = first_left(partition, key, start)?;
+    }
+    let next = match next_event {
+        Some((offset, version)) => Held {
             offset,
             version,
             attempts: 0,
