@@ -36,7 +36,7 @@ pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);
 /// waiting for them costs more than the fsyncs it saves.
 pub const GATHER_FRAMES_MIN: usize = 4;
 /// How long the writer spins for the next append before it sleeps, after a round of fewer than
-/// `GATHER_FRAMES_MIN` appends under `Sync`: a lone appender comes back within microseconds, and
+/// `GATHER_FRAMES_MIN` frames under `Sync`: a lone appender comes back within microseconds, and
 /// waking a sleeping writer costs tens of them on a virtual machine.
 pub const WRITER_SPIN: Duration = Duration::from_micros(50);
 /// A stalled round is retried after this long at first...
