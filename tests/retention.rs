@@ -63,8 +63,9 @@ fn a_bytes_limit_deletes_the_oldest_segments_and_reads_below_the_start_are_error
     let (files_before, _) = segment_files(dir.path(), "p0000");
     let report = log.enforce_retention().unwrap();
     let start = log.start_offset(0).unwrap();
-    assert!(report.segments_deleted > 0, "{report:?}");
-    assert_eq!(report.starts, [start]);
+    // The background runs (after rolls) may have deleted every segment the limit lets go
+    // before this call: then it deletes none, and the start says what went.
+    assert_eq!(report.starts, [start], "{report:?}");
     assert!(start > 0 && start < end);
     let (files_after, bytes_after) = segment_files(dir.path(), "p0000");
     // The background runs may have deleted some first.
@@ -367,22 +368,28 @@ fn the_groups_partition_is_never_deleted() {
     assert_eq!(log.group("g").unwrap().committed(), [2_000]);
 }
 
-/// A commit not yet durable does not count: its fsync fails here (the log is poisoned), so the
-/// group's durable cursor stays where it was, and nothing it still needs may go.
-#[test]
-fn interest_based_retention_waits_for_commits_to_be_durable() {
-    let dir = tempfile::tempdir().unwrap();
+/// A `Sync` log with interest-based retention and fail points, holding 80 batches of 50 events.
+fn interest_log(dir: &std::path::Path) -> (Log, std::sync::Arc<annal::io::FailPoints>) {
     let fail_points = annal::io::FailPoints::new();
     let options = options()
         .durability(Durability::Sync)
         .retention_until_consumed(true)
         .fail_points(fail_points.clone());
-    let log = Log::open(dir.path(), options).unwrap();
+    let log = Log::open(dir, options).unwrap();
     let batch: Vec<annal::Event<'_>> = (0..50).map(|_| annal::Event::new(&EVENT[..])).collect();
     for i in 0..80 {
         log.append_batch(format!("key-{}", i % 5).as_bytes(), &batch)
             .unwrap();
     }
+    (log, fail_points)
+}
+
+/// A commit not yet durable does not count: its fsync fails here (the log is poisoned), so the
+/// group's durable cursor stays where it was, and nothing it still needs may go.
+#[test]
+fn interest_based_retention_waits_for_commits_to_be_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, fail_points) = interest_log(dir.path());
     let group = log.group("g").unwrap();
     let mut consumer = group.join().unwrap();
     let first = consumer.poll(1_000, Duration::from_millis(100)).unwrap();
@@ -412,17 +419,7 @@ fn interest_based_retention_waits_for_commits_to_be_durable() {
 #[test]
 fn interest_based_retention_waits_for_a_new_groups_first_commit_to_be_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let fail_points = annal::io::FailPoints::new();
-    let options = options()
-        .durability(Durability::Sync)
-        .retention_until_consumed(true)
-        .fail_points(fail_points.clone());
-    let log = Log::open(dir.path(), options).unwrap();
-    let batch: Vec<annal::Event<'_>> = (0..50).map(|_| annal::Event::new(&EVENT[..])).collect();
-    for i in 0..80 {
-        log.append_batch(format!("key-{}", i % 5).as_bytes(), &batch)
-            .unwrap();
-    }
+    let (log, fail_points) = interest_log(dir.path());
     let group = log.group("new").unwrap();
     let mut consumer = group.join().unwrap();
     let all = consumer.poll(10_000, Duration::from_millis(100)).unwrap();
