@@ -64,3 +64,18 @@ fn stats_of_a_missing_directory_fails_in_one_line() {
     let missing = root.path().join("missing");
     annal(&["stats".as_ref(), missing.as_os_str()]).expect_error("does not exist");
 }
+
+#[test]
+fn stats_of_a_partition_whose_start_file_is_damaged_fails_and_names_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (starts, ends) = retained_log(root.path(), 1, 3_000, 3);
+    let dir = root.path().display().to_string();
+    let json = annal(&["stats", &dir, "--json"]).expect_ok();
+    let stats: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(stats["per_partition"][0]["start_offset"], starts[0]);
+    assert_eq!(stats["events"], ends[0] - starts[0]);
+
+    let path = root.path().join("p0000").join("start");
+    flip_byte(&path, 3);
+    annal(&["stats", &dir]).expect_error("the start file fails its checksum");
+}

@@ -238,21 +238,7 @@ fn a_flipped_byte_in_the_groups_partition_is_reported() {
 #[test]
 fn a_log_that_retention_shortened_verifies_and_a_bad_start_file_is_reported() {
     let root = tempfile::tempdir().unwrap();
-    let options = annal::Options::default()
-        .partitions(1)
-        .durability(annal::Durability::Buffered)
-        .segment_bytes(64 << 10)
-        .journal_bytes(1 << 20)
-        .retention_bytes_max(128 << 10);
-    let log = annal::Log::open(root.path(), options).unwrap();
-    for i in 0..3_000u32 {
-        log.append(format!("k{}", i % 3).as_bytes(), &[1u8; 1000][..])
-            .unwrap();
-    }
-    log.flush().unwrap();
-    log.enforce_retention().unwrap();
-    assert!(log.start_offset(0).unwrap() > 0);
-    log.close().unwrap();
+    retained_log(root.path(), 1, 3_000, 3);
     let out = annal(&["verify".as_ref(), root.path().as_os_str()]).expect_ok();
     assert!(!out.contains("missing"), "{out}");
     let start = root.path().join("p0000").join("start");

@@ -139,6 +139,37 @@ pub fn sample_log(dir: &Path) {
     log.close().unwrap();
 }
 
+/// A closed log of `partitions` partitions whose retention (128 KiB per partition, 64 KiB
+/// segments) deleted its first segments: 1,000-byte events, event i under key `k{i % keys}`.
+/// Returns each partition's start and end, read after the close (background retention may
+/// delete more until then).
+pub fn retained_log(dir: &Path, partitions: u32, events: u32, keys: u32) -> (Vec<u64>, Vec<u64>) {
+    let options = Options::default()
+        .partitions(partitions)
+        .durability(Durability::Buffered)
+        .segment_bytes(64 << 10)
+        .journal_bytes(1 << 20)
+        .retention_bytes_max(128 << 10);
+    let log = Log::open(dir, options).unwrap();
+    for i in 0..events {
+        log.append(format!("k{}", i % keys).as_bytes(), &[1u8; 1000][..])
+            .unwrap();
+    }
+    log.flush().unwrap();
+    log.enforce_retention().unwrap();
+    log.close().unwrap();
+    let log = Log::open(dir, Options::default()).unwrap();
+    let starts: Vec<u64> = (0..partitions)
+        .map(|p| log.start_offset(p).unwrap())
+        .collect();
+    let ends: Vec<u64> = (0..partitions)
+        .map(|p| log.end_offset(p).unwrap())
+        .collect();
+    assert!(starts.iter().all(|&s| s > 0), "retention deleted nothing");
+    log.close().unwrap();
+    (starts, ends)
+}
+
 /// The files of a partition with this suffix, in name order.
 pub fn files(dir: &Path, partition: u32, suffix: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(format!("p{partition:04}")))

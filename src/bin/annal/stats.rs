@@ -163,9 +163,15 @@ fn partition_stats(log: &LogDir, partition: u32) -> Result<PartitionStats, Failu
     }
     let bases = layout::list_segments(&dir)?;
     stats.segments = bases.len() as u64;
+    // A damaged start file is reported, not read as 0: the events count would then include
+    // offsets that retention deleted (the log itself refuses to open).
     stats.start_offset = crate::disk::partition::start_offset(&dir)
-        .ok()
-        .flatten()
+        .map_err(|reason| {
+            Failure::message(format!(
+                "{}: the start file {reason} (annal verify lists what else is damaged)",
+                dir.join(crate::disk::partition::START_FILE).display()
+            ))
+        })?
         .unwrap_or(0);
     for (i, &base) in bases.iter().enumerate() {
         let path = layout::segment_file(&dir, base, SEGMENT_SUFFIX);
