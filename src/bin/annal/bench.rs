@@ -308,8 +308,17 @@ fn drive(log: &Log, args: &BenchArgs) -> Result<Measured, Failure> {
         (histograms, flushed, seconds, consumed)
     });
     bar.finish_and_clear();
+    // The group was the bench's own: a log given with --dir keeps no trace of it (a group left
+    // behind would list, and hold with retention by interest, whatever is appended later).
+    let deleted = group.map(|group| {
+        let name = group.name().to_owned();
+        drop(group);
+        log.delete_group(&name)
+            .map_err(|e| Failure::annal("delete the bench's consumer group", e))
+    });
     flushed.map_err(|e| Failure::annal("flush", e))?;
     let consumed = consumed.transpose()?;
+    deleted.transpose()?;
     let mut latency = new_histogram();
     for histogram in histograms {
         latency
