@@ -80,14 +80,7 @@ fn a_key_dumps_its_events_in_version_order_through_the_key_tables() {
     let run = annal(&["dump", &dir, "--key", &key, "--from", "10", "--json"]);
     assert!(run.stderr.is_empty(), "{}", run.stderr);
     let out = run.expect_ok();
-    let versions: Vec<u64> = out
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["version"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let versions: Vec<u64> = json_u64s(&out, "version");
     let expected: Vec<u64> = (10..SAMPLE_EVENTS / SAMPLE_KEYS).collect();
     assert_eq!(versions, expected);
 }

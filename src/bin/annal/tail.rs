@@ -11,6 +11,10 @@
 //! writer's process knows where the acknowledged end is. An event printed here whose writer
 //! crashes before that fsync is cut by recovery. Telling the acknowledged end to other
 //! processes needs the engine (the same wake-ups would carry it).
+//!
+//! In global order, a position that no partition's files hold is either deleted by retention or
+//! not visible yet. The merge goes past it when it is known deleted: every partition has a later
+//! record, or the journal's checkpoint in force says it was written (`disk/journal.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -132,12 +136,20 @@ impl Source {
 
 /// Every partition merged into the log's global order, as `annal::GlobalReader` does: the
 /// next record is the one at the next global position. When that position is not visible yet
-/// in its partition, the merge stops there rather than skip it.
+/// in its partition, the merge stops there rather than skip it. A position is known to be in
+/// no file (retention deleted it) when every partition has a record past it, or when the
+/// checkpoint in force says it was written before (`disk::journal`): then the merge goes on
+/// from the next position left.
 struct GlobalMerge {
     cursors: Vec<PartitionCursor>,
     /// The next record of each partition, once read.
     heads: Vec<Option<Row>>,
     next_global: u64,
+    dir: std::path::PathBuf,
+    partitions: u32,
+    /// Every position below this was in the segment files at the last look at the journal's
+    /// checkpoint.
+    written_end: u64,
 }
 
 impl GlobalMerge {
@@ -149,6 +161,9 @@ impl GlobalMerge {
             heads: vec![None; cursors.len()],
             cursors,
             next_global: from_global,
+            dir: log.dir.clone(),
+            partitions: log.meta.partitions,
+            written_end: 0,
         })
     }
 
@@ -171,12 +186,16 @@ impl GlobalMerge {
                 .is_some_and(|row| row.global_position == self.next_global)
         });
         let Some(p) = at else {
-            // Every partition has a head and none is at the next position: it is in no file
-            // (retention deleted it), since each partition's files hold their positions in
-            // order. Go on from the lowest head.
-            if self.heads.iter().all(Option::is_some) {
-                let lowest = self.heads.iter().flatten().map(|r| r.global_position).min();
-                if let Some(lowest) = lowest.filter(|&l| l > self.next_global) {
+            // No head is at the next position. It is in no file (retention deleted it) if every
+            // partition has a head (each partition's files hold their positions in order), or
+            // if it was written before the checkpoint in force (a partition without a head may
+            // have had no events at all). Then go on from the lowest head; otherwise it may not
+            // be visible yet: stop here.
+            let lowest = self.heads.iter().flatten().map(|r| r.global_position).min();
+            if let Some(lowest) = lowest.filter(|&l| l > self.next_global) {
+                if self.heads.iter().all(Option::is_some)
+                    || self.written_before(self.next_global)?
+                {
                     self.next_global = lowest;
                     return self.take_head();
                 }
@@ -187,6 +206,20 @@ impl GlobalMerge {
         self.next_global += 1;
         self.heads[p] = self.read_head(p)?;
         Ok(row)
+    }
+
+    /// True if the checkpoint in force says `position` was written to its segment; the
+    /// journal is read again only when the last look did not say so.
+    fn written_before(&mut self, position: u64) -> Result<bool, Failure> {
+        if position >= self.written_end {
+            let journal = self.dir.join(crate::disk::layout::JOURNAL_FILE);
+            if let Some(checkpoint) = crate::disk::journal::checkpoint(&self.dir, self.partitions)
+                .map_err(|e| Failure::io("read", &journal, e))?
+            {
+                self.written_end = self.written_end.max(checkpoint.global_end);
+            }
+        }
+        Ok(position < self.written_end)
     }
 
     /// The partition's next record at or past the next global position.

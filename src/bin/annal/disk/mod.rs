@@ -17,6 +17,7 @@ pub mod frame;
 pub mod groups;
 pub mod headers;
 pub mod index;
+pub mod journal;
 pub mod keys;
 pub mod layout;
 pub mod partition;
