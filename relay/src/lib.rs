@@ -105,6 +105,10 @@ pub enum RelayError {
     Connect { url: String, reason: String },
     /// The stream does not exist on the broker.
     StreamMissing { stream: String },
+    /// The broker refused a publish because the stream's last message is not the one the
+    /// relay expected before it (`Nats-Expected-Last-Msg-Id`): the relay reads the stream's
+    /// last id and publishes again from there.
+    OutOfOrder { reason: String },
     /// The broker refused a request for another reason.
     Broker { reason: String },
     /// A publish could not be handed to the connection within the timeout (the connection is
@@ -124,6 +128,9 @@ impl std::fmt::Display for RelayError {
                 "the stream {stream} does not exist on the broker (create it with the \
                  subjects <prefix>.>)"
             ),
+            RelayError::OutOfOrder { reason } => {
+                write!(f, "the broker refused a publish out of order: {reason}")
+            }
             RelayError::Broker { reason } => write!(f, "the broker refused: {reason}"),
             RelayError::Disconnected => write!(f, "the connection to the broker is down"),
             RelayError::Runtime(error) => write!(f, "cannot start the relay's runtime: {error}"),
@@ -223,8 +230,7 @@ impl<'l> Relay<'l> {
                                 *self.jetstream.lock() = jetstream;
                             }
                         }
-                        if matches!(&error, RelayError::Broker { reason } if reason.contains("wrong last"))
-                        {
+                        if matches!(error, RelayError::OutOfOrder { .. }) {
                             // The stream's last message is not the predecessor expected: take
                             // the one it has (see the crate's documentation on order).
                             if let Ok(last) = self.runtime.block_on(self.stream_last_id()) {
@@ -427,7 +433,7 @@ fn publish_error(
         PublishErrorKind::StreamNotFound => RelayError::Broker {
             reason: format!("no responders for the stream {}", config.stream),
         },
-        PublishErrorKind::WrongLastMessageId => RelayError::Broker {
+        PublishErrorKind::WrongLastMessageId => RelayError::OutOfOrder {
             reason: format!("wrong last message id: {error}"),
         },
         _ => RelayError::Broker {

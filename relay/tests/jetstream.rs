@@ -1,14 +1,15 @@
 //! The relay against a real NATS server with JetStream (`nats-server`, 2.9 as Debian ships it;
 //! `.ci/run` installs it): 100,000 events relayed and read back in order per key with nothing
 //! missing; the relay killed with SIGKILL at random moments and restarted, nothing missing and
-//! no duplicate left in the stream; the broker stopped and started again under load; a stream
-//! that does not exist; a broker that never answers. Every server and relay process started
+//! no duplicate left in the stream; the broker stopped and started again under load; another
+//! publisher's message in the stream between two runs; a stream that does not exist; a broker
+//! that never answers. Every server and relay process started
 //! here is stopped by its PID when its test ends, and by the kernel if the test process is
 //! killed (`die_with_parent`).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -244,20 +245,31 @@ fn relay_until_caught_up(log: &Log, config: RelayConfig) -> annal_relay::RelaySt
         .unwrap()
 }
 
-#[test]
-fn relays_100000_events_in_order_per_key_with_nothing_missing() {
-    let root = tempfile::tempdir().unwrap();
-    let server = Server::start(&root.path().join("nats"));
+/// A broker with the stream, and a `Buffered` log in `root/log` holding `events` events over
+/// `keys` keys (flushed): the start of most tests here.
+fn broker_and_log(
+    root: &Path,
+    events: u64,
+    keys: u64,
+) -> (Server, PathBuf, Log, BTreeMap<String, u64>) {
+    let server = Server::start(&root.join("nats"));
     create_stream(&server.url());
-    let log_dir = root.path().join("log");
+    let log_dir = root.join("log");
     let log = Log::open(
         &log_dir,
         Options::default().durability(Durability::Buffered),
     )
     .unwrap();
     let mut versions = BTreeMap::new();
-    append(&log, 100_000, 500, &mut versions);
+    append(&log, events, keys, &mut versions);
     log.flush().unwrap();
+    (server, log_dir, log, versions)
+}
+
+#[test]
+fn relays_100000_events_in_order_per_key_with_nothing_missing() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, log_dir, log, _) = broker_and_log(root.path(), 100_000, 500);
     let started = Instant::now();
     let stats = relay_until_caught_up(&log, RelayConfig::new(&server.url(), STREAM, PREFIX));
     let seconds = started.elapsed().as_secs_f64();
@@ -507,5 +519,72 @@ fn event_headers_travel_under_their_own_prefix() {
         assert_eq!(all("Annal-Header-Nats-Expected-Stream"), ["another-stream"]);
         assert_eq!(all("Annal-Header-type"), ["A"]);
     });
+    log.close().unwrap();
+}
+
+#[test]
+fn a_message_from_another_publisher_is_taken_as_the_predecessor_and_the_relay_goes_on() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, log_dir, log, mut versions) = broker_and_log(root.path(), 1_000, 50);
+    let relay = Relay::connect(&log, RelayConfig::new(&server.url(), STREAM, PREFIX)).unwrap();
+    let group = log.group("relay").unwrap();
+    let stop = AtomicBool::new(false);
+    let group = &group;
+    let until_caught_up = |deadline: Instant| {
+        move |_: &annal_relay::RelayStats| {
+            group.lag().iter().all(|&l| l == 0) || Instant::now() > deadline
+        }
+    };
+    let first = relay
+        .run(
+            &stop,
+            until_caught_up(Instant::now() + Duration::from_secs(60)),
+        )
+        .unwrap();
+    assert_eq!(first.relayed, 1_000);
+    // Another publisher stores a message: the relay's next publish names a predecessor that is
+    // no longer the stream's last message, and the broker refuses it.
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "another-publisher-1");
+        headers.insert("Annal-Key", "foreign");
+        headers.insert("Annal-Version", "0");
+        jetstream
+            .publish_with_headers(
+                format!("{PREFIX}.foreign"),
+                headers,
+                payload_of("foreign", 0).into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    append(&log, 1_000, 50, &mut versions);
+    log.flush().unwrap();
+    // A watchdog stops the run if it never catches up: its retries do not look at `done`.
+    let (finished, watched) = std::sync::mpsc::channel::<()>();
+    let second = std::thread::scope(|scope| {
+        let stop = &stop;
+        scope.spawn(move || {
+            let waited = watched.recv_timeout(Duration::from_secs(90));
+            if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        let second = relay.run(
+            stop,
+            until_caught_up(Instant::now() + Duration::from_secs(60)),
+        );
+        drop(finished);
+        second
+    })
+    .unwrap();
+    assert!(group.lag().iter().all(|&l| l == 0), "caught up: {second:?}");
+    assert_eq!(second.relayed, 1_000);
+    assert!(second.retries >= 1, "the refusal was met: {second:?}");
+    check(&read_back(&server.url(), 2_001), &log_dir, 2_001);
     log.close().unwrap();
 }
