@@ -53,6 +53,8 @@ pub(crate) struct Config {
     pub user_partitions: u32,
     pub key_bytes_max: u32,
     pub retention: crate::options::Retention,
+    /// Under `Sync`: spin briefly for a lone appender (`Options::spin_wait`).
+    pub spin_wait: bool,
 }
 
 impl Config {
@@ -79,6 +81,7 @@ impl Config {
             user_partitions,
             key_bytes_max: options.key_bytes_max,
             retention: options.retention,
+            spin_wait: options.spin_wait,
         }
     }
 
@@ -138,6 +141,7 @@ pub(crate) struct Counters {
     pub data_syncs: AtomicU64,
     pub segments_rolled: AtomicU64,
     pub checkpoints: AtomicU64,
+    pub spins: AtomicU64,
 }
 
 impl Counters {
@@ -152,6 +156,7 @@ impl Counters {
             data_syncs: self.data_syncs.load(Relaxed),
             segments_rolled: self.segments_rolled.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
+            spins: self.spins.load(Relaxed),
         }
     }
 }
@@ -171,6 +176,9 @@ pub struct Stats {
     pub segments_rolled: u64,
     /// Checkpoints recorded (each syncs the segments written since the previous one).
     pub checkpoints: u64,
+    /// Times the writer spun for a lone `Sync` appender's next append instead of sleeping at
+    /// once (see [`Options::spin_wait`](crate::Options::spin_wait)).
+    pub spins: u64,
 }
 
 impl Stats {
@@ -183,6 +191,7 @@ impl Stats {
             data_syncs: self.data_syncs.saturating_sub(earlier.data_syncs),
             segments_rolled: self.segments_rolled.saturating_sub(earlier.segments_rolled),
             checkpoints: self.checkpoints.saturating_sub(earlier.checkpoints),
+            spins: self.spins.saturating_sub(earlier.spins),
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::write::active::{Demand, Fault, Lane};
 use crate::write::journal::JournalWriter;
 use crate::write::sequencer::{QueuedFrame, Refusal};
 use crate::write::ticket::SPIN_PAUSES;
-use crate::write::Shared;
+use crate::write::{Counters, Shared};
 
 /// The longest a `Sync` round waits to gather the appenders of the previous round.
 pub const GATHER_WINDOW_MAX: Duration = Duration::from_micros(500);
@@ -219,12 +219,14 @@ impl Writer {
             }
             if !spun
                 && sync_mode
+                && shared.config.spin_wait
                 && self.last_round_frames < GATHER_FRAMES_MIN
                 && self.stall.is_none()
             {
                 // Spin once, with the lock released, then look again under it (an append, a
                 // flush or a close may have come meanwhile without waking anyone).
                 spun = true;
+                Counters::add(&shared.counters.spins, 1);
                 let seen = shared.sequencer.wanted.load(Ordering::Acquire);
                 let until = now + WRITER_SPIN;
                 MutexGuard::unlocked(&mut pending, || {
@@ -333,7 +335,9 @@ impl Writer {
             }
             self.last_sync = started.elapsed();
             // A lone appender's ticket may spin through the next round's fsync.
-            let lone = sync_mode && self.last_round_frames < GATHER_FRAMES_MIN;
+            let lone = sync_mode
+                && self.shared.config.spin_wait
+                && self.last_round_frames < GATHER_FRAMES_MIN;
             self.shared.progress.set_spin(if lone {
                 self.last_sync * 2
             } else {
