@@ -245,6 +245,33 @@ fn relay_until_caught_up(log: &Log, config: RelayConfig) -> annal_relay::RelaySt
         .unwrap()
 }
 
+/// Runs `relay` until `group` has no lag, for at most `limit`: a watchdog stops it a little
+/// later if it has not returned, since a run's retries do not look at its `done` condition.
+fn run_until_caught_up(
+    relay: &Relay,
+    group: &annal::Group,
+    limit: Duration,
+) -> annal_relay::RelayStats {
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + limit;
+    let (finished, watched) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        scope.spawn(move || {
+            let waited = watched.recv_timeout(limit + Duration::from_secs(30));
+            if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        let stats = relay.run(stop, |_| {
+            group.lag().iter().all(|&l| l == 0) || Instant::now() > deadline
+        });
+        drop(finished);
+        stats
+    })
+    .unwrap()
+}
+
 /// A broker with the stream, and a `Buffered` log in `root/log` holding `events` events over
 /// `keys` keys (flushed): the start of most tests here.
 fn broker_and_log(
@@ -528,19 +555,7 @@ fn a_message_from_another_publisher_is_taken_as_the_predecessor_and_the_relay_go
     let (server, log_dir, log, mut versions) = broker_and_log(root.path(), 1_000, 50);
     let relay = Relay::connect(&log, RelayConfig::new(&server.url(), STREAM, PREFIX)).unwrap();
     let group = log.group("relay").unwrap();
-    let stop = AtomicBool::new(false);
-    let group = &group;
-    let until_caught_up = |deadline: Instant| {
-        move |_: &annal_relay::RelayStats| {
-            group.lag().iter().all(|&l| l == 0) || Instant::now() > deadline
-        }
-    };
-    let first = relay
-        .run(
-            &stop,
-            until_caught_up(Instant::now() + Duration::from_secs(60)),
-        )
-        .unwrap();
+    let first = run_until_caught_up(&relay, &group, Duration::from_secs(60));
     assert_eq!(first.relayed, 1_000);
     // Another publisher stores a message: the relay's next publish names a predecessor that is
     // no longer the stream's last message, and the broker refuses it.
@@ -564,24 +579,7 @@ fn a_message_from_another_publisher_is_taken_as_the_predecessor_and_the_relay_go
     });
     append(&log, 1_000, 50, &mut versions);
     log.flush().unwrap();
-    // A watchdog stops the run if it never catches up: its retries do not look at `done`.
-    let (finished, watched) = std::sync::mpsc::channel::<()>();
-    let second = std::thread::scope(|scope| {
-        let stop = &stop;
-        scope.spawn(move || {
-            let waited = watched.recv_timeout(Duration::from_secs(90));
-            if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-        let second = relay.run(
-            stop,
-            until_caught_up(Instant::now() + Duration::from_secs(60)),
-        );
-        drop(finished);
-        second
-    })
-    .unwrap();
+    let second = run_until_caught_up(&relay, &group, Duration::from_secs(60));
     assert!(group.lag().iter().all(|&l| l == 0), "caught up: {second:?}");
     assert_eq!(second.relayed, 1_000);
     assert!(second.retries >= 1, "the refusal was met: {second:?}");

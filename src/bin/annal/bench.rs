@@ -308,6 +308,8 @@ fn drive(log: &Log, args: &BenchArgs) -> Result<Measured, Failure> {
         (histograms, flushed, seconds, consumed)
     });
     bar.finish_and_clear();
+    // Before the group's deletion, which writes a record of its own.
+    let journal = log.stats().since(&before);
     // The group was the bench's own: a log given with --dir keeps no trace of it (a group left
     // behind would list, and hold with retention by interest, whatever is appended later).
     let deleted = group.map(|group| {
@@ -329,7 +331,7 @@ fn drive(log: &Log, args: &BenchArgs) -> Result<Measured, Failure> {
         events: load.done.load(Relaxed),
         seconds,
         latency,
-        journal: log.stats().since(&before),
+        journal,
         consumed,
     })
 }

@@ -13,8 +13,10 @@
 //! processes needs the engine (the same wake-ups would carry it).
 //!
 //! In global order, a position that no partition's files hold is either deleted by retention or
-//! not visible yet. The merge goes past it when it is known deleted: every partition has a later
-//! record, or the journal's checkpoint in force says it was written (`disk/journal.rs`).
+//! not visible yet. The merge goes past it only when it is in no file: every partition has a
+//! later record, or the journal's checkpoint in force says it was written and the partitions,
+//! read after that checkpoint, do not hold it (`disk/journal.rs`). A segment lost to damage
+//! looks the same here; `annal verify` reports it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -136,10 +138,10 @@ impl Source {
 
 /// Every partition merged into the log's global order, as `annal::GlobalReader` does: the
 /// next record is the one at the next global position. When that position is not visible yet
-/// in its partition, the merge stops there rather than skip it. A position is known to be in
-/// no file (retention deleted it) when every partition has a record past it, or when the
-/// checkpoint in force says it was written before (`disk::journal`): then the merge goes on
-/// from the next position left.
+/// in its partition, the merge stops there rather than skip it. It goes past a position that is
+/// in no file: when every partition has a record past it, or when the checkpoint in force says
+/// it was written (`disk::journal`) and the partitions read after that checkpoint do not hold
+/// it.
 struct GlobalMerge {
     cursors: Vec<PartitionCursor>,
     /// The next record of each partition, once read.
@@ -147,8 +149,8 @@ struct GlobalMerge {
     next_global: u64,
     dir: std::path::PathBuf,
     partitions: u32,
-    /// Every position below this was in the segment files at the last look at the journal's
-    /// checkpoint.
+    /// Every position below this was written to the segment files, as the journal's checkpoint
+    /// in force said at the last look.
     written_end: u64,
 }
 
@@ -181,45 +183,75 @@ impl GlobalMerge {
     }
 
     fn take_head(&mut self) -> Result<Option<Row>, Failure> {
-        let at = self.heads.iter().position(|head| {
-            head.as_ref()
-                .is_some_and(|row| row.global_position == self.next_global)
-        });
-        let Some(p) = at else {
-            // No head is at the next position. It is in no file (retention deleted it) if every
-            // partition has a head (each partition's files hold their positions in order), or
-            // if it was written before the checkpoint in force (a partition without a head may
-            // have had no events at all). Then go on from the lowest head; otherwise it may not
-            // be visible yet: stop here.
-            let lowest = self.heads.iter().flatten().map(|r| r.global_position).min();
-            if let Some(lowest) = lowest.filter(|&l| l > self.next_global) {
-                if self.heads.iter().all(Option::is_some)
-                    || self.written_before(self.next_global)?
-                {
-                    self.next_global = lowest;
-                    return self.take_head();
-                }
+        loop {
+            if let Some(p) = self.head_at_next() {
+                let row = self.heads[p].take();
+                self.next_global += 1;
+                self.heads[p] = self.read_head(p)?;
+                return Ok(row);
             }
-            return Ok(None);
-        };
-        let row = self.heads[p].take();
-        self.next_global += 1;
-        self.heads[p] = self.read_head(p)?;
-        Ok(row)
-    }
-
-    /// True if the checkpoint in force says `position` was written to its segment; the
-    /// journal is read again only when the last look did not say so.
-    fn written_before(&mut self, position: u64) -> Result<bool, Failure> {
-        if position >= self.written_end {
-            let journal = self.dir.join(crate::disk::layout::JOURNAL_FILE);
-            if let Some(checkpoint) = crate::disk::journal::checkpoint(&self.dir, self.partitions)
-                .map_err(|e| Failure::io("read", &journal, e))?
-            {
-                self.written_end = self.written_end.max(checkpoint.global_end);
+            if !self.pass_deleted()? {
+                return Ok(None);
             }
         }
-        Ok(position < self.written_end)
+    }
+
+    fn head_at_next(&self) -> Option<usize> {
+        self.heads.iter().position(|head| {
+            head.as_ref()
+                .is_some_and(|row| row.global_position == self.next_global)
+        })
+    }
+
+    fn lowest_head(&self) -> Option<u64> {
+        self.heads.iter().flatten().map(|r| r.global_position).min()
+    }
+
+    /// No head is at the next position (every head is past it). Moves on if the position is in
+    /// no file; returns false if it may not be visible yet.
+    fn pass_deleted(&mut self) -> Result<bool, Failure> {
+        // Each partition's files hold their positions in order: with a head in every partition,
+        // the position is in none of them.
+        if self.heads.iter().all(Option::is_some) {
+            let lowest = self.lowest_head().expect("every partition has a head");
+            self.next_global = lowest;
+            return Ok(true);
+        }
+        // A partition without a head may get it yet (written after its last read), or have had
+        // no events at all. The checkpoint in force is read first, then those partitions again:
+        // a position that the checkpoint says was written and that no partition holds after it
+        // is in no file (retention deleted it; a lost segment is `annal verify`'s to report).
+        let written_end = self.written_end()?;
+        if self.next_global >= written_end {
+            return Ok(false);
+        }
+        for p in 0..self.cursors.len() {
+            if self.heads[p].is_none() {
+                self.heads[p] = self.read_head(p)?;
+            }
+        }
+        if self.head_at_next().is_some() {
+            return Ok(true);
+        }
+        // Not past what the checkpoint covers: a later position may still be on its way to a
+        // partition without a head.
+        let target = self
+            .lowest_head()
+            .map_or(written_end, |l| l.min(written_end));
+        self.next_global = target;
+        Ok(true)
+    }
+
+    /// Where the checkpoint in force ends in the global order; the journal is read again only
+    /// when the next position is past what the last look said.
+    fn written_end(&mut self) -> Result<u64, Failure> {
+        if self.next_global >= self.written_end {
+            let journal = self.dir.join(crate::disk::layout::JOURNAL_FILE);
+            let end = crate::disk::journal::checkpoint_global_end(&self.dir, self.partitions)
+                .map_err(|e| Failure::io("read", &journal, e))?;
+            self.written_end = self.written_end.max(end.unwrap_or(0));
+        }
+        Ok(self.written_end)
     }
 
     /// The partition's next record at or past the next global position.

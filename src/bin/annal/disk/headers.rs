@@ -95,6 +95,7 @@ const JOURNAL_ALIGN: u64 = 4096;
 const SLOT_MAGIC: &[u8; 8] = b"ANNALCKP";
 const SLOT_PARTITIONS_OFFSET: usize = 12;
 const SLOT_NUMBER_OFFSET: usize = 16;
+const SLOT_JOURNAL_INDEX_OFFSET: usize = 40;
 const SLOT_RESERVED_OFFSET: usize = 56;
 const SLOT_CRC_OFFSET: usize = 60;
 const SLOT_HEADER_LEN: usize = 64;
@@ -122,6 +123,8 @@ pub struct PartitionMark {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub number: u64,
+    /// Journal index of the first event after the checkpoint.
+    pub journal_index: u64,
     pub marks: Vec<PartitionMark>,
 }
 
@@ -190,6 +193,7 @@ pub fn decode_slot(bytes: &[u8], partitions: u32) -> Slot {
         .collect();
     Slot::Valid(Checkpoint {
         number: u64_at(slot, SLOT_NUMBER_OFFSET),
+        journal_index: u64_at(slot, SLOT_JOURNAL_INDEX_OFFSET),
         marks,
     })
 }
