@@ -498,7 +498,9 @@ impl Log {
 
     /// What the writer did since the log was opened.
     pub fn stats(&self) -> crate::Stats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        stats.ticket_spins = self.shared.progress.ticket_spins();
+        stats
     }
 
     /// The directory of the log, as resolved when it was opened.

@@ -286,8 +286,8 @@ impl Options {
     /// tens of microseconds on a virtual machine: on the development VM the spin took a single
     /// blocking producer from 9.2k–10.1k to 10.4k–11.4k appends/s (`docs/design.md`, "Group
     /// commit"). The cost is CPU: about one core while a lone appender waits. Turn it off where
-    /// that core matters more than the latency; [`Stats::spins`](crate::Stats::spins) counts
-    /// the writer's spins.
+    /// that core matters more than the latency. [`Stats::spins`](crate::Stats::spins) and
+    /// [`Stats::ticket_spins`](crate::Stats::ticket_spins) count the spins.
     pub fn spin_wait(mut self, spin: bool) -> Self {
         self.spin_wait = spin;
         self

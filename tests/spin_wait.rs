@@ -1,5 +1,5 @@
-//! `Options::spin_wait`: under `Sync` the writer spins for a lone appender's next append unless
-//! told not to, and never outside `Sync`. Either way every append is acknowledged durable and
+//! `Options::spin_wait`: under `Sync` the writer spins for a lone appender's next append, and the
+//! appender through its fsync, unless told not to; never outside `Sync`. Either way every append is acknowledged durable and
 //! read back.
 
 use annal::{Durability, Log, Options};
@@ -29,15 +29,18 @@ fn appends_one_at_a_time(options: Options) -> annal::Stats {
 }
 
 #[test]
-fn a_lone_sync_appender_makes_the_writer_spin_unless_turned_off() {
+fn a_lone_sync_appender_and_the_writer_spin_unless_turned_off() {
     let spinning = appends_one_at_a_time(Options::default());
     assert!(spinning.spins > 0, "{spinning:?}");
+    assert!(spinning.ticket_spins > 0, "{spinning:?}");
     let sleeping = appends_one_at_a_time(Options::default().spin_wait(false));
     assert_eq!(sleeping.spins, 0, "{sleeping:?}");
+    assert_eq!(sleeping.ticket_spins, 0, "{sleeping:?}");
     assert!(
         sleeping.data_syncs >= 50,
         "one fsync per lone append: {sleeping:?}"
     );
     let buffered = appends_one_at_a_time(Options::default().durability(Durability::Buffered));
     assert_eq!(buffered.spins, 0, "{buffered:?}");
+    assert_eq!(buffered.ticket_spins, 0, "{buffered:?}");
 }

@@ -157,6 +157,7 @@ impl Counters {
             segments_rolled: self.segments_rolled.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             spins: self.spins.load(Relaxed),
+            ticket_spins: 0,
         }
     }
 }
@@ -179,6 +180,8 @@ pub struct Stats {
     /// Times the writer spun for a lone `Sync` appender's next append instead of sleeping at
     /// once (see [`Options::spin_wait`](crate::Options::spin_wait)).
     pub spins: u64,
+    /// Appends whose wait spun through their round's fsync before sleeping (same option).
+    pub ticket_spins: u64,
 }
 
 impl Stats {
@@ -192,6 +195,7 @@ impl Stats {
             segments_rolled: self.segments_rolled.saturating_sub(earlier.segments_rolled),
             checkpoints: self.checkpoints.saturating_sub(earlier.checkpoints),
             spins: self.spins.saturating_sub(earlier.spins),
+            ticket_spins: self.ticket_spins.saturating_sub(earlier.ticket_spins),
         }
     }
 }

@@ -59,6 +59,8 @@ pub(crate) struct Progress {
     spin_ns: AtomicU64,
     /// Set while a ticket spins: one at a time.
     spinning: AtomicBool,
+    /// Tickets that spun, for [`Stats::ticket_spins`](crate::Stats::ticket_spins).
+    spins: AtomicU64,
 }
 
 pub(crate) struct Status {
@@ -91,6 +93,7 @@ impl Progress {
             changes: AtomicU64::new(0),
             spin_ns: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
+            spins: AtomicU64::new(0),
         }
     }
 
@@ -216,6 +219,11 @@ impl Progress {
         Ok(())
     }
 
+    /// How many tickets spun so far.
+    pub fn ticket_spins(&self) -> u64 {
+        self.spins.load(Ordering::Relaxed)
+    }
+
     pub fn done_journal(&self) -> u64 {
         self.status.lock().done_journal
     }
@@ -264,6 +272,7 @@ impl Ticket {
         if bound == 0 || progress.spinning.swap(true, Ordering::Acquire) {
             return;
         }
+        progress.spins.fetch_add(1, Ordering::Relaxed);
         let until = Instant::now() + Duration::from_nanos(bound);
         let mut seen = None;
         loop {
