@@ -456,6 +456,21 @@ fn retrying_group(log: &Log) -> annal::Group {
     group
 }
 
+/// Appends `events` events under the key "held", polls them all, fails the one at `failing`
+/// and commits: the key is held at that version. Returns the member that did it.
+fn hold_key(log: &Log, group: &annal::Group, events: usize, failing: usize) -> annal::Consumer {
+    for _ in 0..events {
+        log.append(b"held", &EVENT[..]).unwrap();
+    }
+    let mut consumer = group.join().unwrap();
+    let batch = consumer.poll(10, Duration::from_millis(10)).unwrap();
+    assert_eq!(batch.deliveries.len(), events);
+    consumer.nack(&batch.deliveries[failing], "fails").unwrap();
+    consumer.commit(&batch).unwrap();
+    assert_eq!(group.retrying().len(), 1);
+    consumer
+}
+
 /// Polls and commits until `count` events of the key "held" came; returns their versions.
 fn held_versions(consumer: &mut annal::Consumer, count: usize, only_new: bool) -> Vec<u64> {
     let mut versions = Vec::new();
@@ -484,17 +499,8 @@ fn a_held_key_whose_history_expired_and_started_again_is_delivered_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), retry_options()).unwrap();
     let group = retrying_group(&log);
-    for _ in 0..4 {
-        log.append(b"held", &EVENT[..]).unwrap();
-    }
     // Versions 0 and 1 handled; 2 fails: the key is held at v2.
-    let mut consumer = group.join().unwrap();
-    let batch = consumer.poll(10, Duration::from_millis(10)).unwrap();
-    assert_eq!(batch.deliveries.len(), 4);
-    consumer.nack(&batch.deliveries[2], "fails").unwrap();
-    consumer.commit(&batch).unwrap();
-    assert_eq!(group.retrying().len(), 1);
-    drop(consumer);
+    drop(hold_key(&log, &group, 4, 2));
     // Every event of the key expires.
     append(&log, 1_000);
     log.enforce_retention().unwrap();
@@ -523,15 +529,8 @@ fn a_retried_key_whose_next_version_expired_before_the_commit_stays_held_at_its_
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), retry_options()).unwrap();
     let group = retrying_group(&log);
-    for _ in 0..3 {
-        log.append(b"held", &EVENT[..]).unwrap();
-    }
     // v0 fails: the key is held at v0, with v1 and v2 behind it.
-    let mut consumer = group.join().unwrap();
-    let batch = consumer.poll(10, Duration::from_millis(10)).unwrap();
-    assert_eq!(batch.deliveries.len(), 3);
-    consumer.nack(&batch.deliveries[0], "fails").unwrap();
-    consumer.commit(&batch).unwrap();
+    let mut consumer = hold_key(&log, &group, 3, 0);
     // The retry delivers v0 alone (a poll of one event) and it succeeds...
     let retry = consumer.poll(1, Duration::from_millis(10)).unwrap();
     assert_eq!(retry.deliveries.len(), 1);
